@@ -1,0 +1,202 @@
+//! Types shared by the kernel program (`reuseport-ebpf`) and userspace (`reuseport-user`).
+//!
+//! Everything a map holds is defined here once, `#[repr(C)]`, with its size pinned at compile
+//! time so the two sides cannot drift apart.
+#![no_std]
+
+/// Slots in the socket array: the most listeners one group can steer between.
+pub const MAX_SLOTS: u32 = 1024;
+/// Entries in one half of the weighted schedule: the largest sum of (reduced) weights.
+pub const MAX_SCHEDULE: u32 = 8192;
+/// Candidates the program tries before it gives up on a selection (closed slots are skipped).
+pub const MAX_TRIES: u32 = 32;
+/// Largest weight a slot can have.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// Names of the maps and programs in the object, so userspace never spells them twice.
+pub mod names {
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const ACTIVE: &str = "ACTIVE";
+    pub const SCHEDULE: &str = "SCHEDULE";
+    pub const SLOTS: &str = "SLOTS";
+    pub const CURSORS: &str = "CURSORS";
+    pub const SLOT_STATS: &str = "SLOT_STATS";
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    pub const PROG_SELECT: &str = "reuseport_select";
+    pub const PROG_MIGRATE: &str = "reuseport_migrate";
+}
+
+/// Balancing policy, stored as `Config::policy`.
+pub mod policy {
+    /// The packet's flow hash over the active slots.
+    pub const HASH: u32 = 0;
+    /// Exact round-robin over the active slots (one shared atomic ticket).
+    pub const ROUND_ROBIN: u32 = 1;
+    /// Smooth weighted round-robin, driven by the precomputed schedule.
+    pub const WEIGHTED: u32 = 2;
+}
+
+/// What the program does when no active slot can take the connection (`Config::on_empty`).
+pub mod on_empty {
+    /// `SK_PASS` without a selection: the kernel hashes over the whole group.
+    pub const PASS: u32 = 0;
+    /// `SK_DROP`: the client sees a refused connection.
+    pub const DROP: u32 = 1;
+}
+
+/// Per-slot state, as kept in `SlotConfig::state`.
+pub mod slot_state {
+    /// No socket in this slot.
+    pub const EMPTY: u32 = 0;
+    /// Receives new connections.
+    pub const ACTIVE: u32 = 1;
+    /// Keeps its socket (and queue) but receives nothing new.
+    pub const DRAINING: u32 = 2;
+}
+
+/// Index of the cursor each ticket-based policy advances in the `CURSORS` map.
+pub mod cursor {
+    pub const ROUND_ROBIN: u32 = 0;
+    pub const WEIGHTED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// A dense list published by userspace: which half of its double-buffered map is live and how
+/// many entries it has, packed in one `u32` so the program reads both with one load and never
+/// sees a half from one update with a length from another.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListRef(pub u32);
+
+impl ListRef {
+    const HALF_BIT: u32 = 1 << 31;
+
+    pub const fn new(half: u32, len: u32) -> Self {
+        Self(((half & 1) << 31) | (len & !Self::HALF_BIT))
+    }
+    /// 0 or 1: which half of the map holds the live list.
+    pub const fn half(self) -> u32 {
+        self.0 >> 31
+    }
+    pub const fn len(self) -> u32 {
+        self.0 & !Self::HALF_BIT
+    }
+    pub const fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The single entry of the `CONFIG` map. Userspace rewrites it whole; every field is read once
+/// per program run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// One of [`policy`].
+    pub policy: u32,
+    /// One of [`on_empty`].
+    pub on_empty: u32,
+    /// Bumped by userspace on every change, so observers can tell two states apart.
+    pub generation: u32,
+    /// The live list of active slots in the `ACTIVE` map (halves of `MAX_SLOTS` entries).
+    pub active: ListRef,
+    /// The live weighted schedule in the `SCHEDULE` map (halves of `MAX_SCHEDULE` entries).
+    pub schedule: ListRef,
+    pub _reserved: u32,
+}
+
+/// One entry of the `SLOTS` map: what userspace decided for a slot, kept in the kernel so a
+/// restarted daemon (and the program) can read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotConfig {
+    /// One of [`slot_state`].
+    pub state: u32,
+    /// Weight for the `weighted` policy (1..=MAX_WEIGHT).
+    pub weight: u32,
+    /// SO_COOKIE of the socket in the slot, 0 when empty.
+    pub cookie: u64,
+}
+
+/// Per-CPU, per-slot counters (`SLOT_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotStats {
+    /// New connections the program sent to this slot.
+    pub selected: u64,
+    /// Queued connections moved to this slot from a closing listener.
+    pub migrated: u64,
+}
+
+/// `bpf_sk_select_reuseport` failures, by errno, as counted in [`GlobalStats::errors`].
+pub mod select_error {
+    /// Empty slot, or its socket closed under us.
+    pub const ENOENT: usize = 0;
+    /// Socket not in a reuseport group.
+    pub const EINVAL: usize = 1;
+    /// Socket of another protocol than the packet.
+    pub const EPROTOTYPE: usize = 2;
+    /// Socket of another family than the packet.
+    pub const EAFNOSUPPORT: usize = 3;
+    /// Socket of another group (address or port).
+    pub const EBADFD: usize = 4;
+    /// Anything else.
+    pub const OTHER: usize = 5;
+    pub const COUNT: usize = 6;
+    pub const NAMES: [&str; COUNT] = [
+        "ENOENT",
+        "EINVAL",
+        "EPROTOTYPE",
+        "EAFNOSUPPORT",
+        "EBADFD",
+        "other",
+    ];
+
+    /// Maps a negative return of `bpf_sk_select_reuseport` to its counter index.
+    pub const fn index(ret: i64) -> usize {
+        match -ret {
+            2 => ENOENT,
+            22 => EINVAL,
+            91 => EPROTOTYPE,
+            97 => EAFNOSUPPORT,
+            77 => EBADFD,
+            _ => OTHER,
+        }
+    }
+}
+
+/// Per-CPU group-wide counters (`GLOBAL_STATS`, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// Program runs for new connections.
+    pub runs: u64,
+    /// Program runs for a migrating request.
+    pub migrations: u64,
+    /// Runs where no active slot could take the connection and `on_empty = pass` applied.
+    pub fallbacks: u64,
+    /// Runs that returned `SK_DROP`.
+    pub drops: u64,
+    /// Failed `bpf_sk_select_reuseport` calls, by [`select_error`] index.
+    pub errors: [u64; select_error::COUNT],
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ListRef>() == 4);
+    assert!(core::mem::size_of::<Config>() == 24);
+    assert!(core::mem::align_of::<Config>() == 4);
+    assert!(core::mem::size_of::<SlotConfig>() == 16);
+    assert!(core::mem::size_of::<SlotStats>() == 16);
+    assert!(core::mem::size_of::<GlobalStats>() == 8 * (4 + select_error::COUNT));
+    assert!(MAX_SLOTS.is_power_of_two() && MAX_SLOTS < ListRef::HALF_BIT);
+    assert!(MAX_SCHEDULE.is_power_of_two() && MAX_SCHEDULE < ListRef::HALF_BIT);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]` plain integers with no padding (sizes pinned above).
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SlotConfig {}
+    unsafe impl aya::Pod for super::SlotStats {}
+    unsafe impl aya::Pod for super::GlobalStats {}
+}

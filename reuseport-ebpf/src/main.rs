@@ -1,0 +1,199 @@
+//! The kernel side of reuseport: picks the listener of a SO_REUSEPORT group that gets each new
+//! connection, by the policy userspace wrote into `CONFIG`, and moves the queued connections of
+//! a closing listener to another one (`reuseport_migrate`).
+//!
+//! The hot path does a constant amount of work whatever the number of slots: userspace keeps a
+//! dense list of the active slots (and a precomputed weighted schedule), so the program only
+//! indexes into them.
+#![no_std]
+#![no_main]
+// Atomic fetch-and-add: core has no AtomicU64::fetch_add for bpfel.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::sk_action::{SK_DROP, SK_PASS},
+    macros::{map, sk_reuseport},
+    maps::{Array, PerCpuArray, ReusePortSockArray},
+    programs::SkReuseportContext,
+};
+use aya_log_ebpf::warn;
+use reuseport_common::{
+    cursor, on_empty, policy, select_error, Config, GlobalStats, SlotConfig, SlotStats,
+    MAX_SCHEDULE, MAX_SLOTS, MAX_TRIES,
+};
+
+#[map]
+static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// Two halves of `MAX_SLOTS` entries; `Config::active` says which one is live.
+#[map]
+static ACTIVE: Array<u32> = Array::with_max_entries(2 * MAX_SLOTS, 0);
+/// Two halves of `MAX_SCHEDULE` entries; `Config::schedule` says which one is live.
+#[map]
+static SCHEDULE: Array<u32> = Array::with_max_entries(2 * MAX_SCHEDULE, 0);
+/// Userspace's record of each slot; the program does not need it on the hot path.
+#[map]
+static SLOTS: Array<SlotConfig> = Array::with_max_entries(MAX_SLOTS, 0);
+/// Shared tickets of the round-robin and weighted policies, advanced atomically.
+#[map]
+static CURSORS: Array<u64> = Array::with_max_entries(cursor::COUNT, 0);
+#[map]
+static SLOT_STATS: PerCpuArray<SlotStats> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static GLOBAL_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[sk_reuseport]
+pub fn reuseport_select(ctx: SkReuseportContext) -> u32 {
+    steer(&ctx, false)
+}
+
+#[sk_reuseport(migrate)]
+pub fn reuseport_migrate(ctx: SkReuseportContext) -> u32 {
+    let migrating = ctx.migrating_sk().is_some();
+    steer(&ctx, migrating)
+}
+
+/// Picks a socket for this connection and returns the verdict.
+#[inline(always)]
+fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
+    let Some(global) = GLOBAL_STATS.get_ptr_mut(0) else {
+        return SK_PASS;
+    };
+    // SAFETY: per-CPU value of this CPU; nothing else writes it while we run.
+    let global = unsafe { &mut *global };
+    if migrating {
+        global.migrations += 1;
+    } else {
+        global.runs += 1;
+    }
+    let Some(config) = CONFIG.get(0) else {
+        return SK_PASS;
+    };
+    let config = *config;
+
+    let active = config.active;
+    let count = if active.len() > MAX_SLOTS {
+        MAX_SLOTS
+    } else {
+        active.len()
+    };
+    if count > 0 {
+        let base = active.half() * MAX_SLOTS;
+        let (first, start) = first_candidate(ctx, &config, count);
+        if let Some(slot) = first {
+            if try_slot(ctx, slot, migrating, global) {
+                return SK_PASS;
+            }
+        }
+        // Walk the active list from `start`; never hand the connection to the whole group while
+        // an active slot can take it.
+        let mut i = 0;
+        while i < MAX_TRIES && i < count {
+            let index = base + (start + i) % count;
+            if let Some(&slot) = ACTIVE.get(index) {
+                if try_slot(ctx, slot, migrating, global) {
+                    return SK_PASS;
+                }
+            }
+            i += 1;
+        }
+    }
+
+    if config.on_empty == on_empty::DROP {
+        global.drops += 1;
+        SK_DROP
+    } else {
+        global.fallbacks += 1;
+        if global.fallbacks.is_power_of_two() {
+            warn!(ctx, "no active slot took the connection: kernel hash over the group");
+        }
+        SK_PASS
+    }
+}
+
+/// The policy's first choice, as (slot to try first, position in the active list to walk from).
+#[inline(always)]
+fn first_candidate(
+    ctx: &SkReuseportContext,
+    config: &Config,
+    count: u32,
+) -> (Option<u32>, u32) {
+    match config.policy {
+        policy::ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
+        policy::WEIGHTED => {
+            let schedule = config.schedule;
+            let len = if schedule.len() > MAX_SCHEDULE {
+                MAX_SCHEDULE
+            } else {
+                schedule.len()
+            };
+            if len == 0 {
+                return (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32);
+            }
+            let t = ticket(cursor::WEIGHTED);
+            let index = schedule.half() * MAX_SCHEDULE + (t % len as u64) as u32;
+            let slot = SCHEDULE.get(index).copied();
+            (slot, (t % count as u64) as u32)
+        }
+        // policy::HASH and anything unknown: the flow hash, scaled onto the active list.
+        _ => (None, ((ctx.hash() as u64 * count as u64) >> 32) as u32),
+    }
+}
+
+/// Takes the next ticket of a cursor. One atomic fetch-and-add shared by all CPUs is what makes
+/// round-robin exact under concurrency. SeqCst, because LLVM lowers a Relaxed one to a plain
+/// (non-fetching) add whose "old value" is garbage; `xtask test` checks the object for the
+/// fetch form.
+#[inline(always)]
+fn ticket(which: u32) -> u64 {
+    match CURSORS.get_ptr_mut(which) {
+        // SAFETY: the map value is a live, 8-byte aligned u64 for the program's whole run.
+        Some(ptr) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, 1) },
+        None => 0,
+    }
+}
+
+/// Selects `slot`; counts the outcome. Returns whether the socket was taken.
+#[inline(always)]
+fn try_slot(ctx: &SkReuseportContext, slot: u32, migrating: bool, global: &mut GlobalStats) -> bool {
+    match SOCKETS.select_reuseport(ctx, slot) {
+        Ok(()) => {
+            if let Some(stats) = SLOT_STATS.get_ptr_mut(slot) {
+                // SAFETY: per-CPU value of this CPU.
+                let stats = unsafe { &mut *stats };
+                if migrating {
+                    stats.migrated += 1;
+                } else {
+                    stats.selected += 1;
+                }
+            }
+            true
+        }
+        Err(ret) => {
+            let which = select_error::index(ret);
+            if let Some(counter) = global.errors.get_mut(which) {
+                *counter += 1;
+                // ENOENT is routine (a slot closed before userspace noticed); the others mean
+                // a socket of another group got into the array: rare, and worth a log line.
+                if which != select_error::ENOENT && counter.is_power_of_two() {
+                    warn!(ctx, "bpf_sk_select_reuseport(slot {}) failed: {}", slot, ret);
+                }
+            }
+            false
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

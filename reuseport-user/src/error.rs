@@ -1,0 +1,144 @@
+//! The errors of the library. Each message names the problem and the fix, because these end up
+//! in front of an operator (CLI output, a worker's registration reply).
+
+use std::{io, net::SocketAddr};
+
+use crate::socket::{Family, Protocol};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "permission denied: loading the eBPF program needs root (or CAP_BPF with CAP_NET_ADMIN); \
+         run as root, e.g. with sudo"
+    )]
+    NotPermitted,
+
+    #[error(
+        "the bpf() system call is unavailable ({0}): the kernel was built without \
+         CONFIG_BPF_SYSCALL or a seccomp/container policy blocks it; run on a host kernel with BPF \
+         enabled, outside such a sandbox"
+    )]
+    BpfUnavailable(io::Error),
+
+    #[error(
+        "kernel {have} is too old for {feature}: it needs Linux {need} or later; upgrade the \
+         kernel{hint}"
+    )]
+    KernelTooOld {
+        feature: &'static str,
+        have: String,
+        need: &'static str,
+        hint: &'static str,
+    },
+
+    #[error(
+        "socket has no SO_REUSEPORT: set SO_REUSEPORT (setsockopt SOL_SOCKET/SO_REUSEPORT = 1) \
+         before bind()"
+    )]
+    NoReuseport,
+
+    #[error("socket is not bound to a port: bind() it to the group's address first")]
+    NotBound,
+
+    #[error("TCP socket is not listening: call listen() before handing it over")]
+    NotListening,
+
+    #[error("socket is {got}, the group is {want}: use a {want} socket")]
+    WrongProtocol { want: Protocol, got: Protocol },
+
+    #[error("socket is {got}, the group is {want}: use an {want} socket")]
+    WrongFamily { want: Family, got: Family },
+
+    #[error(
+        "socket is bound to {got}, the group listens on {want}: bind to {want} (same address and \
+         port)"
+    )]
+    WrongAddress { want: SocketAddr, got: SocketAddr },
+
+    #[error("unsupported socket type: only TCP and UDP sockets can join a group")]
+    UnsupportedSocket,
+
+    #[error("slot {slot} is out of range: slots are 0..{max}")]
+    SlotOutOfRange { slot: u32, max: u32 },
+
+    #[error("all {max} slots are taken: remove a worker first")]
+    SlotsFull { max: u32 },
+
+    #[error("slot {0} is already taken: remove it first or pick a free slot")]
+    SlotTaken(u32),
+
+    #[error("slot {0} is empty: no socket to act on")]
+    SlotEmpty(u32),
+
+    #[error("socket is already in the group (slot {0}): a socket can hold one slot only")]
+    AlreadyInGroup(u32),
+
+    #[error("weight {weight} is out of range: weights are 1..={max}")]
+    InvalidWeight { weight: u32, max: u32 },
+
+    #[error(
+        "the weights of the active slots reduce to a schedule of {len} entries, more than \
+         {max}: use smaller weights"
+    )]
+    ScheduleTooLong { len: u64, max: u32 },
+
+    #[error("the program is not attached to a group: attach it to a socket of the group first")]
+    NotAttached,
+
+    #[error("the group has no program attached (SO_DETACH_REUSEPORT_BPF: {0})")]
+    NothingToDetach(io::Error),
+
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{what}: {source}")]
+    Ebpf {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// Wraps an aya error, turning the errno cases an operator can fix into their own variants.
+    pub(crate) fn ebpf<E>(what: impl Into<String>, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match errno_in(&source) {
+            Some(libc::EPERM | libc::EACCES) => Self::NotPermitted,
+            Some(libc::ENOSYS) => Self::BpfUnavailable(io::Error::from_raw_os_error(libc::ENOSYS)),
+            _ => Self::Ebpf {
+                what: what.into(),
+                source: Box::new(source),
+            },
+        }
+    }
+}
+
+/// The errno of the first `io::Error` in an error's source chain.
+pub(crate) fn errno_in(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                return Some(code);
+            }
+        }
+        cur = e.source();
+    }
+    None
+}

@@ -1,0 +1,516 @@
+//! [`Group`]: one loaded program and its maps, steering one SO_REUSEPORT group.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use aya::{
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues, ReusePortSockArray},
+    programs::SkReuseport,
+    util::nr_cpus,
+    Ebpf, EbpfLoader,
+};
+use log::debug;
+use reuseport_common::{
+    names, slot_state, Config, GlobalStats, ListRef, SlotConfig, SlotStats, MAX_SCHEDULE,
+    MAX_SLOTS, MAX_WEIGHT,
+};
+
+use crate::{
+    error::{errno_in, Error, Result},
+    policy::{AttachMode, OnEmpty, Policy, SlotState},
+    preflight::{self, KernelVersion},
+    schedule,
+    socket::SocketInfo,
+    stats::{GlobalCounters, GroupStats, SlotCounters},
+    sys,
+};
+
+/// The compiled kernel program, built by this crate's build script.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport"));
+
+/// How a [`Group`] starts out.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GroupOptions {
+    pub mode: AttachMode,
+    pub policy: Policy,
+    pub on_empty: OnEmpty,
+}
+
+/// What a slot holds, as userspace last set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub index: u32,
+    pub state: SlotState,
+    pub weight: u32,
+    pub cookie: u64,
+}
+
+/// The steering program of one SO_REUSEPORT group, with its maps.
+///
+/// Dropping a `Group` leaves the program attached with its last state: the kernel keeps
+/// steering by it until [`Group::detach`] (or until every socket of the group is closed).
+pub struct Group {
+    ebpf: Ebpf,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    mode: AttachMode,
+    sockets: Map,
+    config_map: Array<MapData, Config>,
+    active_map: Array<MapData, u32>,
+    schedule_map: Array<MapData, u32>,
+    slots_map: Array<MapData, SlotConfig>,
+    slot_stats: PerCpuArray<MapData, SlotStats>,
+    global_stats: PerCpuArray<MapData, GlobalStats>,
+    config: Config,
+    slots: Vec<SlotConfig>,
+    /// The first socket seen: every other one must match its protocol, family and address.
+    identity: Option<SocketInfo>,
+    attached: bool,
+}
+
+impl Group {
+    /// Loads the program and its maps (nothing is attached yet).
+    pub fn load(options: GroupOptions) -> Result<Self> {
+        preflight::check_privileges()?;
+        if let Some(kernel) = KernelVersion::current() {
+            preflight::check_kernel(kernel, options.mode)?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| Error::ebpf("loading the eBPF object", e))?;
+        // The log ring buffer must stay open while the program lives; a missing one (object
+        // without log calls) is not an error.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+
+        let mut take = |name: &str| {
+            ebpf.take_map(name).ok_or_else(|| Error::Ebpf {
+                what: format!("map {name} is missing from the object"),
+                source: "object built from other sources".into(),
+            })
+        };
+        let sockets = take(names::SOCKETS)?;
+        let config_map = typed(take(names::CONFIG)?, names::CONFIG)?;
+        let active_map = typed(take(names::ACTIVE)?, names::ACTIVE)?;
+        let schedule_map = typed(take(names::SCHEDULE)?, names::SCHEDULE)?;
+        let slots_map = typed(take(names::SLOTS)?, names::SLOTS)?;
+        let slot_stats = typed(take(names::SLOT_STATS)?, names::SLOT_STATS)?;
+        let global_stats = typed(take(names::GLOBAL_STATS)?, names::GLOBAL_STATS)?;
+
+        let prog_name = program_name(options.mode);
+        let program: &mut SkReuseport = ebpf
+            .program_mut(prog_name)
+            .ok_or_else(|| Error::Ebpf {
+                what: format!("program {prog_name} is missing from the object"),
+                source: "object built from other sources".into(),
+            })?
+            .try_into()
+            .map_err(|e| Error::ebpf(format!("program {prog_name}"), e))?;
+        program
+            .load()
+            .map_err(|e| Error::ebpf(format!("loading program {prog_name}"), e))?;
+
+        let mut group = Self {
+            ebpf,
+            logger,
+            mode: options.mode,
+            sockets,
+            config_map,
+            active_map,
+            schedule_map,
+            slots_map,
+            slot_stats,
+            global_stats,
+            config: Config {
+                policy: options.policy.to_raw(),
+                on_empty: options.on_empty.to_raw(),
+                ..Config::default()
+            },
+            slots: vec![SlotConfig::default(); MAX_SLOTS as usize],
+            identity: None,
+            attached: false,
+        };
+        group.write_config()?;
+        Ok(group)
+    }
+
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// The group's protocol, family and address, once a socket was attached or inserted.
+    pub fn identity(&self) -> Option<&SocketInfo> {
+        self.identity.as_ref()
+    }
+
+    /// Attaches the program to the reuseport group `socket` belongs to. Replaces any program
+    /// the group had, atomically: connections keep flowing.
+    pub fn attach(&mut self, socket: impl AsFd) -> Result<()> {
+        let info = self.admit(socket.as_fd())?;
+        self.program()?.attach(socket.as_fd()).map_err(|e| {
+            if errno_in(&e) == Some(libc::EINVAL) {
+                Error::NoReuseport
+            } else {
+                Error::ebpf("SO_ATTACH_REUSEPORT_EBPF", e)
+            }
+        })?;
+        self.identity.get_or_insert(info);
+        self.attached = true;
+        Ok(())
+    }
+
+    /// Detaches whatever program the group of `socket` has: the kernel goes back to hashing.
+    pub fn detach(&mut self, socket: impl AsFd) -> Result<()> {
+        SkReuseport::detach(socket.as_fd()).map_err(|e| match errno_in(&e) {
+            Some(code) => Error::NothingToDetach(std::io::Error::from_raw_os_error(code)),
+            None => Error::ebpf("SO_DETACH_REUSEPORT_BPF", e),
+        })?;
+        self.attached = false;
+        Ok(())
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    /// Puts `socket` in the first free slot, active with weight 1, and returns the slot.
+    pub fn insert(&mut self, socket: impl AsFd) -> Result<u32> {
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| s.state == slot_state::EMPTY)
+            .ok_or(Error::SlotsFull { max: MAX_SLOTS })? as u32;
+        self.insert_at(slot, socket)?;
+        Ok(slot)
+    }
+
+    /// Puts `socket` in `slot`, active with weight 1.
+    pub fn insert_at(&mut self, slot: u32, socket: impl AsFd) -> Result<()> {
+        let socket = socket.as_fd();
+        check_range(slot)?;
+        let info = self.admit(socket)?;
+        if let Some(existing) = self.slot_of_cookie(info.cookie) {
+            return Err(Error::AlreadyInGroup(existing));
+        }
+        if self.slots[slot as usize].state != slot_state::EMPTY {
+            return Err(Error::SlotTaken(slot));
+        }
+        self.socket_array()?
+            .set(slot, &socket, sys::BPF_NOEXIST)
+            .map_err(|e| match errno_in(&e) {
+                Some(libc::EBUSY) => Error::AlreadyInGroup(slot),
+                Some(libc::EEXIST) => Error::SlotTaken(slot),
+                Some(libc::EINVAL) => Error::NotListening,
+                _ => Error::ebpf(format!("putting the socket in slot {slot}"), e),
+            })?;
+        self.identity.get_or_insert(info);
+        self.reset_slot_stats(slot)?;
+        self.slots[slot as usize] = SlotConfig {
+            state: slot_state::ACTIVE,
+            weight: 1,
+            cookie: info.cookie,
+        };
+        self.write_slot(slot)?;
+        self.publish()
+    }
+
+    /// Takes the socket out of `slot`. It stops getting connections at once; what it already
+    /// has queued stays with it (closing it then migrates those, in select-or-migrate mode).
+    pub fn remove(&mut self, slot: u32) -> Result<()> {
+        self.occupied(slot)?;
+        self.slots[slot as usize] = SlotConfig::default();
+        // Unpublish first, so the program stops choosing the slot before it empties.
+        self.publish()?;
+        self.write_slot(slot)?;
+        match self.socket_array()?.clear_index(&slot) {
+            Ok(()) => Ok(()),
+            // The socket closed already: the kernel emptied the slot itself.
+            Err(e) if errno_in(&e) == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(Error::ebpf(format!("clearing slot {slot}"), e)),
+        }
+    }
+
+    /// Marks a slot active (gets new connections) or draining (keeps what it has, gets nothing
+    /// new).
+    pub fn set_state(&mut self, slot: u32, state: SlotState) -> Result<()> {
+        self.occupied(slot)?;
+        self.slots[slot as usize].state = state.to_raw();
+        self.write_slot(slot)?;
+        self.publish()
+    }
+
+    /// Sets a slot's weight for the `weighted` policy (1..=1000).
+    pub fn set_weight(&mut self, slot: u32, weight: u32) -> Result<()> {
+        self.occupied(slot)?;
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            return Err(Error::InvalidWeight {
+                weight,
+                max: MAX_WEIGHT,
+            });
+        }
+        let previous = self.slots[slot as usize].weight;
+        self.slots[slot as usize].weight = weight;
+        if let Err(e) = self.publish() {
+            self.slots[slot as usize].weight = previous;
+            return Err(e);
+        }
+        self.write_slot(slot)
+    }
+
+    /// Switches the policy live: one map update, no re-attach, no connection lost.
+    pub fn set_policy(&mut self, policy: Policy) -> Result<()> {
+        self.config.policy = policy.to_raw();
+        self.write_config()
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy::from_raw(self.config.policy).unwrap_or_default()
+    }
+
+    pub fn set_on_empty(&mut self, on_empty: OnEmpty) -> Result<()> {
+        self.config.on_empty = on_empty.to_raw();
+        self.write_config()
+    }
+
+    pub fn on_empty(&self) -> OnEmpty {
+        OnEmpty::from_raw(self.config.on_empty)
+    }
+
+    /// Changes whenever what the program sees changes.
+    pub fn generation(&self) -> u32 {
+        self.config.generation
+    }
+
+    /// The occupied slots, in slot order.
+    pub fn slots(&self) -> Vec<Slot> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                Some(Slot {
+                    index: i as u32,
+                    state: SlotState::from_raw(s.state)?,
+                    weight: s.weight,
+                    cookie: s.cookie,
+                })
+            })
+            .collect()
+    }
+
+    pub fn slot(&self, slot: u32) -> Option<Slot> {
+        self.slots().into_iter().find(|s| s.index == slot)
+    }
+
+    /// The active slots in the order the program sees them.
+    pub fn active_slots(&self) -> Vec<u32> {
+        self.slots()
+            .into_iter()
+            .filter(|s| s.state == SlotState::Active)
+            .map(|s| s.index)
+            .collect()
+    }
+
+    /// Finds slots whose socket was closed behind our back (the kernel empties the array entry
+    /// on close), frees them and returns them.
+    pub fn sync(&mut self) -> Result<Vec<u32>> {
+        let fd = self.sockets_fd()?;
+        let mut gone = Vec::new();
+        for slot in self.slots() {
+            match sys::sockarray_cookie(fd, slot.index) {
+                Ok(Some(cookie)) if cookie == slot.cookie => {}
+                Ok(_) => gone.push(slot.index),
+                Err(e) => return Err(Error::io(format!("reading slot {}", slot.index), e)),
+            }
+        }
+        if !gone.is_empty() {
+            for &slot in &gone {
+                debug!("slot {slot}: socket closed, freeing the slot");
+                self.slots[slot as usize] = SlotConfig::default();
+                self.write_slot(slot)?;
+            }
+            self.publish()?;
+        }
+        Ok(gone)
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn stats(&self) -> Result<GroupStats> {
+        let mut slots = Vec::new();
+        for slot in self.slots() {
+            let per_cpu = self
+                .slot_stats
+                .get(&slot.index, 0)
+                .map_err(|e| Error::ebpf("reading slot counters", e))?;
+            let mut c = SlotCounters {
+                slot: slot.index,
+                ..Default::default()
+            };
+            for v in per_cpu.iter() {
+                c.selected += v.selected;
+                c.migrated += v.migrated;
+            }
+            slots.push(c);
+        }
+        let per_cpu = self
+            .global_stats
+            .get(&0, 0)
+            .map_err(|e| Error::ebpf("reading group counters", e))?;
+        let mut global = GlobalCounters::default();
+        for v in per_cpu.iter() {
+            global.add(v);
+        }
+        Ok(GroupStats { slots, global })
+    }
+
+    /// The kernel's run count and run time of the program (non-zero only while
+    /// `kernel.bpf_stats_enabled` is on).
+    pub fn run_stats(&self) -> Result<(u64, std::time::Duration)> {
+        let info = self
+            .program_ref()?
+            .info()
+            .map_err(|e| Error::ebpf("reading program info", e))?;
+        Ok((info.run_count(), info.run_time()))
+    }
+
+    /// Forwards what the program logged (rare events only) to the `log` crate.
+    pub fn flush_log(&mut self) {
+        if let Some(logger) = self.logger.as_mut() {
+            logger.flush();
+        }
+    }
+
+    /// The fd that becomes readable when the program logged something.
+    pub fn log_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.logger.as_ref().map(|l| l.as_fd())
+    }
+
+    /// Checks a socket on its own and against the group's first socket.
+    fn admit(&self, socket: BorrowedFd<'_>) -> Result<SocketInfo> {
+        let info = SocketInfo::of(socket)?;
+        info.check_joinable()?;
+        if let Some(identity) = &self.identity {
+            info.check_same_group(identity)?;
+        }
+        Ok(info)
+    }
+
+    fn slot_of_cookie(&self, cookie: u64) -> Option<u32> {
+        self.slots
+            .iter()
+            .position(|s| s.state != slot_state::EMPTY && s.cookie == cookie)
+            .map(|i| i as u32)
+    }
+
+    fn occupied(&self, slot: u32) -> Result<()> {
+        check_range(slot)?;
+        if self.slots[slot as usize].state == slot_state::EMPTY {
+            return Err(Error::SlotEmpty(slot));
+        }
+        Ok(())
+    }
+
+    /// Rewrites the inactive halves of the active list and the weighted schedule, then flips
+    /// `CONFIG` to them in one update.
+    fn publish(&mut self) -> Result<()> {
+        let active: Vec<(u32, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == slot_state::ACTIVE)
+            .map(|(i, s)| (i as u32, s.weight))
+            .collect();
+        let schedule = schedule::smooth_weighted(&active)?;
+
+        let half = 1 - self.config.active.half();
+        for (i, &(slot, _)) in active.iter().enumerate() {
+            self.active_map
+                .set(half * MAX_SLOTS + i as u32, slot, 0)
+                .map_err(|e| Error::ebpf("writing the active list", e))?;
+        }
+        let sched_half = 1 - self.config.schedule.half();
+        for (i, &slot) in schedule.iter().enumerate() {
+            self.schedule_map
+                .set(sched_half * MAX_SCHEDULE + i as u32, slot, 0)
+                .map_err(|e| Error::ebpf("writing the weighted schedule", e))?;
+        }
+        self.config.active = ListRef::new(half, active.len() as u32);
+        self.config.schedule = ListRef::new(sched_half, schedule.len() as u32);
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        self.config.generation = self.config.generation.wrapping_add(1);
+        self.config_map
+            .set(0, self.config, 0)
+            .map_err(|e| Error::ebpf("writing the config", e))
+    }
+
+    fn write_slot(&mut self, slot: u32) -> Result<()> {
+        self.slots_map
+            .set(slot, self.slots[slot as usize], 0)
+            .map_err(|e| Error::ebpf("writing the slot table", e))
+    }
+
+    fn reset_slot_stats(&mut self, slot: u32) -> Result<()> {
+        let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
+        let zeros = PerCpuValues::try_from(vec![SlotStats::default(); cpus])
+            .map_err(|e| Error::io("per-CPU values", e))?;
+        self.slot_stats
+            .set(slot, zeros, 0)
+            .map_err(|e| Error::ebpf("resetting slot counters", e))
+    }
+
+    fn socket_array(&mut self) -> Result<ReusePortSockArray<&mut MapData>> {
+        ReusePortSockArray::try_from(&mut self.sockets).map_err(|e| Error::ebpf("socket array", e))
+    }
+
+    fn sockets_fd(&self) -> Result<BorrowedFd<'_>> {
+        match &self.sockets {
+            Map::ReusePortSockArray(data) => Ok(data.fd().as_fd()),
+            _ => Err(Error::Ebpf {
+                what: format!("map {} has the wrong type", names::SOCKETS),
+                source: "object built from other sources".into(),
+            }),
+        }
+    }
+
+    fn program(&mut self) -> Result<&mut SkReuseport> {
+        let name = program_name(self.mode);
+        self.ebpf
+            .program_mut(name)
+            .ok_or(Error::NotAttached)?
+            .try_into()
+            .map_err(|e| Error::ebpf(format!("program {name}"), e))
+    }
+
+    fn program_ref(&self) -> Result<&SkReuseport> {
+        let name = program_name(self.mode);
+        self.ebpf
+            .program(name)
+            .ok_or(Error::NotAttached)?
+            .try_into()
+            .map_err(|e| Error::ebpf(format!("program {name}"), e))
+    }
+}
+
+fn typed<T>(map: Map, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(|e| Error::ebpf(format!("map {name}"), e))
+}
+
+fn check_range(slot: u32) -> Result<()> {
+    if slot >= MAX_SLOTS {
+        return Err(Error::SlotOutOfRange {
+            slot,
+            max: MAX_SLOTS,
+        });
+    }
+    Ok(())
+}
+
+/// aya takes the attach type from the section name, so the mode picks the program.
+fn program_name(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Select => names::PROG_SELECT,
+        AttachMode::SelectOrMigrate => names::PROG_MIGRATE,
+    }
+}

@@ -1,0 +1,168 @@
+//! What the kernel says about a socket: everything needed to decide whether it may join a group,
+//! read with getsockopt/getsockname so it works on any fd, whoever created it.
+
+use std::{
+    fmt,
+    mem::size_of,
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+};
+
+use socket2::SockRef;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ipv4 => "IPv4",
+            Self::Ipv6 => "IPv6",
+        })
+    }
+}
+
+/// A socket as seen by the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub family: Family,
+    pub protocol: Protocol,
+    /// Bound address (port 0 when unbound).
+    pub local: SocketAddr,
+    pub reuseport: bool,
+    /// TCP: `listen()` was called. Always false for UDP.
+    pub listening: bool,
+    /// SO_COOKIE: the socket's identity, stable for its lifetime, shared by every dup of it.
+    pub cookie: u64,
+}
+
+impl SocketInfo {
+    pub fn of(fd: BorrowedFd<'_>) -> Result<Self> {
+        let sock = SockRef::from(&fd);
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |e| Error::io(what, e)
+        };
+        let family = match sock.domain().map_err(io("SO_DOMAIN"))? {
+            d if d == socket2::Domain::IPV4 => Family::Ipv4,
+            d if d == socket2::Domain::IPV6 => Family::Ipv6,
+            _ => return Err(Error::UnsupportedSocket),
+        };
+        let protocol = match sock.r#type().map_err(io("SO_TYPE"))? {
+            t if t == socket2::Type::STREAM => Protocol::Tcp,
+            t if t == socket2::Type::DGRAM => Protocol::Udp,
+            _ => return Err(Error::UnsupportedSocket),
+        };
+        let local = sock
+            .local_addr()
+            .map_err(io("getsockname"))?
+            .as_socket()
+            .ok_or(Error::UnsupportedSocket)?;
+        let reuseport = sock.reuse_port().map_err(io("SO_REUSEPORT"))?;
+        let listening = protocol == Protocol::Tcp && getsockopt_int(fd, libc::SO_ACCEPTCONN)? != 0;
+        let cookie = getsockopt_u64(fd, libc::SO_COOKIE)?;
+        Ok(Self {
+            family,
+            protocol,
+            local,
+            reuseport,
+            listening,
+            cookie,
+        })
+    }
+
+    /// Checks that the socket can be put in a reuseport socket array at all.
+    pub fn check_joinable(&self) -> Result<()> {
+        if !self.reuseport {
+            return Err(Error::NoReuseport);
+        }
+        if self.local.port() == 0 {
+            return Err(Error::NotBound);
+        }
+        if self.protocol == Protocol::Tcp && !self.listening {
+            return Err(Error::NotListening);
+        }
+        Ok(())
+    }
+
+    /// Checks that the socket belongs to the group whose first socket was `group`.
+    pub fn check_same_group(&self, group: &SocketInfo) -> Result<()> {
+        if self.protocol != group.protocol {
+            return Err(Error::WrongProtocol {
+                want: group.protocol,
+                got: self.protocol,
+            });
+        }
+        if self.family != group.family {
+            return Err(Error::WrongFamily {
+                want: group.family,
+                got: self.family,
+            });
+        }
+        if self.local != group.local {
+            return Err(Error::WrongAddress {
+                want: group.local,
+                got: self.local,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads the cookie of any socket fd.
+pub fn cookie(fd: impl AsFd) -> Result<u64> {
+    getsockopt_u64(fd.as_fd(), libc::SO_COOKIE)
+}
+
+fn getsockopt_int(fd: BorrowedFd<'_>, opt: libc::c_int) -> Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    getsockopt_raw(fd, opt, &mut v)?;
+    Ok(v)
+}
+
+fn getsockopt_u64(fd: BorrowedFd<'_>, opt: libc::c_int) -> Result<u64> {
+    let mut v: u64 = 0;
+    getsockopt_raw(fd, opt, &mut v)?;
+    Ok(v)
+}
+
+fn getsockopt_raw<T>(fd: BorrowedFd<'_>, opt: libc::c_int, out: &mut T) -> Result<()> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `out` is a valid, writable T and `len` is its size.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (out as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(Error::io(
+            format!("getsockopt({opt})"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}

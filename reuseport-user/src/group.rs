@@ -16,6 +16,7 @@ use reuseport_common::{
 
 use crate::{
     error::{errno_in, Error, Result},
+    object::OBJECT,
     policy::{AttachMode, OnEmpty, Policy, SlotState},
     preflight::{self, KernelVersion},
     schedule,
@@ -23,9 +24,6 @@ use crate::{
     stats::{GlobalCounters, GroupStats, SlotCounters},
     sys,
 };
-
-/// The compiled kernel program, built by this crate's build script.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport"));
 
 /// How a [`Group`] starts out.
 #[derive(Clone, Copy, Debug, Default)]

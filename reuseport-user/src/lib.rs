@@ -7,6 +7,7 @@ pub mod distribution;
 pub mod error;
 pub mod group;
 pub mod netns;
+mod object;
 pub mod policy;
 pub mod preflight;
 pub mod schedule;

@@ -1,0 +1,44 @@
+//! The compiled kernel program, embedded in the binary by the build script.
+
+/// The eBPF object (ELF) built from `reuseport-ebpf`.
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport"));
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _};
+
+    use super::OBJECT;
+
+    /// BPF_STX | BPF_ATOMIC | BPF_DW: a 64-bit atomic read-modify-write.
+    const ATOMIC_DW: u8 = 0xdb;
+    /// The atomic's immediate: BPF_ADD (0x00) with BPF_FETCH (0x01).
+    const ADD_FETCH: i32 = 0x01;
+
+    /// Exact round-robin rests on a real fetch-and-add. LLVM silently emits a plain add (whose
+    /// "old value" is garbage) for a Relaxed one, or fails without cpu v3: check the bytecode.
+    #[test]
+    fn tickets_use_the_atomic_fetch_form() -> Result<(), Box<dyn std::error::Error>> {
+        let elf = object::File::parse(OBJECT)?;
+        for name in ["sk_reuseport", "sk_reuseport/migrate"] {
+            let section = elf
+                .section_by_name(name)
+                .ok_or(format!("program section {name} missing"))?;
+            let code = section.data()?;
+            let atomics: Vec<i32> = code
+                .chunks_exact(8)
+                .filter(|insn| insn[0] == ATOMIC_DW)
+                .map(|insn| i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]))
+                .collect();
+            assert!(
+                atomics.contains(&ADD_FETCH),
+                "{name}: no atomic fetch-and-add in the program"
+            );
+            assert!(
+                atomics.iter().all(|&imm| imm == ADD_FETCH),
+                "{name}: a non-fetching atomic ({atomics:?}) would return garbage tickets"
+            );
+        }
+        Ok(())
+    }
+}

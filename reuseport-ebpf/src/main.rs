@@ -15,9 +15,13 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},
-    macros::{map, sk_reuseport},
-    maps::{Array, PerCpuArray, ReusePortSockArray},
+    btf_maps::reuseport_sock_array::ReusePortSockArrayImpl,
+    cty::c_void,
+    helpers::generated::bpf_sk_select_reuseport,
+    macros::{btf_map, map, sk_reuseport},
+    maps::{Array, PerCpuArray},
     programs::SkReuseportContext,
+    EbpfContext as _,
 };
 use aya_log_ebpf::warn;
 use reuseport_common::{
@@ -25,8 +29,10 @@ use reuseport_common::{
     MAX_SCHEDULE, MAX_SLOTS, MAX_TRIES,
 };
 
-#[map]
-static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
+/// The group's sockets by slot. 8-byte values, so userspace can read a slot back (the kernel
+/// answers a lookup with the socket's cookie only then) and tell a closed socket from a live one.
+#[btf_map]
+static SOCKETS: ReusePortSockArrayImpl<u64, { MAX_SLOTS as usize }> = ReusePortSockArrayImpl::new();
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Two halves of `MAX_SLOTS` entries; `Config::active` says which one is live.
@@ -160,8 +166,18 @@ fn ticket(which: u32) -> u64 {
 /// Selects `slot`; counts the outcome. Returns whether the socket was taken.
 #[inline(always)]
 fn try_slot(ctx: &SkReuseportContext, slot: u32, migrating: bool, global: &mut GlobalStats) -> bool {
-    match SOCKETS.select_reuseport(ctx, slot) {
-        Ok(()) => {
+    let mut key = slot;
+    // SAFETY: the context and the map are what the helper expects; `key` lives across the call.
+    let ret = unsafe {
+        bpf_sk_select_reuseport(
+            ctx.as_ptr().cast(),
+            core::ptr::from_ref(&SOCKETS).cast_mut().cast::<c_void>(),
+            core::ptr::from_mut(&mut key).cast::<c_void>(),
+            0,
+        )
+    };
+    match ret {
+        0 => {
             if let Some(stats) = SLOT_STATS.get_ptr_mut(slot) {
                 // SAFETY: per-CPU value of this CPU.
                 let stats = unsafe { &mut *stats };
@@ -173,7 +189,7 @@ fn try_slot(ctx: &SkReuseportContext, slot: u32, migrating: bool, global: &mut G
             }
             true
         }
-        Err(ret) => {
+        ret => {
             let which = select_error::index(ret);
             if let Some(counter) = global.errors.get_mut(which) {
                 *counter += 1;

@@ -106,6 +106,33 @@ pub enum Error {
 }
 
 impl Error {
+    /// A stable snake_case name for the error, used as `code` in control replies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotPermitted => "not_permitted",
+            Self::BpfUnavailable(_) => "bpf_unavailable",
+            Self::KernelTooOld { .. } => "kernel_too_old",
+            Self::NoReuseport => "no_reuseport",
+            Self::NotBound => "not_bound",
+            Self::NotListening => "not_listening",
+            Self::WrongProtocol { .. } => "wrong_protocol",
+            Self::WrongFamily { .. } => "wrong_family",
+            Self::WrongAddress { .. } => "wrong_address",
+            Self::UnsupportedSocket => "unsupported_socket",
+            Self::SlotOutOfRange { .. } => "slot_out_of_range",
+            Self::SlotsFull { .. } => "slots_full",
+            Self::SlotTaken(_) => "slot_taken",
+            Self::SlotEmpty(_) => "slot_empty",
+            Self::AlreadyInGroup(_) => "already_in_group",
+            Self::InvalidWeight { .. } => "invalid_weight",
+            Self::ScheduleTooLong { .. } => "schedule_too_long",
+            Self::NotAttached => "not_attached",
+            Self::NothingToDetach(_) => "nothing_to_detach",
+            Self::Io { .. } => "io",
+            Self::Ebpf { .. } => "ebpf",
+        }
+    }
+
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
         Self::Io {
             what: what.into(),

@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::{
-    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues, ReusePortSockArray},
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
     programs::SkReuseport,
     util::nr_cpus,
     Ebpf, EbpfLoader,
@@ -190,14 +190,14 @@ impl Group {
         if self.slots[slot as usize].state != slot_state::EMPTY {
             return Err(Error::SlotTaken(slot));
         }
-        self.socket_array()?
-            .set(slot, &socket, sys::BPF_NOEXIST)
-            .map_err(|e| match errno_in(&e) {
+        sys::sockarray_insert(self.sockets_fd()?, slot, socket).map_err(|e| {
+            match e.raw_os_error() {
                 Some(libc::EBUSY) => Error::AlreadyInGroup(slot),
                 Some(libc::EEXIST) => Error::SlotTaken(slot),
                 Some(libc::EINVAL) => Error::NotListening,
-                _ => Error::ebpf(format!("putting the socket in slot {slot}"), e),
-            })?;
+                _ => Error::io(format!("putting the socket in slot {slot}"), e),
+            }
+        })?;
         self.identity.get_or_insert(info);
         self.reset_slot_stats(slot)?;
         self.slots[slot as usize] = SlotConfig {
@@ -217,12 +217,9 @@ impl Group {
         // Unpublish first, so the program stops choosing the slot before it empties.
         self.publish()?;
         self.write_slot(slot)?;
-        match self.socket_array()?.clear_index(&slot) {
-            Ok(()) => Ok(()),
-            // The socket closed already: the kernel emptied the slot itself.
-            Err(e) if errno_in(&e) == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(Error::ebpf(format!("clearing slot {slot}"), e)),
-        }
+        sys::sockarray_clear(self.sockets_fd()?, slot)
+            .map_err(|e| Error::io(format!("clearing slot {slot}"), e))?;
+        Ok(())
     }
 
     /// Marks a slot active (gets new connections) or draining (keeps what it has, gets nothing
@@ -453,10 +450,6 @@ impl Group {
         self.slot_stats
             .set(slot, zeros, 0)
             .map_err(|e| Error::ebpf("resetting slot counters", e))
-    }
-
-    fn socket_array(&mut self) -> Result<ReusePortSockArray<&mut MapData>> {
-        ReusePortSockArray::try_from(&mut self.sockets).map_err(|e| Error::ebpf("socket array", e))
     }
 
     fn sockets_fd(&self) -> Result<BorrowedFd<'_>> {

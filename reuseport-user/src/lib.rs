@@ -3,7 +3,11 @@
 //! [`Group`] loads the kernel program, attaches it to a group and manages its slots, policy and
 //! weights live; [`netns`] gives tests and demos a private network namespace.
 
+pub mod cli;
+pub mod control;
+pub mod daemon;
 pub mod distribution;
+pub mod echo;
 pub mod error;
 pub mod group;
 pub mod netns;
@@ -14,6 +18,7 @@ pub mod schedule;
 pub mod socket;
 pub mod stats;
 mod sys;
+pub mod worker;
 
 pub use error::{Error, Result};
 pub use group::{Group, GroupOptions, Slot};

@@ -1,1 +1,203 @@
-fn main() {}
+//! The `reuseport` command: daemon, CLI and demo worker.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use reuseport_user::{
+    cli,
+    daemon::{self, DaemonConfig},
+    echo::{self, EchoOptions},
+    AttachMode, OnEmpty, Policy,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "reuseport",
+    version,
+    about = "Steer a SO_REUSEPORT group with eBPF"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The control socket option every client command takes.
+#[derive(clap::Args, Clone)]
+struct Control {
+    /// Control socket of the daemon [default: /run/reuseport/control.sock]
+    #[arg(long, env = "REUSEPORT_CONTROL", global = true)]
+    control: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: steer the groups on the given addresses.
+    Run {
+        /// Address of a group to steer (repeat for several groups)
+        #[arg(long, required = true, value_name = "ADDR:PORT")]
+        listen: Vec<SocketAddr>,
+        #[arg(long, default_value = "round-robin")]
+        policy: Policy,
+        /// select, or select-or-migrate (queued connections of closing listeners move over)
+        #[arg(long, default_value = "select-or-migrate")]
+        mode: AttachMode,
+        /// When no active worker can take a connection: pass (kernel hash) or drop
+        #[arg(long, default_value = "pass")]
+        on_empty: OnEmpty,
+        /// Another uid allowed on the control socket (repeatable)
+        #[arg(long, value_name = "UID")]
+        allow_uid: Vec<u32>,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Show groups and workers.
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Show or change the balancing policy.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Set a worker's weight for the weighted policy.
+    Weight {
+        slot: u32,
+        weight: u32,
+        #[arg(long, value_name = "ADDR:PORT")]
+        group: Option<String>,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Stop sending new connections to a worker; it keeps serving what it has.
+    Drain {
+        slot: u32,
+        #[arg(long, value_name = "ADDR:PORT")]
+        group: Option<String>,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Send new connections to a drained worker again.
+    Undrain {
+        slot: u32,
+        #[arg(long, value_name = "ADDR:PORT")]
+        group: Option<String>,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// A single-threaded HTTP echo worker that joins the group.
+    Echo {
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: SocketAddr,
+        /// Serve without registering with the daemon
+        #[arg(long)]
+        no_register: bool,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[command(flatten)]
+        control: Control,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Print the policy of each group.
+    Get {
+        #[arg(long, value_name = "ADDR:PORT")]
+        group: Option<String>,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Switch the policy live (all groups unless --group).
+    Set {
+        policy: Policy,
+        #[arg(long, value_name = "ADDR:PORT")]
+        group: Option<String>,
+        #[command(flatten)]
+        control: Control,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    match dispatch(args.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            listen,
+            policy,
+            mode,
+            on_empty,
+            allow_uid,
+            control,
+        } => {
+            let config = DaemonConfig {
+                listen,
+                policy,
+                mode,
+                on_empty,
+                control: cli::path(control.control),
+                allow_uids: allow_uid,
+                tick: Duration::from_millis(20),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(daemon::run(config, daemon::termination()))
+        }
+        Command::Status { json, control } => cli::status(&cli::path(control.control), json),
+        Command::Policy { action } => match action {
+            PolicyAction::Get { group, control } => {
+                cli::policy_get(&cli::path(control.control), group)
+            }
+            PolicyAction::Set {
+                policy,
+                group,
+                control,
+            } => cli::policy_set(&cli::path(control.control), policy, group),
+        },
+        Command::Weight {
+            slot,
+            weight,
+            group,
+            control,
+        } => cli::weight(&cli::path(control.control), slot, weight, group),
+        Command::Drain {
+            slot,
+            group,
+            control,
+        } => cli::drain(&cli::path(control.control), slot, group, true),
+        Command::Undrain {
+            slot,
+            group,
+            control,
+        } => cli::drain(&cli::path(control.control), slot, group, false),
+        Command::Echo {
+            listen,
+            no_register,
+            name,
+            weight,
+            control,
+        } => echo::run(&EchoOptions {
+            listen,
+            control: control.control,
+            register: !no_register,
+            name,
+            weight,
+        }),
+    }
+}

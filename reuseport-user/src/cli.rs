@@ -1,0 +1,120 @@
+//! The client commands of `reuseport`: each sends one request on the control socket and prints
+//! the reply for a person (or as JSON for a script).
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    control::{control_path, ControlClient, GroupStatus, Request},
+    Policy,
+};
+
+/// The control socket path from `--control`, `REUSEPORT_CONTROL` or the default.
+pub fn path(explicit: Option<PathBuf>) -> PathBuf {
+    control_path(explicit.as_deref())
+}
+
+/// Fetches the status of every group.
+pub fn fetch_status(control: &Path) -> anyhow::Result<Vec<GroupStatus>> {
+    let reply = ControlClient::connect(control)?.request(&Request::Status)?;
+    Ok(reply.groups.unwrap_or_default())
+}
+
+pub fn status(control: &Path, json: bool) -> anyhow::Result<()> {
+    let groups = fetch_status(control)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "groups": groups }))?
+        );
+    } else {
+        print!("{}", status_table(&groups));
+    }
+    Ok(())
+}
+
+/// The readable form of `status`.
+pub fn status_table(groups: &[GroupStatus]) -> String {
+    let mut out = String::new();
+    for g in groups {
+        let _ = writeln!(
+            out,
+            "group {} ({}) policy {} mode {} on-empty {}  fallbacks {} drops {}",
+            g.listen, g.proto, g.policy, g.mode, g.on_empty, g.fallbacks, g.drops
+        );
+        let _ = writeln!(
+            out,
+            "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}",
+            "SLOT", "PID", "NAME", "STATE", "WEIGHT", "SELECTED", "MIGRATED", "INFLIGHT"
+        );
+        if g.workers.is_empty() {
+            let _ = writeln!(out, "  (no workers registered)");
+        }
+        for w in &g.workers {
+            let _ = writeln!(
+                out,
+                "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}",
+                w.slot, w.pid, w.name, w.state, w.weight, w.selected, w.migrated, w.inflight
+            );
+        }
+        let errors: Vec<String> = g
+            .select_errors
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        if !errors.is_empty() {
+            let _ = writeln!(out, "  failed selections: {}", errors.join(", "));
+        }
+    }
+    out
+}
+
+pub fn policy_get(control: &Path, group: Option<String>) -> anyhow::Result<()> {
+    match group {
+        Some(group) => {
+            let reply = ControlClient::connect(control)?
+                .request(&Request::PolicyGet { group: Some(group) })?;
+            println!(
+                "{} {}",
+                reply.group.unwrap_or_default(),
+                reply.policy.unwrap_or_default()
+            );
+        }
+        None => {
+            for g in fetch_status(control)? {
+                println!("{} {}", g.listen, g.policy);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn policy_set(control: &Path, policy: Policy, group: Option<String>) -> anyhow::Result<()> {
+    ControlClient::connect(control)?.request(&Request::PolicySet {
+        policy: policy.to_string(),
+        group,
+    })?;
+    Ok(())
+}
+
+pub fn weight(control: &Path, slot: u32, weight: u32, group: Option<String>) -> anyhow::Result<()> {
+    ControlClient::connect(control)?.request(&Request::Weight {
+        slot,
+        weight,
+        group,
+    })?;
+    Ok(())
+}
+
+pub fn drain(control: &Path, slot: u32, group: Option<String>, drain: bool) -> anyhow::Result<()> {
+    let request = if drain {
+        Request::Drain { slot, group }
+    } else {
+        Request::Undrain { slot, group }
+    };
+    ControlClient::connect(control)?.request(&request)?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! A blocking client of the control socket: what the CLI and the worker helper use.
+
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    os::{
+        fd::{AsRawFd, BorrowedFd},
+        unix::net::UnixStream,
+    },
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use super::{
+    fdpass,
+    protocol::{Reply, Request, CONTROL_ENV, DEFAULT_CONTROL_PATH, MAX_LINE},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "the reuseport daemon is not running (no control socket at {0}): start it with \
+         `reuseport run --listen ADDR:PORT`, or point --control / REUSEPORT_CONTROL at its socket"
+    )]
+    NotRunning(PathBuf),
+    #[error(
+        "permission denied on the control socket {0}: run as the daemon's user (root), or start \
+         the daemon with --allow-uid {uid}",
+        uid = nix::unistd::geteuid()
+    )]
+    PermissionDenied(PathBuf),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the daemon closed the connection without replying")]
+    Closed,
+    #[error("unreadable reply from the daemon: {0}")]
+    BadReply(String),
+    #[error("{message}")]
+    Rejected { code: String, message: String },
+}
+
+/// Where the control socket is: the explicit path, else `REUSEPORT_CONTROL`, else the default.
+pub fn control_path(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(CONTROL_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_PATH))
+}
+
+/// One connection to the daemon.
+pub struct ControlClient {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+}
+
+impl ControlClient {
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(path.to_path_buf())
+            }
+            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(path.to_path_buf()),
+            _ => ClientError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        })?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| io_err(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends a request and waits for its reply; a refusal becomes [`ClientError::Rejected`].
+    pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        self.send(request, None)?;
+        self.reply()
+    }
+
+    /// Sends a request with a descriptor attached (`register`) and waits for its reply.
+    pub fn request_with_fd(
+        &mut self,
+        request: &Request,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Reply, ClientError> {
+        self.send(request, Some(fd))?;
+        self.reply()
+    }
+
+    /// Sends a request that gets no reply (`load` reports).
+    pub fn notify(&mut self, request: &Request) -> Result<(), ClientError> {
+        self.send(request, None)
+    }
+
+    /// The underlying stream, e.g. to wait for the daemon to go away.
+    pub fn stream(&self) -> &UnixStream {
+        self.reader.get_ref()
+    }
+
+    fn send(&mut self, request: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(), ClientError> {
+        let mut line =
+            serde_json::to_vec(request).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        line.push(b'\n');
+        let stream = self.reader.get_mut();
+        match fd {
+            Some(fd) => {
+                // The descriptor rides on the first byte; the rest follows as plain bytes.
+                let sent = fdpass::send_with_fds(stream, &line, &[fd.as_raw_fd()])
+                    .map_err(|e| io_err(&self.path, e))?;
+                stream
+                    .write_all(&line[sent..])
+                    .map_err(|e| io_err(&self.path, e))
+            }
+            None => stream.write_all(&line).map_err(|e| io_err(&self.path, e)),
+        }
+    }
+
+    fn reply(&mut self) -> Result<Reply, ClientError> {
+        let mut line = String::new();
+        let n = Read::by_ref(&mut self.reader)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .map_err(|e| io_err(&self.path, e))?;
+        if n == 0 {
+            return Err(ClientError::Closed);
+        }
+        let reply: Reply =
+            serde_json::from_str(&line).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        if !reply.ok {
+            return Err(ClientError::Rejected {
+                code: reply.code.unwrap_or_default(),
+                message: reply.error.unwrap_or_default(),
+            });
+        }
+        Ok(reply)
+    }
+}
+
+fn io_err(path: &Path, source: io::Error) -> ClientError {
+    ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,180 @@
+//! The control protocol spoken on the daemon's Unix socket (see docs/protocol.md, which is the
+//! reference for writing a client in another language).
+//!
+//! One JSON object per line, both ways; every request gets exactly one reply line. A worker
+//! registers by sending a `register` line with its listening socket attached (SCM_RIGHTS) and
+//! then keeps the connection open: closing it unregisters the worker.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest line accepted, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Default control socket path; `REUSEPORT_CONTROL` or `--control` override it.
+pub const DEFAULT_CONTROL_PATH: &str = "/run/reuseport/control.sock";
+/// Environment variable naming the control socket.
+pub const CONTROL_ENV: &str = "REUSEPORT_CONTROL";
+
+/// A request line: `{"op": "...", ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Unknown fields are ignored, so newer clients can add some.
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Join the group the attached socket belongs to.
+    Register {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        weight: Option<u32>,
+        /// The worker's pid, for display; the daemon trusts SO_PEERCRED, not this.
+        #[serde(default)]
+        pid: Option<u32>,
+    },
+    /// Requests the worker is serving right now (workers send this whenever it changes).
+    Load {
+        inflight: u32,
+    },
+    Status,
+    PolicyGet {
+        #[serde(default)]
+        group: Option<String>,
+    },
+    PolicySet {
+        policy: String,
+        #[serde(default)]
+        group: Option<String>,
+    },
+    Weight {
+        slot: u32,
+        weight: u32,
+        #[serde(default)]
+        group: Option<String>,
+    },
+    Drain {
+        slot: u32,
+        #[serde(default)]
+        group: Option<String>,
+    },
+    Undrain {
+        slot: u32,
+        #[serde(default)]
+        group: Option<String>,
+    },
+}
+
+/// A reply line. `ok` says whether the request was carried out; `error` and `code` say why
+/// not; the other fields depend on the request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    /// Stable machine-readable reason (see docs/protocol.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Human-readable reason, with the fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+    /// The group's listen address, `ADDR:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<GroupStatus>>,
+}
+
+impl Reply {
+    pub fn ok() -> Self {
+        Self {
+            ok: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            code: Some(code.to_owned()),
+            error: Some(message.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// One group in a `status` reply.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// `ADDR:PORT`.
+    pub listen: String,
+    /// `tcp`.
+    pub proto: String,
+    pub policy: String,
+    /// `pass` or `drop`.
+    pub on_empty: String,
+    /// `select` or `select-or-migrate`.
+    pub mode: String,
+    pub workers: Vec<WorkerStatus>,
+    /// Connections handed to the kernel's hash because no active slot took them.
+    pub fallbacks: u64,
+    pub drops: u64,
+    /// Failed selections by errno name.
+    pub select_errors: std::collections::BTreeMap<String, u64>,
+}
+
+/// One registered worker in a `status` reply.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub slot: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub name: String,
+    /// `active` or `draining`.
+    pub state: String,
+    pub weight: u32,
+    /// Connections the program sent to this slot.
+    pub selected: u64,
+    /// Queued connections moved to this slot from closing listeners.
+    pub migrated: u64,
+    /// Requests in flight, as last reported by the worker.
+    pub inflight: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() -> Result<(), serde_json::Error> {
+        let r: Request = serde_json::from_str(r#"{"op":"register","name":"w1","weight":2}"#)?;
+        assert_eq!(
+            r,
+            Request::Register {
+                name: Some("w1".into()),
+                weight: Some(2),
+                pid: None
+            }
+        );
+        let line = serde_json::to_string(&Request::PolicySet {
+            policy: "weighted".into(),
+            group: None,
+        })?;
+        assert_eq!(
+            line,
+            r#"{"op":"policy_set","policy":"weighted","group":null}"#
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+        let r: Request = serde_json::from_str(r#"{"op":"status","x":1}"#)?;
+        assert_eq!(r, Request::Status);
+        Ok(())
+    }
+
+    #[test]
+    fn replies_omit_what_they_do_not_carry() -> Result<(), serde_json::Error> {
+        let line = serde_json::to_string(&Reply {
+            slot: Some(3),
+            ..Reply::ok()
+        })?;
+        assert_eq!(line, r#"{"ok":true,"slot":3}"#);
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! `reuseport run`: owns one steering program per `--listen` group, takes worker registrations
+//! and CLI requests on the control socket, and keeps the slots in step with the workers.
+//!
+//! When the daemon stops (SIGTERM, SIGINT, or a crash) the programs stay attached with their
+//! last state: the kernel keeps steering between the registered workers by the last policy, a
+//! worker that exits simply drops out (its slot empties with its socket), and the group falls
+//! back to the kernel's hash once no registered worker is left. A restarted daemon starts
+//! fresh and the workers register again on their own.
+
+mod control_socket;
+mod registry;
+mod session;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use log::{info, warn};
+
+pub use registry::{ConnId, Peer, Registry};
+use session::Session;
+
+use crate::{AttachMode, GroupOptions, OnEmpty, Policy};
+
+/// Everything `reuseport run` is told.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub listen: Vec<SocketAddr>,
+    pub policy: Policy,
+    pub mode: AttachMode,
+    pub on_empty: OnEmpty,
+    pub control: PathBuf,
+    /// Uids besides the daemon's own that may use the control socket.
+    pub allow_uids: Vec<u32>,
+    /// How often slots are checked for sockets closed behind the daemon's back.
+    pub tick: Duration,
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.listen.is_empty(),
+        "nothing to serve: give at least one --listen ADDR:PORT"
+    );
+    let registry = Registry::new(
+        &config.listen,
+        GroupOptions {
+            mode: config.mode,
+            policy: config.policy,
+            on_empty: config.on_empty,
+        },
+    )
+    .context("loading the steering program")?;
+    let registry = Arc::new(Mutex::new(registry));
+    let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
+    let own_uid = nix::unistd::geteuid().as_raw();
+    info!(
+        "serving {} with policy {} ({}); control socket {}",
+        config
+            .listen
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.policy,
+        config.mode,
+        config.control.display()
+    );
+
+    let ticker = {
+        let registry = registry.clone();
+        let period = config.tick;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                match registry.lock() {
+                    Ok(mut r) => r.tick(),
+                    Err(poisoned) => poisoned.into_inner().tick(),
+                }
+            }
+        })
+    };
+
+    let mut next_conn: ConnId = 0;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!("control socket accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let peer = match stream.peer_cred() {
+                    Ok(cred) => Peer {
+                        pid: cred.pid().map_or(0, |p| p as u32),
+                        uid: cred.uid(),
+                    },
+                    Err(e) => {
+                        warn!("SO_PEERCRED: {e}");
+                        continue;
+                    }
+                };
+                next_conn += 1;
+                let session = Session {
+                    conn: next_conn,
+                    peer,
+                    allowed: peer.uid == own_uid || config.allow_uids.contains(&peer.uid),
+                    registry: registry.clone(),
+                };
+                tokio::spawn(session.serve(stream));
+            }
+        }
+    }
+    ticker.abort();
+    if let Err(e) = std::fs::remove_file(&config.control) {
+        warn!("removing {}: {e}", config.control.display());
+    }
+    info!("stopped; the programs stay attached and keep steering with their last state");
+    Ok(())
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+}

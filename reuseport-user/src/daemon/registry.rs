@@ -1,0 +1,370 @@
+//! The daemon's state: one [`Group`] per `--listen` address and the workers registered in it.
+//! Every control request ends up as one call here, under one lock.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
+};
+
+use log::{info, warn};
+
+use crate::{
+    control::{GroupStatus, WorkerStatus},
+    Error, Group, GroupOptions, Policy, Protocol, SlotState, SocketInfo,
+};
+
+/// Identifies one control connection.
+pub type ConnId = u64;
+
+/// A refusal, as it goes back to the client.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+/// Who is on the other end of a control connection (SO_PEERCRED).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+}
+
+struct Worker {
+    conn: ConnId,
+    peer: Peer,
+    name: String,
+    cookie: u64,
+    inflight: u32,
+}
+
+struct GroupEntry {
+    listen: SocketAddr,
+    group: Group,
+    workers: BTreeMap<u32, Worker>,
+}
+
+pub struct Registry {
+    groups: Vec<GroupEntry>,
+}
+
+impl Registry {
+    /// Loads one program per listen address. Nothing is attached until a worker registers:
+    /// the group only exists once a worker has bound its socket.
+    pub fn new(listen: &[SocketAddr], options: GroupOptions) -> Result<Self, Error> {
+        let groups = listen
+            .iter()
+            .map(|&listen| {
+                Ok(GroupEntry {
+                    listen,
+                    group: Group::load(options)?,
+                    workers: BTreeMap::new(),
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Self { groups })
+    }
+
+    /// Puts a worker's listening socket in its group. The daemon keeps no copy of it: the
+    /// descriptor is closed on return, so the worker alone decides the socket's lifetime.
+    pub fn register(
+        &mut self,
+        conn: ConnId,
+        peer: Peer,
+        socket: OwnedFd,
+        name: Option<String>,
+        weight: Option<u32>,
+    ) -> Result<(String, u32), Refusal> {
+        let info = SocketInfo::of(socket.as_fd())?;
+        info.check_joinable()?;
+        let entry = self.group_for(&info)?;
+        let slot = entry.group.insert(socket.as_fd())?;
+        let attached = entry.group.attach(socket.as_fd());
+        let weighted = weight.map(|w| entry.group.set_weight(slot, w));
+        if let Err(e) = attached.and(weighted.unwrap_or(Ok(()))) {
+            // Leave nothing half-done: the worker gets the error and no slot.
+            if let Err(undo) = entry.group.remove(slot) {
+                warn!("slot {slot}: undoing a failed registration: {undo}");
+            }
+            return Err(e.into());
+        }
+        let name = name.unwrap_or_else(|| format!("pid-{}", peer.pid));
+        info!(
+            "{}: worker {name} (pid {}, uid {}) registered in slot {slot}",
+            entry.listen, peer.pid, peer.uid
+        );
+        entry.workers.insert(
+            slot,
+            Worker {
+                conn,
+                peer,
+                name,
+                cookie: info.cookie,
+                inflight: 0,
+            },
+        );
+        Ok((entry.listen.to_string(), slot))
+    }
+
+    /// Frees every slot registered over `conn` (its worker went away).
+    pub fn unregister(&mut self, conn: ConnId) {
+        for entry in &mut self.groups {
+            let slots: Vec<u32> = entry
+                .workers
+                .iter()
+                .filter(|(_, w)| w.conn == conn)
+                .map(|(&s, _)| s)
+                .collect();
+            for slot in slots {
+                let Some(worker) = entry.workers.remove(&slot) else {
+                    continue;
+                };
+                // The slot may have been freed (socket closed) and reused meanwhile.
+                let same = entry.group.slot(slot).map(|s| s.cookie) == Some(worker.cookie);
+                if same {
+                    if let Err(e) = entry.group.remove(slot) {
+                        warn!("{}: removing slot {slot}: {e}", entry.listen);
+                    }
+                }
+                info!(
+                    "{}: worker {} (pid {}) left slot {slot}",
+                    entry.listen, worker.name, worker.peer.pid
+                );
+            }
+        }
+    }
+
+    /// Records a worker's in-flight request count.
+    pub fn report_load(&mut self, conn: ConnId, inflight: u32) {
+        for entry in &mut self.groups {
+            for worker in entry.workers.values_mut().filter(|w| w.conn == conn) {
+                worker.inflight = inflight;
+            }
+        }
+    }
+
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.groups.iter().map(GroupEntry::status).collect()
+    }
+
+    pub fn policy(&self, group: Option<&str>) -> Result<(String, Policy), Refusal> {
+        let entry = &self.groups[self.one_group(group)?];
+        Ok((entry.listen.to_string(), entry.group.policy()))
+    }
+
+    /// Sets the policy of one group, or of all of them when `group` is `None`.
+    pub fn set_policy(&mut self, policy: &str, group: Option<&str>) -> Result<(), Refusal> {
+        let policy: Policy = policy.parse().map_err(|e: crate::policy::ParseError| {
+            Refusal::new("unknown_policy", e.to_string())
+        })?;
+        let targets = match group {
+            Some(_) => vec![self.one_group(group)?],
+            None => (0..self.groups.len()).collect(),
+        };
+        for i in targets {
+            let entry = &mut self.groups[i];
+            entry.group.set_policy(policy)?;
+            info!("{}: policy set to {policy}", entry.listen);
+        }
+        Ok(())
+    }
+
+    pub fn set_weight(
+        &mut self,
+        slot: u32,
+        weight: u32,
+        group: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let i = self.one_group(group)?;
+        let entry = &mut self.groups[i];
+        entry.group.set_weight(slot, weight)?;
+        info!("{}: slot {slot} weight {weight}", entry.listen);
+        Ok(())
+    }
+
+    pub fn set_state(
+        &mut self,
+        slot: u32,
+        state: SlotState,
+        group: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let i = self.one_group(group)?;
+        let entry = &mut self.groups[i];
+        entry.group.set_state(slot, state)?;
+        info!("{}: slot {slot} is now {state}", entry.listen);
+        Ok(())
+    }
+
+    /// Periodic housekeeping: frees slots whose socket was closed while its worker stayed
+    /// connected, and forwards what the program logged.
+    pub fn tick(&mut self) {
+        for entry in &mut self.groups {
+            entry.group.flush_log();
+            match entry.group.sync() {
+                Ok(gone) => {
+                    for slot in gone {
+                        if let Some(w) = entry.workers.remove(&slot) {
+                            info!(
+                                "{}: worker {} (pid {}) closed its socket; slot {slot} freed",
+                                entry.listen, w.name, w.peer.pid
+                            );
+                        }
+                    }
+                }
+                Err(e) => warn!("{}: checking slots: {e}", entry.listen),
+            }
+        }
+    }
+
+    /// The group a socket may join, or why none fits.
+    fn group_for(&mut self, info: &SocketInfo) -> Result<&mut GroupEntry, Refusal> {
+        if info.protocol != Protocol::Tcp {
+            return Err(Error::WrongProtocol {
+                want: Protocol::Tcp,
+                got: info.protocol,
+            }
+            .into());
+        }
+        if let Some(i) = self.groups.iter().position(|g| g.listen == info.local) {
+            return Ok(&mut self.groups[i]);
+        }
+        let same_port = self
+            .groups
+            .iter()
+            .find(|g| g.listen.port() == info.local.port());
+        Err(match same_port {
+            Some(g) if g.listen.is_ipv4() != info.local.is_ipv4() => Error::WrongFamily {
+                want: family_of(g.listen),
+                got: info.family,
+            }
+            .into(),
+            Some(g) => Error::WrongAddress {
+                want: g.listen,
+                got: info.local,
+            }
+            .into(),
+            None => Refusal::new(
+                "no_group",
+                format!(
+                    "no group listens on {}: this daemon serves {}; bind to one of those, or \
+                     start the daemon with --listen {}",
+                    info.local,
+                    self.listen_list(),
+                    info.local
+                ),
+            ),
+        })
+    }
+
+    fn one_group(&self, group: Option<&str>) -> Result<usize, Refusal> {
+        match group {
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    Refusal::new(
+                        "bad_request",
+                        format!(
+                            "{text:?} is not an ADDR:PORT; groups: {}",
+                            self.listen_list()
+                        ),
+                    )
+                })?;
+                self.groups
+                    .iter()
+                    .position(|g| g.listen == addr)
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            "unknown_group",
+                            format!("no group {addr}; groups: {}", self.listen_list()),
+                        )
+                    })
+            }
+            None if self.groups.len() == 1 => Ok(0),
+            None => Err(Refusal::new(
+                "ambiguous_group",
+                format!(
+                    "the daemon serves several groups ({}): name one with --group ADDR:PORT",
+                    self.listen_list()
+                ),
+            )),
+        }
+    }
+
+    fn listen_list(&self) -> String {
+        self.groups
+            .iter()
+            .map(|g| g.listen.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl GroupEntry {
+    fn status(&self) -> GroupStatus {
+        let stats = match self.group.stats() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("{}: reading counters: {e}", self.listen);
+                Default::default()
+            }
+        };
+        let workers = self
+            .group
+            .slots()
+            .into_iter()
+            .map(|slot| {
+                let worker = self.workers.get(&slot.index);
+                let counters = stats.slot(slot.index);
+                WorkerStatus {
+                    slot: slot.index,
+                    pid: worker.map_or(0, |w| w.peer.pid),
+                    uid: worker.map_or(0, |w| w.peer.uid),
+                    name: worker.map_or_else(String::new, |w| w.name.clone()),
+                    state: slot.state.to_string(),
+                    weight: slot.weight,
+                    selected: counters.map_or(0, |c| c.selected),
+                    migrated: counters.map_or(0, |c| c.migrated),
+                    inflight: worker.map_or(0, |w| w.inflight),
+                }
+            })
+            .collect();
+        GroupStatus {
+            listen: self.listen.to_string(),
+            proto: "tcp".into(),
+            policy: self.group.policy().to_string(),
+            on_empty: self.group.on_empty().to_string(),
+            mode: self.group.mode().to_string(),
+            workers,
+            fallbacks: stats.global.fallbacks,
+            drops: stats.global.drops,
+            select_errors: stats
+                .global
+                .errors_by_name()
+                .map(|(n, c)| (n.to_owned(), c))
+                .collect(),
+        }
+    }
+}
+
+fn family_of(addr: SocketAddr) -> crate::Family {
+    if addr.is_ipv4() {
+        crate::Family::Ipv4
+    } else {
+        crate::Family::Ipv6
+    }
+}

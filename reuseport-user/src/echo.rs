@@ -1,0 +1,242 @@
+//! `reuseport echo`: the single-process, single-threaded server of the story: one request at a
+//! time, like a sync Python or Ruby worker, so `/sleep` really blocks it. Minimal HTTP/1.1 with
+//! keep-alive: `GET /` answers `pid=<PID>\n`; `GET /sleep?ms=N` answers the same after N ms.
+
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    time::Duration,
+};
+
+use log::{info, warn};
+
+use crate::worker::{self, Registration, WorkerOptions};
+
+#[derive(Clone, Debug)]
+pub struct EchoOptions {
+    pub listen: SocketAddr,
+    pub control: Option<PathBuf>,
+    pub register: bool,
+    pub name: Option<String>,
+    pub weight: Option<u32>,
+}
+
+/// Longest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// Longest `/sleep`, so a typo cannot wedge a worker for hours.
+const MAX_SLEEP_MS: u64 = 60_000;
+/// Poll timeout: also how soon a migrated connection (which raises no readiness event) is seen.
+const TICK_MS: i32 = 20;
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// Serves until the process is killed.
+pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
+    let listener = worker::bind_listener(options.listen, 1024)?;
+    listener.set_nonblocking(true)?;
+    let registration = if options.register {
+        Some(Registration::start(
+            &listener,
+            &WorkerOptions {
+                control: options.control.clone(),
+                name: options.name.clone(),
+                weight: options.weight,
+                ..WorkerOptions::default()
+            },
+        )?)
+    } else {
+        None
+    };
+    info!(
+        "echo worker pid {} on {}",
+        std::process::id(),
+        options.listen
+    );
+    serve(&listener, registration.as_ref())
+}
+
+fn serve(listener: &TcpListener, registration: Option<&Registration>) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    let mut conns: Vec<Conn> = Vec::new();
+    loop {
+        let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
+            .chain(conns.iter().map(|c| c.stream.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK_MS) };
+
+        // Accept on every tick, not only on readiness: migrated connections raise none.
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(false).is_ok()
+                        && stream
+                            .set_write_timeout(Some(Duration::from_secs(5)))
+                            .is_ok()
+                    {
+                        conns.push(Conn {
+                            stream,
+                            buf: Vec::new(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    break;
+                }
+            }
+        }
+
+        let mut closed = Vec::new();
+        for (i, pfd) in fds.iter().enumerate().skip(1) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            let conn = &mut conns[i - 1];
+            if !read_and_answer(conn, pid, registration) {
+                closed.push(i - 1);
+            }
+        }
+        for i in closed.into_iter().rev() {
+            conns.swap_remove(i);
+        }
+    }
+}
+
+/// Reads what is there and answers complete requests. Returns false when the connection is
+/// done.
+fn read_and_answer(conn: &mut Conn, pid: u32, registration: Option<&Registration>) -> bool {
+    let mut chunk = [0u8; 4096];
+    let n = match conn.stream.read(&mut chunk) {
+        Ok(0) | Err(_) => return false,
+        Ok(n) => n,
+    };
+    conn.buf.extend_from_slice(&chunk[..n]);
+    while let Some(end) = find_head_end(&conn.buf) {
+        let head: Vec<u8> = conn.buf.drain(..end).collect();
+        let request = parse(&head);
+        if let Some(r) = registration {
+            r.report_inflight(1);
+        }
+        let keep = answer(&mut conn.stream, &request, pid).is_ok() && request.keep_alive;
+        if let Some(r) = registration {
+            r.report_inflight(0);
+        }
+        if !keep {
+            return false;
+        }
+    }
+    conn.buf.len() < MAX_HEAD
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct HttpRequest {
+    method: String,
+    path: String,
+    keep_alive: bool,
+}
+
+fn parse(head: &[u8]) -> HttpRequest {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_owned();
+    let path = first.next().unwrap_or_default().to_owned();
+    let http10 = first.next() == Some("HTTP/1.0");
+    let mut keep_alive = !http10;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("connection") {
+                let value = value.trim();
+                if value.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if value.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    HttpRequest {
+        method,
+        path,
+        keep_alive,
+    }
+}
+
+fn answer(stream: &mut TcpStream, request: &HttpRequest, pid: u32) -> io::Result<()> {
+    let (status, body) = match (request.method.as_str(), route(&request.path)) {
+        ("GET", Some(sleep_ms)) => {
+            if sleep_ms > 0 {
+                // Deliberately blocks the whole worker, like a long synchronous request.
+                std::thread::sleep(Duration::from_millis(sleep_ms));
+            }
+            ("200 OK", format!("pid={pid}\n"))
+        }
+        ("GET", None) => ("404 Not Found", "not found\n".to_owned()),
+        _ => ("405 Method Not Allowed", "only GET\n".to_owned()),
+    };
+    let connection = if request.keep_alive {
+        "keep-alive"
+    } else {
+        "close"
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes())
+}
+
+/// `Some(ms to sleep)` for the paths served: `/` and `/sleep?ms=N`.
+fn route(path: &str) -> Option<u64> {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    match path {
+        "/" => Some(0),
+        "/sleep" => Some(
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+                .min(MAX_SLEEP_MS),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/"), Some(0));
+        assert_eq!(route("/sleep?ms=250"), Some(250));
+        assert_eq!(route("/sleep?x=1&ms=7"), Some(7));
+        assert_eq!(route("/sleep?ms=999999999"), Some(MAX_SLEEP_MS));
+        assert_eq!(route("/other"), None);
+    }
+
+    #[test]
+    fn keep_alive_follows_http_version_and_header() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").keep_alive);
+        assert!(!parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!parse(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+    }
+}

@@ -1,0 +1,270 @@
+//! The worker side: a SO_REUSEPORT listener registered with the daemon in one call, for Rust
+//! servers (std or tokio). The registration lives in a small background thread that registers
+//! again whenever the daemon restarts and forwards in-flight reports; dropping it unregisters.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use log::{info, warn};
+use socket2::{Domain, Socket, Type};
+
+use crate::control::{control_path, ClientError, ControlClient, Request};
+
+/// How a worker joins.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Control socket; `None` means `REUSEPORT_CONTROL` or the default path.
+    pub control: Option<PathBuf>,
+    pub name: Option<String>,
+    pub weight: Option<u32>,
+    pub backlog: i32,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            control: None,
+            name: None,
+            weight: None,
+            backlog: 1024,
+        }
+    }
+}
+
+/// Binds a listening TCP socket with SO_REUSEPORT (set before bind, as the kernel requires).
+pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// A registered listener in one call: binds, registers, and keeps the registration alive.
+pub fn listen(
+    addr: SocketAddr,
+    options: &WorkerOptions,
+) -> Result<(TcpListener, Registration), ClientError> {
+    let listener = bind_listener(addr, options.backlog).map_err(|source| ClientError::Io {
+        path: PathBuf::from(addr.to_string()),
+        source,
+    })?;
+    let registration = Registration::start(&listener, options)?;
+    Ok((listener, registration))
+}
+
+/// The tokio flavour of [`listen`].
+pub fn listen_tokio(
+    addr: SocketAddr,
+    options: &WorkerOptions,
+) -> Result<(tokio::net::TcpListener, Registration), ClientError> {
+    let (listener, registration) = listen(addr, options)?;
+    let io = |source| ClientError::Io {
+        path: PathBuf::from(addr.to_string()),
+        source,
+    };
+    listener.set_nonblocking(true).map_err(io)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(io)?;
+    Ok((listener, registration))
+}
+
+struct Shared {
+    stop: AtomicBool,
+    /// Slot + 1, or 0 while not registered.
+    slot: AtomicU64,
+    inflight: AtomicU32,
+}
+
+/// Keeps one listener registered. Dropping it closes the control connection, which removes
+/// the slot at once.
+pub struct Registration {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Registration {
+    /// Registers `listener` now if the daemon is up (a refusal is returned as an error), or
+    /// as soon as it comes up; and again after every daemon restart.
+    pub fn start(listener: &impl AsFd, options: &WorkerOptions) -> Result<Self, ClientError> {
+        let socket = listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| ClientError::Io {
+                path: PathBuf::from("listener"),
+                source,
+            })?;
+        let path = control_path(options.control.as_deref());
+        let request = Request::Register {
+            name: options.name.clone(),
+            weight: options.weight,
+            pid: Some(std::process::id()),
+        };
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            slot: AtomicU64::new(0),
+            inflight: AtomicU32::new(0),
+        });
+        // First attempt in the caller, so a refusal reaches it.
+        let first = match register_once(&path, &request, &socket) {
+            Ok((client, slot)) => {
+                shared.slot.store(u64::from(slot) + 1, Ordering::SeqCst);
+                Some(client)
+            }
+            Err(ClientError::NotRunning(p)) => {
+                warn!(
+                    "daemon not running at {}: will register when it starts",
+                    p.display()
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("reuseport-registration".into())
+                .spawn(move || keep_registered(path, request, socket, shared, first))
+                .map_err(|source| ClientError::Io {
+                    path: PathBuf::from("registration thread"),
+                    source,
+                })?
+        };
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The slot the daemon gave, while registered.
+    pub fn slot(&self) -> Option<u32> {
+        match self.shared.slot.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some((s - 1) as u32),
+        }
+    }
+
+    /// Waits until registered (or `timeout`), returning the slot.
+    pub fn wait_registered(&self, timeout: Duration) -> Option<u32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(slot) = self.slot() {
+                return Some(slot);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Tells the daemon how many requests the worker is serving (sent when it changes).
+    pub fn report_inflight(&self, inflight: u32) {
+        self.shared.inflight.store(inflight, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const RETRY: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(20);
+
+fn register_once(
+    path: &std::path::Path,
+    request: &Request,
+    socket: &OwnedFd,
+) -> Result<(ControlClient, u32), ClientError> {
+    let mut client = ControlClient::connect(path)?;
+    let reply = client.request_with_fd(request, socket.as_fd())?;
+    let slot = reply
+        .slot
+        .ok_or_else(|| ClientError::BadReply("register reply without a slot".into()))?;
+    info!(
+        "registered with {} in slot {slot} of {}",
+        path.display(),
+        reply.group.unwrap_or_default()
+    );
+    Ok((client, slot))
+}
+
+fn keep_registered(
+    path: PathBuf,
+    request: Request,
+    socket: OwnedFd,
+    shared: Arc<Shared>,
+    mut client: Option<ControlClient>,
+) {
+    let mut reported = 0u32;
+    let mut logged_refusal = false;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let Some(c) = client.as_mut() else {
+            match register_once(&path, &request, &socket) {
+                Ok((c, slot)) => {
+                    shared.slot.store(u64::from(slot) + 1, Ordering::SeqCst);
+                    reported = 0;
+                    logged_refusal = false;
+                    client = Some(c);
+                }
+                Err(ClientError::NotRunning(_)) => std::thread::sleep(RETRY),
+                Err(e) => {
+                    if !logged_refusal {
+                        warn!("registering with {}: {e}", path.display());
+                        logged_refusal = true;
+                    }
+                    std::thread::sleep(RETRY * 10);
+                }
+            }
+            continue;
+        };
+        let inflight = shared.inflight.load(Ordering::Relaxed);
+        if inflight != reported {
+            if c.notify(&Request::Load { inflight }).is_err() {
+                lost(&shared, &mut client);
+                continue;
+            }
+            reported = inflight;
+        }
+        if daemon_gone(c, POLL) {
+            lost(&shared, &mut client);
+        }
+    }
+}
+
+fn lost(shared: &Shared, client: &mut Option<ControlClient>) {
+    warn!("lost the daemon; registering again when it is back");
+    shared.slot.store(0, Ordering::SeqCst);
+    *client = None;
+}
+
+/// Waits up to `timeout` for the control connection to close (the daemon never writes
+/// unprompted, so readability means end of stream or an error).
+fn daemon_gone(client: &ControlClient, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: client.stream().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+}

@@ -6,10 +6,12 @@
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod demo;
 pub mod distribution;
 pub mod echo;
 pub mod error;
 pub mod group;
+pub mod loadgen;
 pub mod netns;
 mod object;
 pub mod policy;

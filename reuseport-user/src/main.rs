@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use reuseport_user::{
     cli,
     daemon::{self, DaemonConfig},
+    demo::{self, DemoOptions},
     echo::{self, EchoOptions},
     AttachMode, OnEmpty, Policy,
 };
@@ -87,6 +88,14 @@ enum Command {
         group: Option<String>,
         #[command(flatten)]
         control: Control,
+    },
+    /// Show the whole story: kernel hash, then round-robin and weighted, in a private namespace.
+    Demo {
+        /// New connections per policy
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
     },
     /// A single-threaded HTTP echo worker that joins the group.
     Echo {
@@ -186,6 +195,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             group,
             control,
         } => cli::drain(&cli::path(control.control), slot, group, false),
+        Command::Demo { connections, port } => demo::run(&DemoOptions {
+            connections,
+            port,
+            ..DemoOptions::default()
+        }),
         Command::Echo {
             listen,
             no_register,

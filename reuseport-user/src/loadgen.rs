@@ -1,0 +1,124 @@
+//! A bounded HTTP client load: T threads each make K requests, every one on a new connection,
+//! and record which worker (`pid=` in the body) answered and how long it took. Used by the
+//! demo and the tests; loopback or a private namespace only.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+/// What one request gave.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The answering worker's pid, or the error.
+    pub result: Result<u32, String>,
+    /// From connect to the end of the response.
+    pub latency: Duration,
+}
+
+/// How to load.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub addr: SocketAddr,
+    pub path: String,
+    pub threads: usize,
+    pub per_thread: usize,
+    /// Per-socket connect/read/write timeout.
+    pub timeout: Duration,
+}
+
+impl Load {
+    pub fn new(addr: SocketAddr, total: usize, threads: usize) -> Self {
+        let threads = threads.max(1);
+        Self {
+            addr,
+            path: "/".into(),
+            threads,
+            per_thread: total.div_ceil(threads),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Runs the load to completion.
+    pub fn run(&self) -> Vec<Outcome> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.threads)
+                .map(|_| {
+                    scope.spawn(|| (0..self.per_thread).map(|_| self.one()).collect::<Vec<_>>())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Outcome {
+                            result: Err("client thread panicked".into()),
+                            latency: Duration::ZERO,
+                        }]
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn one(&self) -> Outcome {
+        let start = Instant::now();
+        let result = request(self.addr, &self.path, self.timeout).map_err(|e| e.to_string());
+        Outcome {
+            result,
+            latency: start.elapsed(),
+        }
+    }
+}
+
+/// One `GET` on a fresh connection; returns the answering pid.
+pub fn request(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<u32> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    parse_pid(&response).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no pid in response {response:?}"),
+        )
+    })
+}
+
+/// The `pid=N` of a worker's response body.
+pub fn parse_pid(response: &str) -> Option<u32> {
+    let body = response.split_once("\r\n\r\n")?.1;
+    body.trim().strip_prefix("pid=")?.parse().ok()
+}
+
+/// Successful requests per pid, and the errors.
+pub fn tally(outcomes: &[Outcome]) -> (BTreeMap<u32, u64>, Vec<String>) {
+    let mut counts = BTreeMap::new();
+    let mut errors = Vec::new();
+    for o in outcomes {
+        match &o.result {
+            Ok(pid) => *counts.entry(*pid).or_insert(0) += 1,
+            Err(e) => errors.push(e.clone()),
+        }
+    }
+    (counts, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_pid_from_a_response() {
+        let r = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npid=4242\n";
+        assert_eq!(parse_pid(r), Some(4242));
+        assert_eq!(parse_pid("HTTP/1.1 404 Not Found\r\n\r\nnot found\n"), None);
+    }
+}

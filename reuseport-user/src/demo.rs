@@ -167,7 +167,10 @@ fn story(
     children.spawn("daemon", exe, &args)?;
     let status = wait_for_registrations(control, options.workers)?;
     println!("daemon started; all workers registered:\n");
-    print!("{}", crate::cli::status_table(std::slice::from_ref(&status)));
+    print!(
+        "{}",
+        crate::cli::status_table(std::slice::from_ref(&status))
+    );
     println!();
 
     report.phase(

@@ -34,6 +34,23 @@ pub enum Error {
     },
 
     #[error(
+        "no bpf filesystem at {} ({reason}): mount one with `mount -t bpf bpf /sys/fs/bpf` \
+         (as root), or pick a pin directory on a bpffs",
+        path.display()
+    )]
+    BpffsMissing {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+
+    #[error(
+        "the pinned state in {0} was written by a build with another map layout: stop the \
+         workers of that group, remove the directory (rm -r {0}) and start again",
+        path.display()
+    )]
+    IncompatiblePin { path: std::path::PathBuf },
+
+    #[error(
         "socket has no SO_REUSEPORT: set SO_REUSEPORT (setsockopt SOL_SOCKET/SO_REUSEPORT = 1) \
          before bind()"
     )]
@@ -90,18 +107,14 @@ pub enum Error {
     #[error("the group has no program attached (SO_DETACH_REUSEPORT_BPF: {0})")]
     NothingToDetach(io::Error),
 
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is part of the message (not a `source`), so it is printed once.
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: io::Error },
 
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Ebpf {
         what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -112,6 +125,8 @@ impl Error {
             Self::NotPermitted => "not_permitted",
             Self::BpfUnavailable(_) => "bpf_unavailable",
             Self::KernelTooOld { .. } => "kernel_too_old",
+            Self::BpffsMissing { .. } => "bpffs_missing",
+            Self::IncompatiblePin { .. } => "incompatible_pin",
             Self::NoReuseport => "no_reuseport",
             Self::NotBound => "not_bound",
             Self::NotListening => "not_listening",
@@ -136,7 +151,7 @@ impl Error {
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
         Self::Io {
             what: what.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -150,7 +165,7 @@ impl Error {
             Some(libc::ENOSYS) => Self::BpfUnavailable(io::Error::from_raw_os_error(libc::ENOSYS)),
             _ => Self::Ebpf {
                 what: what.into(),
-                source: Box::new(source),
+                cause: Box::new(source),
             },
         }
     }

@@ -1,6 +1,9 @@
 //! [`Group`]: one loaded program and its maps, steering one SO_REUSEPORT group.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::{
+    os::fd::{AsFd, BorrowedFd},
+    path::PathBuf,
+};
 
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
@@ -17,6 +20,7 @@ use reuseport_common::{
 use crate::{
     error::{errno_in, Error, Result},
     object::OBJECT,
+    pin,
     policy::{AttachMode, OnEmpty, Policy, SlotState},
     preflight::{self, KernelVersion},
     schedule,
@@ -26,11 +30,15 @@ use crate::{
 };
 
 /// How a [`Group`] starts out.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct GroupOptions {
     pub mode: AttachMode,
+    /// Policy of a new group; a group adopted from pinned state keeps its own.
     pub policy: Policy,
     pub on_empty: OnEmpty,
+    /// Directory on a bpffs where the group's maps are pinned (see [`crate::pin`]). Existing
+    /// pins there are reused, so the group continues where a previous process left it.
+    pub pin: Option<PathBuf>,
 }
 
 /// What a slot holds, as userspace last set it.
@@ -62,6 +70,10 @@ pub struct Group {
     /// The first socket seen: every other one must match its protocol, family and address.
     identity: Option<SocketInfo>,
     attached: bool,
+    /// The state came from pinned maps written by an earlier process.
+    adopted: bool,
+    /// What each half of ACTIVE and SCHEDULE holds, so a publish writes only what changed.
+    written: [[Vec<u32>; 2]; 2],
 }
 
 impl Group {
@@ -71,7 +83,22 @@ impl Group {
         if let Some(kernel) = KernelVersion::current() {
             preflight::check_kernel(kernel, options.mode)?;
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let pins: Vec<(&str, PathBuf)> = match &options.pin {
+            Some(dir) => {
+                pin::ensure_bpffs(dir)?;
+                pin::check_compatible(dir)?;
+                pin::state_maps()
+                    .iter()
+                    .map(|&(name, _, _)| (name, dir.join(name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| Error::ebpf("loading the eBPF object", e))?;
         // The log ring buffer must stay open while the program lives; a missing one (object
@@ -81,7 +108,7 @@ impl Group {
         let mut take = |name: &str| {
             ebpf.take_map(name).ok_or_else(|| Error::Ebpf {
                 what: format!("map {name} is missing from the object"),
-                source: "object built from other sources".into(),
+                cause: "object built from other sources".into(),
             })
         };
         let sockets = take(names::SOCKETS)?;
@@ -97,7 +124,7 @@ impl Group {
             .program_mut(prog_name)
             .ok_or_else(|| Error::Ebpf {
                 what: format!("program {prog_name} is missing from the object"),
-                source: "object built from other sources".into(),
+                cause: "object built from other sources".into(),
             })?
             .try_into()
             .map_err(|e| Error::ebpf(format!("program {prog_name}"), e))?;
@@ -124,9 +151,49 @@ impl Group {
             slots: vec![SlotConfig::default(); MAX_SLOTS as usize],
             identity: None,
             attached: false,
+            adopted: false,
+            written: Default::default(),
         };
-        group.write_config()?;
+        let pinned = group
+            .config_map
+            .get(&0, 0)
+            .map_err(|e| Error::ebpf("reading the config", e))?;
+        if pinned.generation != 0 {
+            group.adopt(pinned)?;
+        } else {
+            group.write_config()?;
+        }
         Ok(group)
+    }
+
+    /// Whether the state was taken over from pinned maps.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Empties every slot and starts over with `policy` and `on_empty` (the maps stay, so
+    /// a pinned group keeps its pins).
+    pub fn reset(&mut self, policy: Policy, on_empty: OnEmpty) -> Result<()> {
+        let occupied: Vec<u32> = self.slots().iter().map(|s| s.index).collect();
+        for slot in occupied {
+            self.remove(slot)?;
+        }
+        // Slots the kernel still holds without a record (a crash between the two writes).
+        let fd = self.sockets_fd()?;
+        for slot in 0..MAX_SLOTS {
+            sys::sockarray_clear(fd, slot)
+                .map_err(|e| Error::io(format!("clearing slot {slot}"), e))?;
+        }
+        self.config.policy = policy.to_raw();
+        self.config.on_empty = on_empty.to_raw();
+        self.adopted = false;
+        self.publish()
+    }
+
+    /// The slot holding this socket (or a dup of it), if any.
+    pub fn slot_of_socket(&self, socket: impl AsFd) -> Result<Option<u32>> {
+        let cookie = crate::socket::cookie(socket)?;
+        Ok(self.slot_of_cookie(cookie))
     }
 
     pub fn mode(&self) -> AttachMode {
@@ -376,6 +443,24 @@ impl Group {
         self.logger.as_ref().map(|l| l.as_fd())
     }
 
+    /// Takes over the state an earlier process left in pinned maps.
+    fn adopt(&mut self, config: Config) -> Result<()> {
+        for slot in 0..MAX_SLOTS {
+            self.slots[slot as usize] = self
+                .slots_map
+                .get(&slot, 0)
+                .map_err(|e| Error::ebpf("reading the slot table", e))?;
+        }
+        self.config = config;
+        self.adopted = true;
+        debug!(
+            "adopted pinned state: {} slots, policy {}",
+            self.slots().len(),
+            self.policy()
+        );
+        Ok(())
+    }
+
     /// Checks a socket on its own and against the group's first socket.
     fn admit(&self, socket: BorrowedFd<'_>) -> Result<SocketInfo> {
         let info = SocketInfo::of(socket)?;
@@ -413,18 +498,23 @@ impl Group {
             .collect();
         let schedule = schedule::smooth_weighted(&active)?;
 
+        let slots: Vec<u32> = active.iter().map(|&(slot, _)| slot).collect();
         let half = 1 - self.config.active.half();
-        for (i, &(slot, _)) in active.iter().enumerate() {
-            self.active_map
-                .set(half * MAX_SLOTS + i as u32, slot, 0)
-                .map_err(|e| Error::ebpf("writing the active list", e))?;
-        }
         let sched_half = 1 - self.config.schedule.half();
-        for (i, &slot) in schedule.iter().enumerate() {
-            self.schedule_map
-                .set(sched_half * MAX_SCHEDULE + i as u32, slot, 0)
-                .map_err(|e| Error::ebpf("writing the weighted schedule", e))?;
-        }
+        write_changed(
+            &mut self.active_map,
+            &mut self.written[0][half as usize],
+            half * MAX_SLOTS,
+            &slots,
+        )
+        .map_err(|e| Error::ebpf("writing the active list", e))?;
+        write_changed(
+            &mut self.schedule_map,
+            &mut self.written[1][sched_half as usize],
+            sched_half * MAX_SCHEDULE,
+            &schedule,
+        )
+        .map_err(|e| Error::ebpf("writing the weighted schedule", e))?;
         self.config.active = ListRef::new(half, active.len() as u32);
         self.config.schedule = ListRef::new(sched_half, schedule.len() as u32);
         self.write_config()
@@ -457,7 +547,7 @@ impl Group {
             Map::ReusePortSockArray(data) => Ok(data.fd().as_fd()),
             _ => Err(Error::Ebpf {
                 what: format!("map {} has the wrong type", names::SOCKETS),
-                source: "object built from other sources".into(),
+                cause: "object built from other sources".into(),
             }),
         }
     }
@@ -479,6 +569,24 @@ impl Group {
             .try_into()
             .map_err(|e| Error::ebpf(format!("program {name}"), e))
     }
+}
+
+/// Writes `list` at `base` in `map`, skipping the entries `cache` says are there already.
+fn write_changed(
+    map: &mut Array<MapData, u32>,
+    cache: &mut Vec<u32>,
+    base: u32,
+    list: &[u32],
+) -> std::result::Result<(), aya::maps::MapError> {
+    // Taken out first, so a failure mid-way leaves an empty cache (the next write is full).
+    let before = std::mem::take(cache);
+    for (i, &value) in list.iter().enumerate() {
+        if before.get(i) != Some(&value) {
+            map.set(base + i as u32, value, 0)?;
+        }
+    }
+    cache.extend_from_slice(list);
+    Ok(())
 }
 
 fn typed<T>(map: Map, name: &str) -> Result<T>

@@ -14,6 +14,7 @@ pub mod group;
 pub mod loadgen;
 pub mod netns;
 mod object;
+pub mod pin;
 pub mod policy;
 pub mod preflight;
 pub mod schedule;

@@ -5,10 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use reuseport_user::{
     cli,
-    daemon::{self, DaemonConfig},
+    daemon::{self, DaemonConfig, GroupSetup},
     demo::{self, DemoOptions},
     echo::{self, EchoOptions},
-    AttachMode, OnEmpty, Policy,
+    pin, AttachMode, OnEmpty, Policy,
 };
 
 #[derive(Parser)]
@@ -37,8 +37,9 @@ enum Command {
         /// Address of a group to steer (repeat for several groups)
         #[arg(long, required = true, value_name = "ADDR:PORT")]
         listen: Vec<SocketAddr>,
-        #[arg(long, default_value = "round-robin")]
-        policy: Policy,
+        /// Balancing policy [default: the pinned group's, else round-robin]
+        #[arg(long)]
+        policy: Option<Policy>,
         /// select, or select-or-migrate (queued connections of closing listeners move over)
         #[arg(long, default_value = "select-or-migrate")]
         mode: AttachMode,
@@ -48,6 +49,15 @@ enum Command {
         /// Another uid allowed on the control socket (repeatable)
         #[arg(long, value_name = "UID")]
         allow_uid: Vec<u32>,
+        /// Where the maps are pinned [default: /sys/fs/bpf/reuseport/netns-<inode>]
+        #[arg(long, value_name = "DIR")]
+        pin_dir: Option<PathBuf>,
+        /// Keep no state in bpffs (a restarted daemon cannot take over)
+        #[arg(long, conflicts_with = "pin_dir")]
+        no_pin: bool,
+        /// Discard the pinned state of an earlier daemon instead of taking it over
+        #[arg(long)]
+        fresh: bool,
         #[command(flatten)]
         control: Control,
     },
@@ -152,13 +162,20 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             mode,
             on_empty,
             allow_uid,
+            pin_dir,
+            no_pin,
+            fresh,
             control,
         } => {
             let config = DaemonConfig {
                 listen,
-                policy,
-                mode,
-                on_empty,
+                setup: GroupSetup {
+                    mode,
+                    policy,
+                    on_empty,
+                    pin_root: (!no_pin).then(|| pin_dir.unwrap_or_else(pin::default_root)),
+                    fresh,
+                },
                 control: cli::path(control.control),
                 allow_uids: allow_uid,
                 tick: Duration::from_millis(20),

@@ -59,9 +59,9 @@ pub fn listen(
     addr: SocketAddr,
     options: &WorkerOptions,
 ) -> Result<(TcpListener, Registration), ClientError> {
-    let listener = bind_listener(addr, options.backlog).map_err(|source| ClientError::Io {
+    let listener = bind_listener(addr, options.backlog).map_err(|cause| ClientError::Io {
         path: PathBuf::from(addr.to_string()),
-        source,
+        cause,
     })?;
     let registration = Registration::start(&listener, options)?;
     Ok((listener, registration))
@@ -73,9 +73,9 @@ pub fn listen_tokio(
     options: &WorkerOptions,
 ) -> Result<(tokio::net::TcpListener, Registration), ClientError> {
     let (listener, registration) = listen(addr, options)?;
-    let io = |source| ClientError::Io {
+    let io = |cause| ClientError::Io {
         path: PathBuf::from(addr.to_string()),
-        source,
+        cause,
     };
     listener.set_nonblocking(true).map_err(io)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(io)?;
@@ -103,9 +103,9 @@ impl Registration {
         let socket = listener
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|source| ClientError::Io {
+            .map_err(|cause| ClientError::Io {
                 path: PathBuf::from("listener"),
-                source,
+                cause,
             })?;
         let path = control_path(options.control.as_deref());
         let request = Request::Register {
@@ -138,9 +138,9 @@ impl Registration {
             std::thread::Builder::new()
                 .name("reuseport-registration".into())
                 .spawn(move || keep_registered(path, request, socket, shared, first))
-                .map_err(|source| ClientError::Io {
+                .map_err(|cause| ClientError::Io {
                     path: PathBuf::from("registration thread"),
-                    source,
+                    cause,
                 })?
         };
         Ok(Self {

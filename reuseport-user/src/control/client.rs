@@ -28,12 +28,8 @@ pub enum ClientError {
         uid = nix::unistd::geteuid()
     )]
     PermissionDenied(PathBuf),
-    #[error("control socket {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("control socket {}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
     #[error("the daemon closed the connection without replying")]
     Closed,
     #[error("unreadable reply from the daemon: {0}")]
@@ -65,7 +61,7 @@ impl ControlClient {
             io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(path.to_path_buf()),
             _ => ClientError::Io {
                 path: path.to_path_buf(),
-                source: e,
+                cause: e,
             },
         })?;
         stream
@@ -79,8 +75,8 @@ impl ControlClient {
 
     /// Sends a request and waits for its reply; a refusal becomes [`ClientError::Rejected`].
     pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
-        self.send(request, None)?;
-        self.reply()
+        let sent = self.send(request, None);
+        self.reply_after(sent)
     }
 
     /// Sends a request with a descriptor attached (`register`) and waits for its reply.
@@ -89,8 +85,8 @@ impl ControlClient {
         request: &Request,
         fd: BorrowedFd<'_>,
     ) -> Result<Reply, ClientError> {
-        self.send(request, Some(fd))?;
-        self.reply()
+        let sent = self.send(request, Some(fd));
+        self.reply_after(sent)
     }
 
     /// Sends a request that gets no reply (`load` reports).
@@ -121,6 +117,18 @@ impl ControlClient {
         }
     }
 
+    /// The reply; when sending failed, the daemon may have refused the connection with a reply
+    /// before closing it (e.g. a forbidden uid): that reply explains more than EPIPE.
+    fn reply_after(&mut self, sent: Result<(), ClientError>) -> Result<Reply, ClientError> {
+        match (sent, self.reply()) {
+            (Ok(()), reply) => reply,
+            (Err(_), Err(ClientError::Rejected { code, message })) => {
+                Err(ClientError::Rejected { code, message })
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
     fn reply(&mut self) -> Result<Reply, ClientError> {
         let mut line = String::new();
         let n = Read::by_ref(&mut self.reader)
@@ -142,9 +150,9 @@ impl ControlClient {
     }
 }
 
-fn io_err(path: &Path, source: io::Error) -> ClientError {
+fn io_err(path: &Path, cause: io::Error) -> ClientError {
     ClientError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }

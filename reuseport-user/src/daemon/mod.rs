@@ -2,10 +2,11 @@
 //! and CLI requests on the control socket, and keeps the slots in step with the workers.
 //!
 //! When the daemon stops (SIGTERM, SIGINT, or a crash) the programs stay attached with their
-//! last state: the kernel keeps steering between the registered workers by the last policy, a
-//! worker that exits simply drops out (its slot empties with its socket), and the group falls
-//! back to the kernel's hash once no registered worker is left. A restarted daemon starts
-//! fresh and the workers register again on their own.
+//! last state, kept in maps pinned under bpffs: the kernel keeps steering between the
+//! registered workers by the last policy, a worker that exits simply drops out (its slot empties
+//! with its socket), and the group falls back to the kernel's hash once no registered worker is
+//! left. A restarted daemon takes the pinned state over (`--fresh` discards it) and the workers
+//! register again on their own, each back into its own slot.
 
 mod control_socket;
 mod registry;
@@ -22,18 +23,14 @@ use std::{
 use anyhow::Context as _;
 use log::{info, warn};
 
-pub use registry::{ConnId, Peer, Registry};
+pub use registry::{ConnId, GroupSetup, Peer, Registry};
 use session::Session;
-
-use crate::{AttachMode, GroupOptions, OnEmpty, Policy};
 
 /// Everything `reuseport run` is told.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     pub listen: Vec<SocketAddr>,
-    pub policy: Policy,
-    pub mode: AttachMode,
-    pub on_empty: OnEmpty,
+    pub setup: GroupSetup,
     pub control: PathBuf,
     /// Uids besides the daemon's own that may use the control socket.
     pub allow_uids: Vec<u32>,
@@ -47,28 +44,20 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         !config.listen.is_empty(),
         "nothing to serve: give at least one --listen ADDR:PORT"
     );
-    let registry = Registry::new(
-        &config.listen,
-        GroupOptions {
-            mode: config.mode,
-            policy: config.policy,
-            on_empty: config.on_empty,
-        },
-    )
-    .context("loading the steering program")?;
+    let registry =
+        Registry::new(&config.listen, &config.setup).context("loading the steering program")?;
     let registry = Arc::new(Mutex::new(registry));
     let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
     let own_uid = nix::unistd::geteuid().as_raw();
     info!(
-        "serving {} with policy {} ({}); control socket {}",
+        "serving {} ({}); control socket {}",
         config
             .listen
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", "),
-        config.policy,
-        config.mode,
+        config.setup.mode,
         config.control.display()
     );
 

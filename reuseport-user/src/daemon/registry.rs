@@ -11,8 +11,21 @@ use log::{info, warn};
 
 use crate::{
     control::{GroupStatus, WorkerStatus},
-    Error, Group, GroupOptions, Policy, Protocol, SlotState, SocketInfo,
+    pin, AttachMode, Error, Group, GroupOptions, OnEmpty, Policy, Protocol, SlotState, SocketInfo,
 };
+
+/// How the daemon sets up its groups.
+#[derive(Clone, Debug, Default)]
+pub struct GroupSetup {
+    pub mode: AttachMode,
+    /// `None`: keep the pinned group's policy, or round-robin for a new group.
+    pub policy: Option<Policy>,
+    pub on_empty: OnEmpty,
+    /// Pin the maps under this directory (one subdirectory per group).
+    pub pin_root: Option<std::path::PathBuf>,
+    /// Discard pinned state instead of taking it over.
+    pub fresh: bool,
+}
 
 /// Identifies one control connection.
 pub type ConnId = u64;
@@ -65,19 +78,44 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads one program per listen address. Nothing is attached until a worker registers:
+    /// Loads one program per listen address, taking over the pinned state of an earlier
+    /// daemon under `pin_root` (unless `fresh`). Nothing is attached until a worker registers:
     /// the group only exists once a worker has bound its socket.
-    pub fn new(listen: &[SocketAddr], options: GroupOptions) -> Result<Self, Error> {
-        let groups = listen
-            .iter()
-            .map(|&listen| {
-                Ok(GroupEntry {
-                    listen,
-                    group: Group::load(options)?,
-                    workers: BTreeMap::new(),
-                })
-            })
-            .collect::<Result<_, Error>>()?;
+    pub fn new(listen: &[SocketAddr], setup: &GroupSetup) -> Result<Self, Error> {
+        let mut groups = Vec::new();
+        for &listen in listen {
+            let mut group = Group::load(GroupOptions {
+                mode: setup.mode,
+                policy: setup.policy.unwrap_or_default(),
+                on_empty: setup.on_empty,
+                pin: setup
+                    .pin_root
+                    .as_deref()
+                    .map(|root| pin::group_dir(root, listen)),
+            })?;
+            if group.adopted() {
+                if setup.fresh {
+                    group.reset(setup.policy.unwrap_or_default(), setup.on_empty)?;
+                    info!("{listen}: discarded the pinned state (--fresh)");
+                } else {
+                    if let Some(policy) = setup.policy {
+                        group.set_policy(policy)?;
+                    }
+                    group.set_on_empty(setup.on_empty)?;
+                    info!(
+                        "{listen}: took over the pinned state: {} slots, policy {}; workers \
+                         register again on their own",
+                        group.slots().len(),
+                        group.policy()
+                    );
+                }
+            }
+            groups.push(GroupEntry {
+                listen,
+                group,
+                workers: BTreeMap::new(),
+            });
+        }
         Ok(Self { groups })
     }
 
@@ -94,7 +132,12 @@ impl Registry {
         let info = SocketInfo::of(socket.as_fd())?;
         info.check_joinable()?;
         let entry = self.group_for(&info)?;
-        let slot = entry.group.insert(socket.as_fd())?;
+        let slot = match entry.group.slot_of_socket(socket.as_fd())? {
+            // Left in its slot by an earlier daemon (pinned state): take it back as it is.
+            Some(slot) if !entry.workers.contains_key(&slot) => slot,
+            Some(slot) => return Err(Error::AlreadyInGroup(slot).into()),
+            None => entry.group.insert(socket.as_fd())?,
+        };
         let attached = entry.group.attach(socket.as_fd());
         let weighted = weight.map(|w| entry.group.set_weight(slot, w));
         if let Err(e) = attached.and(weighted.unwrap_or(Ok(()))) {

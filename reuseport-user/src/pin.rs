@@ -1,0 +1,141 @@
+//! Pinned state: the maps of a group live in bpffs, so the kernel keeps steering with them
+//! while no daemon runs, and a restarted daemon picks up exactly where the last one stopped.
+
+use std::{
+    mem::size_of,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::MapInfo;
+use reuseport_common::{
+    cursor, names, Config, GlobalStats, SlotConfig, SlotStats, MAX_SCHEDULE, MAX_SLOTS,
+};
+
+use crate::error::{Error, Result};
+
+/// bpffs's statfs magic.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where bpffs is normally mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Every map of the object that holds state, with the (value size, max entries) it must have.
+pub(crate) fn state_maps() -> [(&'static str, u32, u32); 8] {
+    [
+        (names::SOCKETS, size_of::<u64>() as u32, MAX_SLOTS),
+        (names::CONFIG, size_of::<Config>() as u32, 1),
+        (names::ACTIVE, size_of::<u32>() as u32, 2 * MAX_SLOTS),
+        (names::SCHEDULE, size_of::<u32>() as u32, 2 * MAX_SCHEDULE),
+        (names::SLOTS, size_of::<SlotConfig>() as u32, MAX_SLOTS),
+        (names::CURSORS, size_of::<u64>() as u32, cursor::COUNT),
+        (names::SLOT_STATS, size_of::<SlotStats>() as u32, MAX_SLOTS),
+        (names::GLOBAL_STATS, size_of::<GlobalStats>() as u32, 1),
+    ]
+}
+
+/// The default pin directory of the daemon: one per network namespace, since groups (and
+/// their ports) are per namespace while bpffs is not.
+pub fn default_root() -> PathBuf {
+    let ns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap_or(0);
+    Path::new(BPFFS)
+        .join("reuseport")
+        .join(format!("netns-{ns}"))
+}
+
+/// The directory of one group under `root`, named after its address (`127-0-0-1_8080`;
+/// bpffs refuses names with dots).
+pub fn group_dir(root: &Path, listen: SocketAddr) -> PathBuf {
+    let ip: String = listen
+        .ip()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    root.join(format!("{ip}_{}", listen.port()))
+}
+
+/// Makes sure `dir` is on a bpffs, mounting one at /sys/fs/bpf when nothing is mounted there.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let bpffs = Path::new(BPFFS);
+    if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        let ret = nix::mount::mount(
+            Some("bpf"),
+            bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+        if let Err(e) = ret {
+            return Err(Error::BpffsMissing {
+                path: bpffs.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let parent = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
+    if !is_bpffs(parent) {
+        return Err(Error::BpffsMissing {
+            path: dir.to_path_buf(),
+            reason: "not on a bpf filesystem".into(),
+        });
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| i64::from(s.filesystem_type().0) == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Refuses pinned maps left by a build with another layout: reusing them would corrupt state.
+pub(crate) fn check_compatible(dir: &Path) -> Result<()> {
+    for (name, value_size, max_entries) in state_maps() {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .map_err(|e| Error::ebpf(format!("reading {}", path.display()), e))?;
+        if info.value_size() != value_size || info.max_entries() != max_entries {
+            return Err(Error::IncompatiblePin {
+                path: dir.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes a group's pinned maps. The kernel frees them once no program uses them.
+pub fn unpin(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_dirs_are_named_after_the_address() {
+        let root = Path::new("/sys/fs/bpf/reuseport/x");
+        assert_eq!(
+            group_dir(
+                root,
+                "127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!())
+            ),
+            root.join("127-0-0-1_8080")
+        );
+        assert_eq!(
+            group_dir(root, "[::1]:80".parse().unwrap_or_else(|_| unreachable!())),
+            root.join("--1_80")
+        );
+    }
+}

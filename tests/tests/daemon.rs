@@ -1,0 +1,588 @@
+//! The daemon, its control socket, the CLI and the workers, as real processes in a private
+//! network namespace per test.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::{
+        fd::AsFd,
+        unix::{fs::PermissionsExt, net::UnixStream, process::CommandExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use reuseport_user::{
+    control::{ClientError, ControlClient, GroupStatus, Reply, Request},
+    loadgen::{tally, Load},
+    netns,
+    worker::{self, WorkerOptions},
+};
+use socket2::{Domain, Socket, Type};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The `reuseport` binary cargo built beside this test.
+fn bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("reuseport");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p reuseport-user` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Processes of one test, killed on drop; and the test's private directory.
+struct Fixture {
+    dir: PathBuf,
+    /// The daemon's pin directory, private to the test.
+    pins: PathBuf,
+    control: PathBuf,
+    addr: SocketAddr,
+    daemon: Option<Child>,
+    workers: Vec<Child>,
+}
+
+impl Fixture {
+    /// Enters a fresh namespace and starts a daemon for 127.0.0.1:8080.
+    fn new(name: &str) -> Result<Self> {
+        Self::with_daemon_args(name, &[])
+    }
+
+    fn with_daemon_args(name: &str, extra: &[&str]) -> Result<Self> {
+        netns::enter_new()?;
+        let dir =
+            std::env::temp_dir().join(format!("reuseport-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut f = Self {
+            control: dir.join("ctl/control.sock"),
+            pins: PathBuf::from(format!(
+                "/sys/fs/bpf/reuseport-test-{name}-{}",
+                std::process::id()
+            )),
+            dir,
+            addr: "127.0.0.1:8080".parse()?,
+            daemon: None,
+            workers: Vec::new(),
+        };
+        f.start_daemon(extra)?;
+        Ok(f)
+    }
+
+    fn start_daemon(&mut self, extra: &[&str]) -> Result {
+        let mut args = vec![
+            "run".to_owned(),
+            "--listen".into(),
+            self.addr.to_string(),
+            "--control".into(),
+            self.control.display().to_string(),
+            "--pin-dir".into(),
+            self.pins.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = std::fs::File::create(self.dir.join("daemon.log"))?;
+        self.daemon = Some(
+            Command::new(bin())
+                .args(&args)
+                .stdin(Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        );
+        wait_until(Duration::from_secs(10), || {
+            ControlClient::connect(&self.control).is_ok()
+        })?;
+        Ok(())
+    }
+
+    fn stop_daemon(&mut self, signal: libc::c_int) -> Result {
+        if let Some(mut d) = self.daemon.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(d.id() as i32, signal) };
+            d.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a `reuseport echo` worker; returns its pid.
+    fn echo(&mut self, name: &str) -> Result<u32> {
+        let child = Command::new(bin())
+            .args([
+                "echo",
+                "--listen",
+                &self.addr.to_string(),
+                "--name",
+                name,
+                "--control",
+                &self.control.display().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        self.workers.push(child);
+        Ok(pid)
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(bin())
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()?)
+    }
+
+    fn status(&self) -> Result<GroupStatus> {
+        let reply = ControlClient::connect(&self.control)?.request(&Request::Status)?;
+        Ok(reply
+            .groups
+            .and_then(|g| g.into_iter().next())
+            .ok_or("no group in status")?)
+    }
+
+    fn wait_workers(&self, n: usize) -> Result<GroupStatus> {
+        let mut last = None;
+        wait_until(Duration::from_secs(10), || {
+            last = self.status().ok();
+            last.as_ref().is_some_and(|s| s.workers.len() == n)
+        })
+        .map_err(|e| format!("{e}: last status {last:?}"))?;
+        Ok(last.ok_or("no status")?)
+    }
+
+    /// Makes `n` requests on new connections; panics on any failure.
+    fn load_ok(&self, n: usize) -> std::collections::BTreeMap<u32, u64> {
+        let outcomes = Load::new(self.addr, n, 4).run();
+        let (counts, errors) = tally(&outcomes);
+        assert!(
+            errors.is_empty(),
+            "{} failed: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        counts
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for c in self.workers.iter_mut().chain(self.daemon.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            return Err(format!("condition not met within {timeout:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn rejected_code(e: ClientError) -> String {
+    match e {
+        ClientError::Rejected { code, .. } => code,
+        other => format!("not a refusal: {other}"),
+    }
+}
+
+/// Sends raw bytes (optionally with fds) and returns the last reply line and whether the
+/// daemon then closed the connection.
+fn raw_exchange(control: &Path, bytes: &[u8], fds: &[i32]) -> Result<(Reply, bool)> {
+    let stream = UnixStream::connect(control)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    if fds.is_empty() {
+        (&stream).write_all(bytes)?;
+    } else {
+        let sent = reuseport_user::control::fdpass::send_with_fds(&stream, bytes, fds)?;
+        (&stream).write_all(&bytes[sent..])?;
+    }
+    let mut reader = BufReader::new(&stream);
+    let mut last = None;
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok((last.ok_or("no reply")?, true)),
+            Ok(_) => last = Some(serde_json::from_str::<Reply>(&line)?),
+            // Closed with our unread bytes still queued: the kernel resets.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok((last.ok_or("no reply")?, true))
+            }
+            Err(_) => return Ok((last.ok_or("no reply")?, false)),
+        }
+    }
+}
+
+#[test]
+fn rust_helper_registers_and_gets_round_robin_share() -> Result {
+    let f = Fixture::new("helper")?;
+    let options = WorkerOptions {
+        control: Some(f.control.clone()),
+        name: Some("rust-helper".into()),
+        ..WorkerOptions::default()
+    };
+    let (l1, r1) = worker::listen(f.addr, &options)?;
+    let (l2, r2) = worker::listen(f.addr, &options)?;
+    assert!(r1.slot().is_some() && r2.slot().is_some());
+    assert_ne!(r1.slot(), r2.slot());
+    let status = f.wait_workers(2)?;
+    assert!(status.workers.iter().all(|w| w.name == "rust-helper"));
+    assert_eq!(status.workers[0].pid, std::process::id());
+
+    for _ in 0..10 {
+        std::net::TcpStream::connect(f.addr)?;
+    }
+    let accepted: Vec<usize> = [&l1, &l2]
+        .iter()
+        .map(|l| {
+            l.set_nonblocking(true).expect("nonblocking");
+            std::iter::from_fn(|| l.accept().ok()).count()
+        })
+        .collect();
+    assert_eq!(accepted, vec![5, 5]);
+
+    drop(r1);
+    f.wait_workers(1)?;
+    Ok(())
+}
+
+#[test]
+fn python_example_registers_and_serves() -> Result {
+    let mut f = Fixture::new("python")?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/worker.py");
+    assert!(script.exists(), "{} missing", script.display());
+    for name in ["py0", "py1"] {
+        let child = Command::new("python3")
+            .arg(&script)
+            .args(["--listen", &f.addr.to_string(), "--name", name, "--control"])
+            .arg(&f.control)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        f.workers.push(child);
+    }
+    f.echo("rust0")?;
+    let status = f.wait_workers(3)?;
+    let mut names: Vec<_> = status.workers.iter().map(|w| w.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["py0", "py1", "rust0"]);
+    let counts = f.load_ok(300);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|&c| c == 100),
+        "round-robin: {counts:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_registrations_are_refused_and_serving_goes_on() -> Result {
+    let mut f = Fixture::new("refusals")?;
+    f.echo("w0")?;
+    f.echo("w1")?;
+    f.wait_workers(2)?;
+    let register = Request::Register {
+        name: Some("bad".into()),
+        weight: None,
+        pid: None,
+    };
+    let try_register = |fd: std::os::fd::BorrowedFd<'_>| -> String {
+        match ControlClient::connect(&f.control).and_then(|mut c| c.request_with_fd(&register, fd))
+        {
+            Ok(r) => format!("accepted: {r:?}"),
+            Err(e) => rejected_code(e),
+        }
+    };
+
+    // No SO_REUSEPORT (bound elsewhere, since the group's port is taken).
+    let plain = TcpListener::bind("127.0.0.1:0")?;
+    assert_eq!(try_register(plain.as_fd()), "no_reuseport");
+    // Bound with SO_REUSEPORT to the group's address, not listening.
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_reuse_port(true)?;
+    s.bind(&f.addr.into())?;
+    assert_eq!(try_register(s.as_fd()), "not_listening");
+    // Another port.
+    let other = worker::bind_listener("127.0.0.1:9090".parse()?, 16)?;
+    assert_eq!(try_register(other.as_fd()), "no_group");
+    // UDP on the group's port.
+    let u = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    u.set_reuse_port(true)?;
+    u.bind(&f.addr.into())?;
+    let u: UdpSocket = u.into();
+    assert_eq!(try_register(u.as_fd()), "wrong_protocol");
+    // IPv6 on the group's port.
+    let v6 = worker::bind_listener("[::1]:8080".parse()?, 16)?;
+    assert_eq!(try_register(v6.as_fd()), "wrong_family");
+    // Twice the same socket.
+    let dup = worker::bind_listener(f.addr, 16)?;
+    let mut c = ControlClient::connect(&f.control)?;
+    c.request_with_fd(&register, dup.as_fd())?;
+    assert_eq!(try_register(dup.as_fd()), "already_in_group");
+    drop(c);
+    // Its slot goes with its connection; nobody accepts on `dup`, so wait before loading.
+    f.wait_workers(2)?;
+    f.load_ok(100);
+
+    // Protocol violations: an error line, then the daemon closes the connection.
+    let (reply, closed) = raw_exchange(&f.control, b"hello there\n", &[])?;
+    assert_eq!((reply.code.as_deref(), closed), (Some("bad_request"), true));
+    let (reply, closed) = raw_exchange(&f.control, b"{\"op\":\"register\"}\n", &[])?;
+    assert_eq!((reply.code.as_deref(), closed), (Some("fd_missing"), true));
+    let huge = vec![b'x'; 100 * 1024];
+    let (reply, closed) = raw_exchange(&f.control, &huge, &[])?;
+    assert_eq!((reply.code.as_deref(), closed), (Some("too_large"), true));
+    let fd = plain.as_fd();
+    use std::os::fd::AsRawFd;
+    let (reply, closed) = raw_exchange(&f.control, b"{\"op\":\"status\"}\n", &[fd.as_raw_fd()])?;
+    assert_eq!(
+        (reply.code.as_deref(), closed),
+        (Some("unexpected_fd"), true)
+    );
+    let (reply, closed) = raw_exchange(
+        &f.control,
+        b"{\"op\":\"register\"}\n",
+        &[fd.as_raw_fd(), fd.as_raw_fd()],
+    )?;
+    assert_eq!(
+        (reply.code.as_deref(), closed),
+        (Some("too_many_fds"), true)
+    );
+    // Truncated: half a line, then end of stream.
+    let stream = UnixStream::connect(&f.control)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    (&stream).write_all(b"{\"op\":\"sta")?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let reply: Reply = serde_json::from_str(&line)?;
+    assert_eq!(reply.code.as_deref(), Some("truncated"));
+
+    // The daemon is still there and still steering.
+    assert_eq!(f.wait_workers(2)?.workers.len(), 2);
+    let counts = f.load_ok(100);
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![50, 50]);
+    Ok(())
+}
+
+#[test]
+fn foreign_uids_are_refused() -> Result {
+    let f = Fixture::with_daemon_args("uids", &["--allow-uid", "4242"])?;
+    // Open to others (an uid is allowed), but uid 65534 is not among them.
+    let mode = std::fs::metadata(&f.control)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666);
+    let out = Command::new(bin())
+        .args(["status", "--control"])
+        .arg(&f.control)
+        .uid(65534)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("uid 65534 may not use this daemon"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn control_socket_is_owner_only_and_others_get_a_clear_error() -> Result {
+    let f = Fixture::new("mode")?;
+    let mode = std::fs::metadata(&f.control)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let out = Command::new(bin())
+        .args(["status", "--control"])
+        .arg(&f.control)
+        .uid(65534)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("permission denied on the control socket"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn cli_without_daemon_says_so() -> Result {
+    netns::enter_new()?;
+    let out = Command::new(bin())
+        .args(["status", "--control", "/nonexistent/reuseport.sock"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("daemon is not running"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn killed_worker_leaves_within_100ms_and_nothing_is_refused() -> Result {
+    let mut f = Fixture::new("sigkill")?;
+    for i in 0..4 {
+        f.echo(&format!("w{i}"))?;
+    }
+    f.wait_workers(4)?;
+    f.load_ok(200);
+    let mut victim = f.workers.remove(1);
+    let pid = victim.id();
+    victim.kill()?;
+    let killed = Instant::now();
+    victim.wait()?;
+    let mut gone_after = None;
+    while killed.elapsed() < Duration::from_secs(2) {
+        if f.status()?.workers.iter().all(|w| w.pid != pid) {
+            gone_after = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let gone_after = gone_after.ok_or("slot still there after 2 s")?;
+    assert!(
+        gone_after <= Duration::from_millis(100),
+        "slot gone after {gone_after:?}"
+    );
+    let counts = f.load_ok(300);
+    assert!(!counts.contains_key(&pid));
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![100, 100, 100]
+    );
+    Ok(())
+}
+
+#[test]
+fn drain_and_undrain_from_the_cli() -> Result {
+    let mut f = Fixture::new("drain")?;
+    for i in 0..3 {
+        f.echo(&format!("w{i}"))?;
+    }
+    let status = f.wait_workers(3)?;
+    let target = &status.workers[0];
+    let out = f.cli(&["drain", &target.slot.to_string()])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = f.status()?;
+    assert_eq!(status.workers[0].state, "draining");
+    let counts = f.load_ok(200);
+    assert!(!counts.contains_key(&target.pid), "{counts:?}");
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100, 100]);
+
+    let out = f.cli(&["undrain", &target.slot.to_string()])?;
+    assert!(out.status.success());
+    let counts = f.load_ok(300);
+    assert_eq!(counts.get(&target.pid), Some(&100));
+
+    let out = f.cli(&["drain", "999"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("slot 999 is empty"));
+    Ok(())
+}
+
+#[test]
+fn status_json_matches_what_clients_saw() -> Result {
+    let mut f = Fixture::new("json")?;
+    for i in 0..4 {
+        f.echo(&format!("w{i}"))?;
+    }
+    f.wait_workers(4)?;
+    let counts = f.load_ok(400);
+    let out = f.cli(&["status", "--json"])?;
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let group = &json["groups"][0];
+    assert_eq!(group["listen"], "127.0.0.1:8080");
+    assert_eq!(group["proto"], "tcp");
+    assert_eq!(group["policy"], "round-robin");
+    let workers = group["workers"].as_array().ok_or("no workers array")?;
+    assert_eq!(workers.len(), 4);
+    for w in workers {
+        for key in ["slot", "pid", "name", "state", "weight", "selected"] {
+            assert!(!w[key].is_null(), "missing {key} in {w}");
+        }
+        let pid = w["pid"].as_u64().ok_or("pid")? as u32;
+        // The demo's readiness probes are not part of the load: `wait_workers` only asks the
+        // daemon, so the program's count is exactly what the clients made.
+        assert_eq!(w["selected"].as_u64(), counts.get(&pid).copied(), "{w}");
+        assert_eq!(w["state"], "active");
+    }
+    let plain = f.cli(&["status"])?;
+    let text = String::from_utf8_lossy(&plain.stdout);
+    assert!(text.contains("SELECTED") && text.contains("w3"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn policy_swaps_from_the_cli_under_load_lose_nothing() -> Result {
+    let mut f = Fixture::new("swap")?;
+    for i in 0..4 {
+        f.echo(&format!("w{i}"))?;
+    }
+    let status = f.wait_workers(4)?;
+    let out = f.cli(&["weight", &status.workers[3].slot.to_string(), "4"])?;
+    assert!(out.status.success());
+    let load = Load::new(f.addr, 1600, 8);
+    let outcomes = std::thread::scope(|s| -> Result<_> {
+        let handle = s.spawn(|| load.run());
+        let mut swaps = 0;
+        while !handle.is_finished() && swaps < 200 {
+            let policy = ["hash", "weighted", "round-robin"][swaps % 3];
+            let out = f.cli(&["policy", "set", policy])?;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            swaps += 1;
+        }
+        assert!(
+            swaps >= 3,
+            "the load ended before the policy could be swapped"
+        );
+        Ok(handle.join().map_err(|_| "load thread panicked")?)
+    })?;
+    let (counts, errors) = tally(&outcomes);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.values().sum::<u64>(), 1600);
+    let out = f.cli(&["policy", "get"])?;
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("127.0.0.1:8080 "));
+    Ok(())
+}
+
+#[test]
+fn steering_survives_the_daemon_and_workers_come_back_to_a_new_one() -> Result {
+    let mut f = Fixture::new("restart")?;
+    for i in 0..4 {
+        f.echo(&format!("w{i}"))?;
+    }
+    f.wait_workers(4)?;
+    f.stop_daemon(libc::SIGTERM)?;
+    assert!(
+        !f.control.exists(),
+        "the control socket is removed on a clean stop"
+    );
+    // The program stays attached with its last state: still exact round-robin.
+    let counts = f.load_ok(400);
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 4]);
+
+    f.start_daemon(&[])?;
+    let status = f.wait_workers(4)?;
+    assert!(status.workers.iter().all(|w| w.state == "active"));
+    let counts = f.load_ok(400);
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 4]);
+    Ok(())
+}

@@ -88,7 +88,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| i64::from(s.filesystem_type().0) == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::FsType(BPF_FS_MAGIC as _))
         .unwrap_or(false)
 }
 

@@ -1,0 +1,29 @@
+//! A [`Group`] steering a whole [`Pool`]: listener `i` in slot `i`, program attached.
+
+use anyhow::{ensure, Result};
+use reuseport_user::{Group, GroupOptions, GroupStats};
+
+use crate::pool::Pool;
+
+/// Loads a group, puts every listener of `pool` in the slot of its index, then attaches.
+pub fn group(pool: &Pool, options: GroupOptions) -> Result<Group> {
+    let mut group = Group::load(options)?;
+    for i in 0..pool.len() {
+        let slot = group.insert(pool.socket(i)?)?;
+        ensure!(slot == i as u32, "listener {i} went to slot {slot}");
+    }
+    group.attach(pool.socket(0)?)?;
+    Ok(group)
+}
+
+/// Per-slot `selected` counters for slots `0..n` (0 for a slot the group no longer holds).
+pub fn selected(stats: &GroupStats, n: usize) -> Vec<u64> {
+    (0..n as u32)
+        .map(|i| stats.slot(i).map_or(0, |s| s.selected))
+        .collect()
+}
+
+/// Sum of the failed-selection counters.
+pub fn select_errors(stats: &GroupStats) -> u64 {
+    stats.global.errors.iter().sum()
+}

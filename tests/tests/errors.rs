@@ -108,7 +108,7 @@ fn what_is_not_an_inet_socket_is_refused() -> Result<()> {
 
     let file = std::fs::File::open("/proc/self/status")?;
     match group.insert(&file) {
-        Err(Error::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::ENOTSOCK)),
+        Err(Error::Io { cause, .. }) => assert_eq!(cause.raw_os_error(), Some(libc::ENOTSOCK)),
         other => panic!("a file: {other:?}"),
     }
 

@@ -92,6 +92,12 @@ pub enum Error {
     #[error("socket is already in the group (slot {0}): a socket can hold one slot only")]
     AlreadyInGroup(u32),
 
+    #[error(
+        "socket is held by another reuseport socket array (the program of an earlier daemon \
+         still attached to the group): attach this group's program first, then retry"
+    )]
+    HeldElsewhere,
+
     #[error("weight {weight} is out of range: weights are 1..={max}")]
     InvalidWeight { weight: u32, max: u32 },
 
@@ -139,6 +145,7 @@ impl Error {
             Self::SlotTaken(_) => "slot_taken",
             Self::SlotEmpty(_) => "slot_empty",
             Self::AlreadyInGroup(_) => "already_in_group",
+            Self::HeldElsewhere => "held_elsewhere",
             Self::InvalidWeight { .. } => "invalid_weight",
             Self::ScheduleTooLong { .. } => "schedule_too_long",
             Self::NotAttached => "not_attached",

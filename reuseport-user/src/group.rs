@@ -259,7 +259,7 @@ impl Group {
         }
         sys::sockarray_insert(self.sockets_fd()?, slot, socket).map_err(|e| {
             match e.raw_os_error() {
-                Some(libc::EBUSY) => Error::AlreadyInGroup(slot),
+                Some(libc::EBUSY) => Error::HeldElsewhere,
                 Some(libc::EEXIST) => Error::SlotTaken(slot),
                 Some(libc::EINVAL) => Error::NotListening,
                 _ => Error::io(format!("putting the socket in slot {slot}"), e),
@@ -272,8 +272,14 @@ impl Group {
             weight: 1,
             cookie: info.cookie,
         };
-        self.write_slot(slot)?;
-        self.publish()
+        if let Err(e) = self.write_slot(slot).and_then(|()| self.publish()) {
+            // Leave the slot as it was: empty.
+            self.slots[slot as usize] = SlotConfig::default();
+            let _ = self.write_slot(slot);
+            let _ = sys::sockarray_clear(self.sockets_fd()?, slot);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Takes the socket out of `slot`. It stops getting connections at once; what it already

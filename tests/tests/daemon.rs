@@ -81,9 +81,10 @@ impl Fixture {
             self.addr.to_string(),
             "--control".into(),
             self.control.display().to_string(),
-            "--pin-dir".into(),
-            self.pins.display().to_string(),
         ];
+        if !extra.contains(&"--no-pin") {
+            args.extend(["--pin-dir".into(), self.pins.display().to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = std::fs::File::create(self.dir.join("daemon.log"))?;
         self.daemon = Some(
@@ -565,7 +566,18 @@ fn policy_swaps_from_the_cli_under_load_lose_nothing() -> Result {
 
 #[test]
 fn steering_survives_the_daemon_and_workers_come_back_to_a_new_one() -> Result {
-    let mut f = Fixture::new("restart")?;
+    restart_round_trip("restart", &[])
+}
+
+/// Without pins the new daemon has new maps while the old program still holds the sockets:
+/// it must take the group over rather than refuse the workers.
+#[test]
+fn workers_come_back_to_a_restarted_daemon_without_pins() -> Result {
+    restart_round_trip("nopin", &["--no-pin"])
+}
+
+fn restart_round_trip(name: &str, daemon_args: &[&str]) -> Result {
+    let mut f = Fixture::with_daemon_args(name, daemon_args)?;
     for i in 0..4 {
         f.echo(&format!("w{i}"))?;
     }
@@ -579,7 +591,7 @@ fn steering_survives_the_daemon_and_workers_come_back_to_a_new_one() -> Result {
     let counts = f.load_ok(400);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 4]);
 
-    f.start_daemon(&[])?;
+    f.start_daemon(daemon_args)?;
     let status = f.wait_workers(4)?;
     assert!(status.workers.iter().all(|w| w.state == "active"));
     let counts = f.load_ok(400);

@@ -4,7 +4,8 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    time::{Duration, Instant},
 };
 
 use log::{info, warn};
@@ -136,7 +137,7 @@ impl Registry {
             // Left in its slot by an earlier daemon (pinned state): take it back as it is.
             Some(slot) if !entry.workers.contains_key(&slot) => slot,
             Some(slot) => return Err(Error::AlreadyInGroup(slot).into()),
-            None => entry.group.insert(socket.as_fd())?,
+            None => insert_taking_over(&mut entry.group, socket.as_fd())?,
         };
         let attached = entry.group.attach(socket.as_fd());
         let weighted = weight.map(|w| entry.group.set_weight(slot, w));
@@ -401,6 +402,27 @@ impl GroupEntry {
                 .map(|(n, c)| (n.to_owned(), c))
                 .collect(),
         }
+    }
+}
+
+/// Inserts a socket; if the socket array of an earlier daemon's program (not pinned, still
+/// attached) holds it, attaches ours first so the kernel frees the old array, then retries.
+fn insert_taking_over(group: &mut Group, socket: BorrowedFd<'_>) -> Result<u32, Error> {
+    match group.insert(socket) {
+        Err(Error::HeldElsewhere) => {
+            group.attach(socket)?;
+            // The old array is freed after an RCU grace period and a workqueue run.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                match group.insert(socket) {
+                    Err(Error::HeldElsewhere) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    other => return other,
+                }
+            }
+        }
+        other => other,
     }
 }
 

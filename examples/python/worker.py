@@ -1,0 +1,461 @@
+#!/usr/bin/env python3
+"""A reuseport worker in plain Python: the same HTTP echo server as `reuseport echo`.
+
+Written from docs/protocol.md alone, with the standard library only (Python 3.9+ for
+socket.send_fds). Single-threaded on purpose, like a sync Python worker: `/sleep` blocks it,
+which is what the daemon's policies are there to work around.
+
+    python3 worker.py --listen 127.0.0.1:8080 [--control PATH] [--name NAME] [--weight N]
+                      [--no-register]
+
+HTTP/1.1 with keep-alive: `GET /` answers `pid=<PID>\\n`, `GET /sleep?ms=N` answers the same
+after N ms (at most 60 s), other paths 404, other methods 405.
+
+Registration: the listening socket is sent to the daemon with the `register` line; the control
+connection stays open for the worker's lifetime (closing it unregisters). In-flight requests are
+reported with `load`. When the daemon goes away (the control connection turns readable) the
+worker reconnects every 100 ms and registers again. A refusal at start-up is printed and ends the
+worker with exit code 1; a worker started before the daemon, or one that a restarted daemon
+refuses, logs the refusal once and keeps retrying every second (as `reuseport echo` does).
+"""
+
+import argparse
+import errno
+import ipaddress
+import json
+import os
+import re
+import select
+import socket
+import sys
+import time
+
+DEFAULT_CONTROL = "/run/reuseport/control.sock"
+CONTROL_ENV = "REUSEPORT_CONTROL"
+# Poll timeout: also how soon a migrated connection (which raises no readiness) is accepted.
+TICK = 0.020
+# While the daemon is away: how often to try to connect again.
+RETRY = 0.100
+# After a refusal from a restarted daemon: retry, but less often.
+REFUSED_RETRY = 1.0
+# How long a registration may wait for the daemon's reply.
+REPLY_TIMEOUT = 2.0
+MAX_LINE = 64 * 1024
+MAX_HEAD = 16 * 1024
+MAX_SLEEP_MS = 60_000
+U64_MAX = 2**64 - 1
+BACKLOG = 1024
+
+
+def log(message):
+    print(f"[worker {os.getpid()}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_listen(text):
+    """`ADDR:PORT` or `[IPV6]:PORT` -> (family, sockaddr)."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not ADDR:PORT (IPv6: [ADDR]:PORT)")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{host!r} is not an IP address") from None
+    if text.startswith("[") != (addr.version == 6):
+        raise argparse.ArgumentTypeError(f"{text!r}: write IPv6 addresses as [ADDR]:PORT")
+    port = int(port)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range")
+    if addr.version == 6:
+        return socket.AF_INET6, (str(addr), port, 0, 0)
+    return socket.AF_INET, (str(addr), port)
+
+
+def parse_u32(text):
+    if not (text.isascii() and text.isdigit()) or int(text) > 0xFFFF_FFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in 0..=4294967295")
+    return int(text)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="A single-threaded HTTP echo worker that joins a reuseport group."
+    )
+    p.add_argument("--listen", required=True, type=parse_listen, metavar="ADDR:PORT")
+    p.add_argument(
+        "--control",
+        metavar="PATH",
+        help=f"control socket of the daemon [default: ${CONTROL_ENV}, else {DEFAULT_CONTROL}]",
+    )
+    p.add_argument(
+        "--no-register", action="store_true", help="serve without registering with the daemon"
+    )
+    p.add_argument("--name", help="name shown by `reuseport status`")
+    p.add_argument("--weight", type=parse_u32, help="weight for the weighted policy (1..=1000)")
+    args = p.parse_args(argv)
+    args.control = args.control or os.environ.get(CONTROL_ENV) or DEFAULT_CONTROL
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# The listening socket
+
+
+def bind_listener(family, sockaddr):
+    """SO_REUSEPORT before bind(), as the kernel requires; IPv6 sockets are IPv6-only."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(sockaddr)
+        s.listen(BACKLOG)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# The control connection
+
+
+class NotRunning(Exception):
+    """No daemon at the control path (ENOENT or ECONNREFUSED on connect)."""
+
+
+class Refused(Exception):
+    """The daemon answered the register request with "ok": false (or could not be asked)."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.message = message
+
+
+def read_line(sock):
+    """Reads one reply line (the daemon sends exactly one per request)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(MAX_LINE)
+        if not chunk:
+            raise Refused("closed", "the daemon closed the connection without replying")
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise Refused("bad_reply", "the daemon's reply is longer than 64 KiB")
+    return data
+
+
+def register_once(path, listener, request):
+    """Connects, sends `register` with the listener attached, returns (control, slot, group)."""
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        control.settimeout(REPLY_TIMEOUT)
+        try:
+            control.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NotRunning(path) from None
+        except PermissionError:
+            raise Refused(
+                "permission_denied",
+                f"permission denied on the control socket {path}: run as the daemon's user, "
+                f"or start the daemon with --allow-uid {os.geteuid()}",
+            ) from None
+        line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
+        # One sendmsg: the register line with exactly one descriptor attached.
+        try:
+            sent = socket.send_fds(control, [line], [listener.fileno()])
+            control.sendall(line[sent:])
+        except OSError as send_error:
+            # A daemon that refuses this uid replies and closes before reading: its `forbidden`
+            # line explains more than EPIPE does.
+            try:
+                raw = read_line(control)
+            except (OSError, Refused):
+                raise send_error from None
+        else:
+            raw = read_line(control)
+        try:
+            reply = json.loads(raw)
+        except ValueError as e:
+            raise Refused("bad_reply", f"unreadable reply from the daemon: {e}") from None
+        if not isinstance(reply, dict) or reply.get("ok") is not True:
+            reply = reply if isinstance(reply, dict) else {}
+            raise Refused(reply.get("code", ""), reply.get("error", "registration refused"))
+        if not isinstance(reply.get("slot"), int):
+            raise Refused("bad_reply", "register reply without a slot")
+    except BaseException:
+        control.close()
+        raise
+    return control, reply["slot"], reply.get("group", "")
+
+
+class Registration:
+    """Keeps the listener registered: watched from the serve loop, re-registered after a
+    daemon restart."""
+
+    def __init__(self, path, listener, name, weight):
+        self.path = path
+        self.listener = listener
+        self.request = {"op": "register", "pid": os.getpid()}
+        if name is not None:
+            self.request["name"] = name
+        if weight is not None:
+            self.request["weight"] = weight
+        self.control = None
+        self.slot = None
+        self.next_attempt = 0.0
+        self.logged_refusal = False
+
+    def start(self):
+        """First attempt: a refusal propagates (the worker exits); no daemon is not an error."""
+        try:
+            self._registered(*register_once(self.path, self.listener, self.request))
+        except NotRunning:
+            log(f"daemon not running at {self.path}: will register when it starts")
+            self.next_attempt = time.monotonic() + RETRY
+
+    def fileno(self):
+        """The control connection to poll, or None while not registered."""
+        return self.control.fileno() if self.control is not None else None
+
+    def on_readable(self):
+        """The daemon never writes unprompted: readable means it went away (or is closing the
+        connection after an error line, which is shown)."""
+        try:
+            data = self.control.recv(MAX_LINE)
+        except OSError:
+            data = b""
+        if data:
+            log(f"daemon said: {data.decode(errors='replace').strip()}")
+        self._lost()
+
+    def tick(self):
+        """While not registered, tries again when due."""
+        if self.control is not None or time.monotonic() < self.next_attempt:
+            return
+        try:
+            self._registered(*register_once(self.path, self.listener, self.request))
+        except NotRunning:
+            self.next_attempt = time.monotonic() + RETRY
+        except (Refused, OSError) as e:
+            if not self.logged_refusal:
+                log(f"registering with {self.path}: {e}; retrying every {REFUSED_RETRY:g} s")
+                self.logged_refusal = True
+            self.next_attempt = time.monotonic() + REFUSED_RETRY
+
+    def report(self, inflight):
+        """`load` line: no reply comes. A failed write means the daemon is gone."""
+        if self.control is None:
+            return
+        try:
+            self.control.sendall(b'{"op":"load","inflight":%d}\n' % inflight)
+        except OSError:
+            self._lost()
+
+    def close(self):
+        """Closing the control connection unregisters at once."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def _registered(self, control, slot, group):
+        self.control = control
+        self.slot = slot
+        self.logged_refusal = False
+        log(f"registered with {self.path} in slot {slot} of {group}")
+
+    def _lost(self):
+        log("lost the daemon; registering again when it is back")
+        self.control.close()
+        self.control = None
+        self.slot = None
+        self.next_attempt = time.monotonic() + RETRY
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+class Conn:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+
+def parse_head(head):
+    """-> (method, path, keep_alive). HTTP/1.1 keeps alive unless `Connection: close`."""
+    lines = head.decode("utf-8", errors="replace").split("\r\n")
+    first = lines[0].split(" ")
+    method = first[0]
+    path = first[1] if len(first) > 1 else ""
+    keep_alive = not (len(first) > 2 and first[2] == "HTTP/1.0")
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "connection":
+            value = value.strip().lower()
+            if value == "close":
+                keep_alive = False
+            elif value == "keep-alive":
+                keep_alive = True
+    return method, path, keep_alive
+
+
+def route(target):
+    """ms to sleep for the paths served (`/`, `/sleep?ms=N`), None for the others."""
+    path, _, query = target.partition("?")
+    if path == "/":
+        return 0
+    if path == "/sleep":
+        for kv in query.split("&"):
+            if kv.startswith("ms="):
+                v = kv[3:]
+                ms = int(v) if re.fullmatch(r"\+?[0-9]+", v) else 0
+                return min(ms if ms <= U64_MAX else 0, MAX_SLEEP_MS)
+        return 0
+    return None
+
+
+def answer(sock, method, target, keep_alive):
+    sleep_ms = route(target)
+    if method == "GET" and sleep_ms is not None:
+        if sleep_ms > 0:
+            time.sleep(sleep_ms / 1000)  # blocks the whole worker, on purpose
+        status, body = "200 OK", f"pid={os.getpid()}\n"
+    elif method == "GET":
+        status, body = "404 Not Found", "not found\n"
+    else:
+        status, body = "405 Method Not Allowed", "only GET\n"
+    body = body.encode()
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+
+
+def read_and_answer(conn, registration):
+    """Reads what is there and answers every complete request. False: close the connection."""
+    try:
+        data = conn.sock.recv(4096)
+    except OSError:
+        return False
+    if not data:
+        return False
+    conn.buf += data
+    while True:
+        end = conn.buf.find(b"\r\n\r\n")
+        if end < 0:
+            break
+        head, conn.buf = conn.buf[: end + 4], conn.buf[end + 4 :]
+        method, target, keep_alive = parse_head(head)
+        if registration:
+            registration.report(1)
+        try:
+            answer(conn.sock, method, target, keep_alive)
+            ok = True
+        except OSError:
+            ok = False
+        if registration:
+            registration.report(0)
+        if not (ok and keep_alive):
+            return False
+    return len(conn.buf) < MAX_HEAD
+
+
+# ---------------------------------------------------------------------------------------------
+# The serve loop
+
+
+def serve(listener, registration):
+    conns = {}  # fd -> Conn
+    try:
+        while True:
+            serve_round(listener, registration, conns)
+    finally:
+        for conn in conns.values():
+            conn.sock.close()
+
+
+def serve_round(listener, registration, conns):
+    """One poll of the listener, the connections and the control connection; returns within
+    one tick."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    for fd in conns:
+        poller.register(fd, select.POLLIN)
+    control_fd = registration.fileno() if registration else None
+    if control_fd is not None:
+        poller.register(control_fd, select.POLLIN)
+    events = dict(poller.poll(TICK * 1000))
+
+    if control_fd is not None and control_fd in events:
+        registration.on_readable()
+    if registration:
+        registration.tick()
+
+    # Accept on every tick, not only on readiness: migrated connections raise none.
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError as e:
+            if e.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                log(f"accept: {e}")
+            break
+        sock.settimeout(5.0)  # a client that stops reading fails the write after 5 s
+        conns[sock.fileno()] = Conn(sock)
+
+    for fd, conn in list(conns.items()):
+        if fd in events and not read_and_answer(conn, registration):
+            del conns[fd]
+            conn.sock.close()
+
+
+def main(argv):
+    args = parse_args(argv)
+    family, sockaddr = args.listen
+    shown = f"[{sockaddr[0]}]:{sockaddr[1]}" if family == socket.AF_INET6 else "%s:%d" % sockaddr
+    try:
+        listener = bind_listener(family, sockaddr)
+    except OSError as e:
+        print(f"error: binding {shown}: {e}", file=sys.stderr)
+        return 1
+    registration = None
+    if not args.no_register:
+        registration = Registration(args.control, listener, args.name, args.weight)
+        try:
+            registration.start()
+        except Refused as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            if e.code:
+                print(f"(code {e.code}; see docs/protocol.md)", file=sys.stderr)
+            listener.close()
+            return 1
+        except OSError as e:
+            print(f"error: control socket {args.control}: {e}", file=sys.stderr)
+            listener.close()
+            return 1
+    log(f"echo worker pid {os.getpid()} on {shown}")
+    try:
+        serve(listener, registration)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if registration:
+            registration.close()
+        listener.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

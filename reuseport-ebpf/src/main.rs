@@ -115,7 +115,10 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
     } else {
         global.fallbacks += 1;
         if global.fallbacks.is_power_of_two() {
-            warn!(ctx, "no active slot took the connection: kernel hash over the group");
+            warn!(
+                ctx,
+                "no active slot took the connection: kernel hash over the group"
+            );
         }
         SK_PASS
     }
@@ -123,11 +126,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
 
 /// The policy's first choice, as (slot to try first, position in the active list to walk from).
 #[inline(always)]
-fn first_candidate(
-    ctx: &SkReuseportContext,
-    config: &Config,
-    count: u32,
-) -> (Option<u32>, u32) {
+fn first_candidate(ctx: &SkReuseportContext, config: &Config, count: u32) -> (Option<u32>, u32) {
     match config.policy {
         policy::ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
         policy::WEIGHTED => {
@@ -165,7 +164,12 @@ fn ticket(which: u32) -> u64 {
 
 /// Selects `slot`; counts the outcome. Returns whether the socket was taken.
 #[inline(always)]
-fn try_slot(ctx: &SkReuseportContext, slot: u32, migrating: bool, global: &mut GlobalStats) -> bool {
+fn try_slot(
+    ctx: &SkReuseportContext,
+    slot: u32,
+    migrating: bool,
+    global: &mut GlobalStats,
+) -> bool {
     let mut key = slot;
     // SAFETY: the context and the map are what the helper expects; `key` lives across the call.
     let ret = unsafe {
@@ -196,7 +200,10 @@ fn try_slot(ctx: &SkReuseportContext, slot: u32, migrating: bool, global: &mut G
                 // ENOENT is routine (a slot closed before userspace noticed); the others mean
                 // a socket of another group got into the array: rare, and worth a log line.
                 if which != select_error::ENOENT && counter.is_power_of_two() {
-                    warn!(ctx, "bpf_sk_select_reuseport(slot {}) failed: {}", slot, ret);
+                    warn!(
+                        ctx,
+                        "bpf_sk_select_reuseport(slot {}) failed: {}", slot, ret
+                    );
                 }
             }
             false

@@ -4,7 +4,6 @@
 //! possible.
 
 mod bpf_linker;
-mod bpf_object;
 mod command;
 mod setup;
 mod test;

@@ -436,7 +436,7 @@ fn killed_worker_leaves_within_100ms_and_nothing_is_refused() -> Result {
     }
     f.wait_workers(4)?;
     f.load_ok(200);
-    let mut victim = f.workers.remove(1);
+    let victim = &mut f.workers[1];
     let pid = victim.id();
     victim.kill()?;
     let killed = Instant::now();

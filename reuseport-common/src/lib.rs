@@ -22,6 +22,8 @@ pub mod names {
     pub const SLOTS: &str = "SLOTS";
     pub const CURSORS: &str = "CURSORS";
     pub const SLOT_STATS: &str = "SLOT_STATS";
+    pub const LOAD: &str = "LOAD";
+    pub const LEAST: &str = "LEAST";
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const PROG_SELECT: &str = "reuseport_select";
     pub const PROG_MIGRATE: &str = "reuseport_migrate";
@@ -35,6 +37,10 @@ pub mod policy {
     pub const ROUND_ROBIN: u32 = 1;
     /// Smooth weighted round-robin, driven by the precomputed schedule.
     pub const WEIGHTED: u32 = 2;
+    /// Round-robin over the active slots with the lowest load (the `LEAST` list).
+    pub const LEAST_LOADED: u32 = 3;
+    /// The less loaded of two random active slots.
+    pub const P2C: u32 = 4;
 }
 
 /// What the program does when no active slot can take the connection (`Config::on_empty`).
@@ -53,6 +59,8 @@ pub mod slot_state {
     pub const ACTIVE: u32 = 1;
     /// Keeps its socket (and queue) but receives nothing new.
     pub const DRAINING: u32 = 2;
+    /// Taken out of the active set by the daemon: its worker stopped accepting.
+    pub const STUCK: u32 = 3;
 }
 
 /// Index of the cursor each ticket-based policy advances in the `CURSORS` map.
@@ -118,7 +126,12 @@ pub struct SlotConfig {
     pub cookie: u64,
 }
 
-/// Per-CPU, per-slot counters (`SLOT_STATS`).
+/// `BPF_F_MMAPABLE`: userspace maps the array into memory and reads or writes it with no
+/// system call, which keeps sampling 64 workers every few milliseconds cheap.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Per-slot counters (`SLOT_STATS`, shared by all CPUs, updated atomically, memory-mapped by
+/// userspace).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotStats {

@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},
     btf_maps::reuseport_sock_array::ReusePortSockArrayImpl,
     cty::c_void,
-    helpers::generated::bpf_sk_select_reuseport,
+    helpers::generated::{bpf_get_prandom_u32, bpf_sk_select_reuseport},
     macros::{btf_map, map, sk_reuseport},
     maps::{Array, PerCpuArray},
     programs::SkReuseportContext,
@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use reuseport_common::{
-    cursor, on_empty, policy, select_error, Config, GlobalStats, SlotConfig, SlotStats,
-    MAX_SCHEDULE, MAX_SLOTS, MAX_TRIES,
+    cursor, on_empty, policy, select_error, Config, GlobalStats, ListRef, SlotConfig, SlotStats,
+    BPF_F_MMAPABLE, MAX_SCHEDULE, MAX_SLOTS, MAX_TRIES,
 };
 
 /// The group's sockets by slot. 8-byte values, so userspace can read a slot back (the kernel
@@ -47,8 +47,19 @@ static SLOTS: Array<SlotConfig> = Array::with_max_entries(MAX_SLOTS, 0);
 /// Shared tickets of the round-robin and weighted policies, advanced atomically.
 #[map]
 static CURSORS: Array<u64> = Array::with_max_entries(cursor::COUNT, 0);
+/// Per-slot counters; shared and memory-mapped, so the daemon reads them every sample with no
+/// system call.
 #[map]
-static SLOT_STATS: PerCpuArray<SlotStats> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+static SLOT_STATS: Array<SlotStats> = Array::with_max_entries(MAX_SLOTS, BPF_F_MMAPABLE);
+/// Per-slot load for `least-loaded` and `p2c`, written by the daemon every sample: the accept
+/// queue plus the requests in flight. The program only reads it; between two samples, equally
+/// loaded slots take turns (least-loaded) or two random picks spread the choices (p2c).
+#[map]
+static LOAD: Array<u64> = Array::with_max_entries(MAX_SLOTS, BPF_F_MMAPABLE);
+/// The least-loaded active slots: word 0 is a `ListRef` (which half, how many), then two halves
+/// of `MAX_SLOTS` slot numbers. Written by the daemon through its memory mapping.
+#[map]
+static LEAST: Array<u64> = Array::with_max_entries(1 + 2 * MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
 static GLOBAL_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
 
@@ -89,7 +100,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
     };
     if count > 0 {
         let base = active.half() * MAX_SLOTS;
-        let (first, start) = first_candidate(ctx, &config, count);
+        let (first, start) = first_candidate(ctx, &config, count, base);
         if let Some(slot) = first {
             if try_slot(ctx, slot, migrating, global) {
                 return SK_PASS;
@@ -126,8 +137,15 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
 
 /// The policy's first choice, as (slot to try first, position in the active list to walk from).
 #[inline(always)]
-fn first_candidate(ctx: &SkReuseportContext, config: &Config, count: u32) -> (Option<u32>, u32) {
+fn first_candidate(
+    ctx: &SkReuseportContext,
+    config: &Config,
+    count: u32,
+    base: u32,
+) -> (Option<u32>, u32) {
     match config.policy {
+        policy::LEAST_LOADED => least_loaded(count),
+        policy::P2C => two_choices(count, base),
         policy::ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
         policy::WEIGHTED => {
             let schedule = config.schedule;
@@ -147,6 +165,49 @@ fn first_candidate(ctx: &SkReuseportContext, config: &Config, count: u32) -> (Op
         // policy::HASH and anything unknown: the flow hash, scaled onto the active list.
         _ => (None, ((ctx.hash() as u64 * count as u64) >> 32) as u32),
     }
+}
+
+/// Round-robin over the least-loaded active slots, a list the daemon republishes whenever a
+/// sample changes it: equally loaded slots take turns, and the cost is O(1) whatever the count.
+#[inline(always)]
+fn least_loaded(count: u32) -> (Option<u32>, u32) {
+    let t = ticket(cursor::ROUND_ROBIN);
+    let start = (t % count as u64) as u32;
+    let Some(&desc) = LEAST.get(0) else {
+        return (None, start);
+    };
+    let list = ListRef(desc as u32);
+    let len = list.len();
+    if len == 0 || len > MAX_SLOTS {
+        return (None, start);
+    }
+    let index = 1 + list.half() * MAX_SLOTS + (t % len as u64) as u32;
+    (LEAST.get(index).map(|&slot| slot as u32), start)
+}
+
+/// Power of two choices: the less loaded of two distinct random active slots.
+#[inline(always)]
+fn two_choices(count: u32, base: u32) -> (Option<u32>, u32) {
+    // SAFETY: helper without arguments.
+    let a = unsafe { bpf_get_prandom_u32() } % count;
+    let b = if count > 1 {
+        // SAFETY: as above.
+        (a + 1 + unsafe { bpf_get_prandom_u32() } % (count - 1)) % count
+    } else {
+        a
+    };
+    let slot_a = ACTIVE.get(base + a).copied();
+    let slot_b = ACTIVE.get(base + b).copied();
+    match (slot_a, slot_b) {
+        (Some(sa), Some(sb)) if load_of(sb) < load_of(sa) => (Some(sb), (b + 1) % count),
+        (Some(sa), _) => (Some(sa), (a + 1) % count),
+        (None, other) => (other, (b + 1) % count),
+    }
+}
+
+#[inline(always)]
+fn load_of(slot: u32) -> u64 {
+    LOAD.get(slot).copied().unwrap_or(u64::MAX)
 }
 
 /// Takes the next ticket of a cursor. One atomic fetch-and-add shared by all CPUs is what makes
@@ -183,12 +244,14 @@ fn try_slot(
     match ret {
         0 => {
             if let Some(stats) = SLOT_STATS.get_ptr_mut(slot) {
-                // SAFETY: per-CPU value of this CPU.
-                let stats = unsafe { &mut *stats };
-                if migrating {
-                    stats.migrated += 1;
-                } else {
-                    stats.selected += 1;
+                // SAFETY: live, aligned map value shared by all CPUs.
+                unsafe {
+                    let counter = if migrating {
+                        &raw mut (*stats).migrated
+                    } else {
+                        &raw mut (*stats).selected
+                    };
+                    atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1);
                 }
             }
             true

@@ -46,18 +46,32 @@ pub fn status_table(groups: &[GroupStatus]) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}",
-            "SLOT", "PID", "NAME", "STATE", "WEIGHT", "SELECTED", "MIGRATED", "INFLIGHT"
+            "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}  {:>5}",
+            "SLOT", "PID", "NAME", "STATE", "WEIGHT", "SELECTED", "MIGRATED", "INFLIGHT", "QUEUE"
         );
         if g.workers.is_empty() {
             let _ = writeln!(out, "  (no workers registered)");
         }
         for w in &g.workers {
-            let _ = writeln!(
+            let _ = write!(
                 out,
-                "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}",
-                w.slot, w.pid, w.name, w.state, w.weight, w.selected, w.migrated, w.inflight
+                "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}  {:>5}",
+                w.slot,
+                w.pid,
+                w.name,
+                w.state,
+                w.weight,
+                w.selected,
+                w.migrated,
+                w.inflight,
+                w.queue
             );
+            match &w.reason {
+                Some(reason) => {
+                    let _ = writeln!(out, "  ({reason}, {})", ago(w.since));
+                }
+                None => out.push('\n'),
+            }
         }
         let errors: Vec<String> = g
             .select_errors
@@ -70,6 +84,14 @@ pub fn status_table(groups: &[GroupStatus]) -> String {
         }
     }
     out
+}
+
+/// "3.2 s ago" for a Unix time.
+fn ago(since: Option<f64>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    since.map_or_else(String::new, |t| format!("{:.1} s ago", (now - t).max(0.0)))
 }
 
 pub fn policy_get(control: &Path, group: Option<String>) -> anyhow::Result<()> {
@@ -109,11 +131,16 @@ pub fn weight(control: &Path, slot: u32, weight: u32, group: Option<String>) -> 
     Ok(())
 }
 
-pub fn drain(control: &Path, slot: u32, group: Option<String>, drain: bool) -> anyhow::Result<()> {
-    let request = if drain {
-        Request::Drain { slot, group }
-    } else {
-        Request::Undrain { slot, group }
+/// `Some(close)`: drain (and shut the listener down when `close`); `None`: undrain.
+pub fn drain(
+    control: &Path,
+    slot: u32,
+    group: Option<String>,
+    close: Option<bool>,
+) -> anyhow::Result<()> {
+    let request = match close {
+        Some(close) => Request::Drain { slot, group, close },
+        None => Request::Undrain { slot, group },
     };
     ControlClient::connect(control)?.request(&request)?;
     Ok(())

@@ -35,34 +35,40 @@ struct Conn {
     buf: Vec<u8>,
 }
 
-/// Serves until the process is killed.
+/// Serves until the process is killed. When the daemon shuts the listener down (a stuck
+/// worker evicted, `drain --close`), joins again with a new one once it runs.
 pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
-    let listener = worker::bind_listener(options.listen, 1024)?;
-    listener.set_nonblocking(true)?;
-    let registration = if options.register {
-        Some(Registration::start(
-            &listener,
-            &WorkerOptions {
-                control: options.control.clone(),
-                name: options.name.clone(),
-                weight: options.weight,
-                ..WorkerOptions::default()
-            },
-        )?)
-    } else {
-        None
-    };
-    info!(
-        "echo worker pid {} on {}",
-        std::process::id(),
-        options.listen
-    );
-    serve(&listener, registration.as_ref())
+    let mut conns: Vec<Conn> = Vec::new();
+    loop {
+        let listener = worker::bind_listener(options.listen, 1024)?;
+        listener.set_nonblocking(true)?;
+        let registration = if options.register {
+            Some(Registration::start(
+                &listener,
+                &WorkerOptions {
+                    control: options.control.clone(),
+                    name: options.name.clone(),
+                    weight: options.weight,
+                    ..WorkerOptions::default()
+                },
+            )?)
+        } else {
+            None
+        };
+        info!(
+            "echo worker pid {} on {}",
+            std::process::id(),
+            options.listen
+        );
+        serve(&listener, registration.as_ref(), &mut conns);
+        warn!("the listener was shut down (evicted or closed by the daemon): joining again");
+    }
 }
 
-fn serve(listener: &TcpListener, registration: Option<&Registration>) -> anyhow::Result<()> {
+/// Serves connections until the listener stops listening.
+fn serve(listener: &TcpListener, registration: Option<&Registration>, conns: &mut Vec<Conn>) {
     let pid = std::process::id();
-    let mut conns: Vec<Conn> = Vec::new();
+    let mut accepted = false;
     loop {
         let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
             .chain(conns.iter().map(|c| c.stream.as_raw_fd()))
@@ -72,30 +78,33 @@ fn serve(listener: &TcpListener, registration: Option<&Registration>) -> anyhow:
                 revents: 0,
             })
             .collect();
+        // No wait while the last round accepted: more may be queued.
+        let timeout = if accepted { 0 } else { TICK_MS };
         // SAFETY: `fds` is a valid array of pollfd of the given length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK_MS) };
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
 
-        // Accept on every tick, not only on readiness: migrated connections raise none.
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(false).is_ok()
-                        && stream
-                            .set_write_timeout(Some(Duration::from_secs(5)))
-                            .is_ok()
-                    {
-                        conns.push(Conn {
-                            stream,
-                            buf: Vec::new(),
-                        });
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    warn!("accept: {e}");
-                    break;
+        // One connection per round, and on every round (migrated connections raise no
+        // readiness): the rest stay in the kernel's queue, where the daemon can still move
+        // them elsewhere if this worker blocks.
+        accepted = false;
+        match listener.accept() {
+            Ok((stream, _)) => {
+                accepted = true;
+                if stream.set_nonblocking(false).is_ok()
+                    && stream
+                        .set_write_timeout(Some(Duration::from_secs(5)))
+                        .is_ok()
+                {
+                    conns.push(Conn {
+                        stream,
+                        buf: Vec::new(),
+                    });
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Not listening any more: shut down from outside.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            Err(e) => warn!("accept: {e}"),
         }
 
         let mut closed = Vec::new();

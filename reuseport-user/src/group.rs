@@ -6,19 +6,19 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::SkReuseport,
-    util::nr_cpus,
     Ebpf, EbpfLoader,
 };
 use log::debug;
 use reuseport_common::{
-    names, slot_state, Config, GlobalStats, ListRef, SlotConfig, SlotStats, MAX_SCHEDULE,
-    MAX_SLOTS, MAX_WEIGHT,
+    names, slot_state, Config, GlobalStats, ListRef, SlotConfig, MAX_SCHEDULE, MAX_SLOTS,
+    MAX_WEIGHT,
 };
 
 use crate::{
     error::{errno_in, Error, Result},
+    mmap::MappedWords,
     object::OBJECT,
     pin,
     policy::{AttachMode, OnEmpty, Policy, SlotState},
@@ -63,7 +63,15 @@ pub struct Group {
     active_map: Array<MapData, u32>,
     schedule_map: Array<MapData, u32>,
     slots_map: Array<MapData, SlotConfig>,
-    slot_stats: PerCpuArray<MapData, SlotStats>,
+    /// `SLOT_STATS`, two words per slot: selected, migrated.
+    slot_stats: MappedWords,
+    /// `LOAD`, one word per slot.
+    loads: MappedWords,
+    /// `LEAST`: the least-loaded active slots (a `ListRef` word, then two halves).
+    least: MappedWords,
+    /// What `LEAST`'s live half holds.
+    least_written: Vec<u32>,
+    _mapped_maps: [Map; 3],
     global_stats: PerCpuArray<MapData, GlobalStats>,
     config: Config,
     slots: Vec<SlotConfig>,
@@ -116,7 +124,16 @@ impl Group {
         let active_map = typed(take(names::ACTIVE)?, names::ACTIVE)?;
         let schedule_map = typed(take(names::SCHEDULE)?, names::SCHEDULE)?;
         let slots_map = typed(take(names::SLOTS)?, names::SLOTS)?;
-        let slot_stats = typed(take(names::SLOT_STATS)?, names::SLOT_STATS)?;
+        // The maps stay open (the program is loaded against their fds); reads and writes go
+        // through the mappings.
+        let mapped_maps = [
+            take(names::SLOT_STATS)?,
+            take(names::LOAD)?,
+            take(names::LEAST)?,
+        ];
+        let slot_stats = mapped(&mapped_maps[0], names::SLOT_STATS, 2 * MAX_SLOTS as usize)?;
+        let loads = mapped(&mapped_maps[1], names::LOAD, MAX_SLOTS as usize)?;
+        let least = mapped(&mapped_maps[2], names::LEAST, 1 + 2 * MAX_SLOTS as usize)?;
         let global_stats = typed(take(names::GLOBAL_STATS)?, names::GLOBAL_STATS)?;
 
         let prog_name = program_name(options.mode);
@@ -142,6 +159,10 @@ impl Group {
             schedule_map,
             slots_map,
             slot_stats,
+            loads,
+            least,
+            least_written: Vec::new(),
+            _mapped_maps: mapped_maps,
             global_stats,
             config: Config {
                 policy: options.policy.to_raw(),
@@ -362,6 +383,11 @@ impl Group {
             .collect()
     }
 
+    /// A slot's state, `None` when empty.
+    pub fn slot_state(&self, slot: u32) -> Option<SlotState> {
+        SlotState::from_raw(self.slots.get(slot as usize)?.state)
+    }
+
     pub fn slot(&self, slot: u32) -> Option<Slot> {
         self.slots().into_iter().find(|s| s.index == slot)
     }
@@ -398,24 +424,56 @@ impl Group {
         Ok(gone)
     }
 
-    /// Sums the per-CPU counters.
-    pub fn stats(&self) -> Result<GroupStats> {
-        let mut slots = Vec::new();
-        for slot in self.slots() {
-            let per_cpu = self
-                .slot_stats
-                .get(&slot.index, 0)
-                .map_err(|e| Error::ebpf("reading slot counters", e))?;
-            let mut c = SlotCounters {
-                slot: slot.index,
-                ..Default::default()
-            };
-            for v in per_cpu.iter() {
-                c.selected += v.selected;
-                c.migrated += v.migrated;
-            }
-            slots.push(c);
+    /// Sets the load `least-loaded` and `p2c` see for a slot. `least-loaded` sees it once
+    /// [`Group::publish_least_loaded`] runs.
+    pub fn set_load(&self, slot: u32, load: u64) {
+        self.loads.set(slot as usize, load);
+    }
+
+    /// Republishes the active slots that share the lowest load, which `least-loaded` takes in
+    /// turn. Writes only when the set changed, through the memory mapping (no system call).
+    pub fn publish_least_loaded(&mut self) {
+        let active = self.active_slots();
+        let min = active.iter().map(|&s| self.loads.get(s as usize)).min();
+        let least: Vec<u32> = active
+            .into_iter()
+            .filter(|&s| Some(self.loads.get(s as usize)) == min)
+            .collect();
+        if least == self.least_written {
+            return;
         }
+        let live = ListRef(self.least.get(0) as u32);
+        let half = 1 - live.half();
+        for (i, &slot) in least.iter().enumerate() {
+            self.least
+                .set(1 + (half * MAX_SLOTS) as usize + i, u64::from(slot));
+        }
+        self.least
+            .set(0, u64::from(ListRef::new(half, least.len() as u32).0));
+        self.least_written = least;
+    }
+
+    /// The load as the program sees it now.
+    pub fn slot_load(&self, slot: u32) -> u64 {
+        self.loads.get(slot as usize)
+    }
+
+    /// Connections sent to a slot so far, new and migrated: read from memory, no system call.
+    pub fn dispatched(&self, slot: u32) -> u64 {
+        self.slot_stats.get(2 * slot as usize) + self.slot_stats.get(2 * slot as usize + 1)
+    }
+
+    /// Reads the counters (per-slot from memory, group-wide summed over CPUs).
+    pub fn stats(&self) -> Result<GroupStats> {
+        let slots = self
+            .slots()
+            .iter()
+            .map(|slot| SlotCounters {
+                slot: slot.index,
+                selected: self.slot_stats.get(2 * slot.index as usize),
+                migrated: self.slot_stats.get(2 * slot.index as usize + 1),
+            })
+            .collect();
         let per_cpu = self
             .global_stats
             .get(&0, 0)
@@ -523,7 +581,9 @@ impl Group {
         .map_err(|e| Error::ebpf("writing the weighted schedule", e))?;
         self.config.active = ListRef::new(half, active.len() as u32);
         self.config.schedule = ListRef::new(sched_half, schedule.len() as u32);
-        self.write_config()
+        self.write_config()?;
+        self.publish_least_loaded();
+        Ok(())
     }
 
     fn write_config(&mut self) -> Result<()> {
@@ -540,12 +600,10 @@ impl Group {
     }
 
     fn reset_slot_stats(&mut self, slot: u32) -> Result<()> {
-        let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
-        let zeros = PerCpuValues::try_from(vec![SlotStats::default(); cpus])
-            .map_err(|e| Error::io("per-CPU values", e))?;
-        self.slot_stats
-            .set(slot, zeros, 0)
-            .map_err(|e| Error::ebpf("resetting slot counters", e))
+        self.slot_stats.set(2 * slot as usize, 0);
+        self.slot_stats.set(2 * slot as usize + 1, 0);
+        self.loads.set(slot as usize, 0);
+        Ok(())
     }
 
     fn sockets_fd(&self) -> Result<BorrowedFd<'_>> {
@@ -593,6 +651,18 @@ fn write_changed(
     }
     cache.extend_from_slice(list);
     Ok(())
+}
+
+/// Maps an array map of `words` u64 values.
+fn mapped(map: &Map, name: &str, words: usize) -> Result<MappedWords> {
+    let Map::Array(data) = map else {
+        return Err(Error::Ebpf {
+            what: format!("map {name} has the wrong type"),
+            cause: "object built from other sources".into(),
+        });
+    };
+    MappedWords::new(data.fd().as_fd(), words)
+        .map_err(|e| Error::io(format!("mapping {name} into memory"), e))
 }
 
 fn typed<T>(map: Map, name: &str) -> Result<T>

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use reuseport_user::{
     cli,
-    daemon::{self, DaemonConfig, GroupSetup},
+    daemon::{self, DaemonConfig, GroupSetup, HealthConfig, OnStuck},
     demo::{self, DemoOptions},
     echo::{self, EchoOptions},
     pin, AttachMode, OnEmpty, Policy,
@@ -58,6 +58,16 @@ enum Command {
         /// Discard the pinned state of an earlier daemon instead of taking it over
         #[arg(long)]
         fresh: bool,
+        /// How often queues are sampled, in milliseconds
+        #[arg(long, default_value_t = 5)]
+        sample_ms: u64,
+        /// A worker with connections waiting that accepts none for this long is stuck
+        #[arg(long, default_value_t = 50)]
+        stuck_ms: u64,
+        /// skip: no new connections while stuck; evict: also shut its listener down so its
+        /// queued connections move to healthy workers
+        #[arg(long, default_value = "skip")]
+        on_stuck: OnStuck,
         #[command(flatten)]
         control: Control,
     },
@@ -86,6 +96,9 @@ enum Command {
     /// Stop sending new connections to a worker; it keeps serving what it has.
     Drain {
         slot: u32,
+        /// Also shut its listener down: its queued connections move to the other workers now
+        #[arg(long)]
+        close: bool,
         #[arg(long, value_name = "ADDR:PORT")]
         group: Option<String>,
         #[command(flatten)]
@@ -165,6 +178,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             pin_dir,
             no_pin,
             fresh,
+            sample_ms,
+            stuck_ms,
+            on_stuck,
             control,
         } => {
             let config = DaemonConfig {
@@ -178,7 +194,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 },
                 control: cli::path(control.control),
                 allow_uids: allow_uid,
-                tick: Duration::from_millis(20),
+                health: HealthConfig {
+                    sample: Duration::from_millis(sample_ms.max(1)),
+                    stuck_after: Duration::from_millis(stuck_ms),
+                    on_stuck,
+                },
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -204,14 +224,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         } => cli::weight(&cli::path(control.control), slot, weight, group),
         Command::Drain {
             slot,
+            close,
             group,
             control,
-        } => cli::drain(&cli::path(control.control), slot, group, true),
+        } => cli::drain(&cli::path(control.control), slot, group, Some(close)),
         Command::Undrain {
             slot,
             group,
             control,
-        } => cli::drain(&cli::path(control.control), slot, group, false),
+        } => cli::drain(&cli::path(control.control), slot, group, None),
         Command::Demo { connections, port } => demo::run(&DemoOptions {
             connections,
             port,

@@ -20,7 +20,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Every map of the object that holds state, with the (value size, max entries) it must have.
-pub(crate) fn state_maps() -> [(&'static str, u32, u32); 8] {
+pub(crate) fn state_maps() -> [(&'static str, u32, u32); 10] {
     [
         (names::SOCKETS, size_of::<u64>() as u32, MAX_SLOTS),
         (names::CONFIG, size_of::<Config>() as u32, 1),
@@ -30,6 +30,8 @@ pub(crate) fn state_maps() -> [(&'static str, u32, u32); 8] {
         (names::CURSORS, size_of::<u64>() as u32, cursor::COUNT),
         (names::SLOT_STATS, size_of::<SlotStats>() as u32, MAX_SLOTS),
         (names::GLOBAL_STATS, size_of::<GlobalStats>() as u32, 1),
+        (names::LOAD, size_of::<u64>() as u32, MAX_SLOTS),
+        (names::LEAST, size_of::<u64>() as u32, 1 + 2 * MAX_SLOTS),
     ]
 }
 

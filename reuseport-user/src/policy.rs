@@ -15,16 +15,29 @@ pub enum Policy {
     /// Smooth weighted round-robin: over any W = sum-of-weights connections, each slot gets
     /// exactly its weight.
     Weighted,
+    /// Round-robin over the active slots with the lowest load (accept queue plus requests in
+    /// flight, sampled by the daemon): equally loaded slots take turns. O(1) per connection.
+    LeastLoaded,
+    /// The less loaded of two random active slots.
+    P2c,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 3] = [Policy::Hash, Policy::RoundRobin, Policy::Weighted];
+    pub const ALL: [Policy; 5] = [
+        Policy::Hash,
+        Policy::RoundRobin,
+        Policy::Weighted,
+        Policy::LeastLoaded,
+        Policy::P2c,
+    ];
 
     pub(crate) fn to_raw(self) -> u32 {
         match self {
             Self::Hash => policy::HASH,
             Self::RoundRobin => policy::ROUND_ROBIN,
             Self::Weighted => policy::WEIGHTED,
+            Self::LeastLoaded => policy::LEAST_LOADED,
+            Self::P2c => policy::P2C,
         }
     }
 
@@ -37,6 +50,8 @@ impl Policy {
             Self::Hash => "hash",
             Self::RoundRobin => "round-robin",
             Self::Weighted => "weighted",
+            Self::LeastLoaded => "least-loaded",
+            Self::P2c => "p2c",
         }
     }
 }
@@ -99,6 +114,9 @@ pub enum SlotState {
     Active,
     /// Keeps its socket and its queue, gets no new connection.
     Draining,
+    /// Out of the active set because its worker stopped accepting (set by the daemon's health
+    /// monitor, cleared when the worker accepts again).
+    Stuck,
 }
 
 impl SlotState {
@@ -106,6 +124,7 @@ impl SlotState {
         match self {
             Self::Active => slot_state::ACTIVE,
             Self::Draining => slot_state::DRAINING,
+            Self::Stuck => slot_state::STUCK,
         }
     }
 
@@ -113,6 +132,7 @@ impl SlotState {
         match raw {
             slot_state::ACTIVE => Some(Self::Active),
             slot_state::DRAINING => Some(Self::Draining),
+            slot_state::STUCK => Some(Self::Stuck),
             _ => None,
         }
     }
@@ -121,6 +141,7 @@ impl SlotState {
         match self {
             Self::Active => "active",
             Self::Draining => "draining",
+            Self::Stuck => "stuck",
         }
     }
 }
@@ -158,8 +179,14 @@ macro_rules! named_enum {
 named_enum!(
     Policy,
     "policy",
-    "hash, round-robin, weighted",
-    [Policy::Hash, Policy::RoundRobin, Policy::Weighted]
+    "hash, round-robin, weighted, least-loaded, p2c",
+    [
+        Policy::Hash,
+        Policy::RoundRobin,
+        Policy::Weighted,
+        Policy::LeastLoaded,
+        Policy::P2c
+    ]
 );
 named_enum!(
     OnEmpty,
@@ -176,8 +203,8 @@ named_enum!(
 named_enum!(
     SlotState,
     "slot state",
-    "active, draining",
-    [SlotState::Active, SlotState::Draining]
+    "active, draining, stuck",
+    [SlotState::Active, SlotState::Draining, SlotState::Stuck]
 );
 
 #[cfg(test)]
@@ -194,7 +221,10 @@ mod tests {
         let err = "fastest".parse::<Policy>().err().map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
-            Some("unknown policy \"fastest\": expected one of hash, round-robin, weighted")
+            Some(
+                "unknown policy \"fastest\": expected one of hash, round-robin, weighted, \
+                 least-loaded, p2c"
+            )
         );
     }
 }

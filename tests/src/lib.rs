@@ -8,6 +8,7 @@
 pub mod child;
 pub mod client;
 pub mod expect;
+pub mod fixture;
 pub mod limits;
 pub mod listeners;
 pub mod pool;

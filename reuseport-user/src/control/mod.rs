@@ -5,4 +5,4 @@ pub mod fdpass;
 pub mod protocol;
 
 pub use client::{control_path, ClientError, ControlClient};
-pub use protocol::{GroupStatus, Reply, Request, WorkerStatus};
+pub use protocol::{EventStatus, GroupStatus, Reply, Request, WorkerStatus};

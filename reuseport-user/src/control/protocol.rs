@@ -53,6 +53,9 @@ pub enum Request {
         slot: u32,
         #[serde(default)]
         group: Option<String>,
+        /// Also shut the listener down, so its queued connections move to the others now.
+        #[serde(default)]
+        close: bool,
     },
     Undrain {
         slot: u32,
@@ -119,6 +122,25 @@ pub struct GroupStatus {
     pub drops: u64,
     /// Failed selections by errno name.
     pub select_errors: std::collections::BTreeMap<String, u64>,
+    /// Times a worker was found stuck.
+    #[serde(default)]
+    pub stuck_events: u64,
+    /// The latest health events, oldest first.
+    #[serde(default)]
+    pub events: Vec<EventStatus>,
+}
+
+/// Something that happened to a worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventStatus {
+    /// Unix time, seconds.
+    pub at: f64,
+    pub slot: u32,
+    pub pid: u32,
+    pub name: String,
+    /// `stuck`, `recovered`, `evicted` or `closed`.
+    pub what: String,
+    pub why: String,
 }
 
 /// One registered worker in a `status` reply.
@@ -137,6 +159,17 @@ pub struct WorkerStatus {
     pub migrated: u64,
     /// Requests in flight, as last reported by the worker.
     pub inflight: u32,
+    /// Connections waiting in its accept queue at the last sample.
+    #[serde(default)]
+    pub queue: u32,
+    /// The load `least-loaded` and `p2c` see.
+    #[serde(default)]
+    pub load: u64,
+    /// For `stuck` and `evicted`: since when (Unix time, seconds) and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]

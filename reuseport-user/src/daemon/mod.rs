@@ -9,10 +9,12 @@
 //! register again on their own, each back into its own slot.
 
 mod control_socket;
+mod health;
 mod registry;
 mod session;
 
 use std::{
+    collections::HashMap,
     future::Future,
     net::SocketAddr,
     path::PathBuf,
@@ -23,6 +25,9 @@ use std::{
 use anyhow::Context as _;
 use log::{info, warn};
 
+pub use health::{HealthConfig, OnStuck};
+
+use crate::diag::ListenerDiag;
 pub use registry::{ConnId, GroupSetup, Peer, Registry};
 use session::Session;
 
@@ -34,8 +39,8 @@ pub struct DaemonConfig {
     pub control: PathBuf,
     /// Uids besides the daemon's own that may use the control socket.
     pub allow_uids: Vec<u32>,
-    /// How often slots are checked for sockets closed behind the daemon's back.
-    pub tick: Duration,
+    /// Sampling and stuck-worker handling.
+    pub health: HealthConfig,
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -44,8 +49,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         !config.listen.is_empty(),
         "nothing to serve: give at least one --listen ADDR:PORT"
     );
-    let registry =
-        Registry::new(&config.listen, &config.setup).context("loading the steering program")?;
+    let registry = Registry::new(&config.listen, &config.setup, config.health)
+        .context("loading the steering program")?;
+    let mut diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
     let registry = Arc::new(Mutex::new(registry));
     let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
     let own_uid = nix::unistd::geteuid().as_raw();
@@ -61,17 +67,27 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         config.control.display()
     );
 
-    let ticker = {
+    let sampler = {
         let registry = registry.clone();
-        let period = config.tick;
+        let period = config.health.sample.max(Duration::from_millis(1));
+        // Housekeeping (sockets closed behind our back, program logs) every ~20 ms.
+        let housekeeping_every =
+            (Duration::from_millis(20).as_micros() / period.as_micros()).max(1);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut queues = HashMap::new();
+            let mut n: u128 = 0;
             loop {
                 interval.tick().await;
-                match registry.lock() {
-                    Ok(mut r) => r.tick(),
-                    Err(poisoned) => poisoned.into_inner().tick(),
+                let mut r = match registry.lock() {
+                    Ok(r) => r,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                r.sample(&mut diag, &mut queues);
+                n += 1;
+                if n.is_multiple_of(housekeeping_every) {
+                    r.tick();
                 }
             }
         })
@@ -112,7 +128,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
             }
         }
     }
-    ticker.abort();
+    sampler.abort();
     if let Err(e) = std::fs::remove_file(&config.control) {
         warn!("removing {}: {e}", config.control.display());
     }

@@ -2,17 +2,20 @@
 //! Every control request ends up as one call here, under one lock.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
-    os::fd::{AsFd, BorrowedFd, OwnedFd},
-    time::{Duration, Instant},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    time::{Duration, Instant, SystemTime},
 };
 
 use log::{info, warn};
 
+use super::health::{process_stopped, Health, HealthConfig, Mark, OnStuck, Verdict};
 use crate::{
-    control::{GroupStatus, WorkerStatus},
-    pin, AttachMode, Error, Group, GroupOptions, OnEmpty, Policy, Protocol, SlotState, SocketInfo,
+    control::{EventStatus, GroupStatus, WorkerStatus},
+    diag::{ListenerDiag, Queue},
+    pin, AttachMode, Error, Family, Group, GroupOptions, OnEmpty, Policy, Protocol, SlotState,
+    SocketInfo,
 };
 
 /// How the daemon sets up its groups.
@@ -66,23 +69,62 @@ struct Worker {
     name: String,
     cookie: u64,
     inflight: u32,
+    /// Since when the worker has had requests in flight without a break.
+    busy_since: Option<Instant>,
+    /// The daemon's copy of the listening socket, kept while the worker is registered so it
+    /// can shut the listener down (eviction, `drain --close`). Closed the moment the worker
+    /// goes, so it never keeps a dead worker's queue alive.
+    socket: OwnedFd,
+    health: Health,
 }
+
+/// A worker whose listener the daemon shut down; listed until it registers again or leaves.
+struct Evicted {
+    conn: ConnId,
+    peer: Peer,
+    name: String,
+    slot: u32,
+    mark: Mark,
+}
+
+/// Something that happened to a slot, kept for `status`.
+#[derive(Clone, Debug)]
+struct Event {
+    slot: u32,
+    pid: u32,
+    name: String,
+    what: &'static str,
+    mark: Mark,
+}
+
+/// How many events a group remembers.
+const EVENTS: usize = 32;
 
 struct GroupEntry {
     listen: SocketAddr,
     group: Group,
     workers: BTreeMap<u32, Worker>,
+    evicted: Vec<Evicted>,
+    events: VecDeque<Event>,
+    stuck_events: u64,
+    /// Pids drained with `--close`: their next registration starts draining too.
+    closed_pids: Vec<u32>,
 }
 
 pub struct Registry {
     groups: Vec<GroupEntry>,
+    health: HealthConfig,
 }
 
 impl Registry {
     /// Loads one program per listen address, taking over the pinned state of an earlier
     /// daemon under `pin_root` (unless `fresh`). Nothing is attached until a worker registers:
     /// the group only exists once a worker has bound its socket.
-    pub fn new(listen: &[SocketAddr], setup: &GroupSetup) -> Result<Self, Error> {
+    pub fn new(
+        listen: &[SocketAddr],
+        setup: &GroupSetup,
+        health: HealthConfig,
+    ) -> Result<Self, Error> {
         let mut groups = Vec::new();
         for &listen in listen {
             let mut group = Group::load(GroupOptions {
@@ -115,9 +157,13 @@ impl Registry {
                 listen,
                 group,
                 workers: BTreeMap::new(),
+                evicted: Vec::new(),
+                events: VecDeque::new(),
+                stuck_events: 0,
+                closed_pids: Vec::new(),
             });
         }
-        Ok(Self { groups })
+        Ok(Self { groups, health })
     }
 
     /// Puts a worker's listening socket in its group. The daemon keeps no copy of it: the
@@ -149,6 +195,15 @@ impl Registry {
             return Err(e.into());
         }
         let name = name.unwrap_or_else(|| format!("pid-{}", peer.pid));
+        entry
+            .evicted
+            .retain(|e| e.conn != conn && e.peer.pid != peer.pid);
+        if entry.closed_pids.contains(&peer.pid) {
+            // Drained with --close: its new listener stays out of rotation too.
+            if let Err(e) = entry.group.set_state(slot, SlotState::Draining) {
+                warn!("{}: keeping slot {slot} draining: {e}", entry.listen);
+            }
+        }
         info!(
             "{}: worker {name} (pid {}, uid {}) registered in slot {slot}",
             entry.listen, peer.pid, peer.uid
@@ -161,14 +216,19 @@ impl Registry {
                 name,
                 cookie: info.cookie,
                 inflight: 0,
+                busy_since: None,
+                socket,
+                health: Health::new(Instant::now()),
             },
         );
         Ok((entry.listen.to_string(), slot))
     }
 
-    /// Frees every slot registered over `conn` (its worker went away).
+    /// Frees every slot registered over `conn` (its worker went away) and closes the daemon's
+    /// copies of its sockets.
     pub fn unregister(&mut self, conn: ConnId) {
         for entry in &mut self.groups {
+            entry.evicted.retain(|e| e.conn != conn);
             let slots: Vec<u32> = entry
                 .workers
                 .iter()
@@ -194,12 +254,29 @@ impl Registry {
         }
     }
 
-    /// Records a worker's in-flight request count.
+    /// Records a worker's in-flight request count, and shows the program the new load at once
+    /// rather than at the next sample.
     pub fn report_load(&mut self, conn: ConnId, inflight: u32) {
+        let now = Instant::now();
+        let sample = self.health.sample;
         for entry in &mut self.groups {
-            for worker in entry.workers.values_mut().filter(|w| w.conn == conn) {
+            for (&slot, worker) in entry.workers.iter_mut().filter(|(_, w)| w.conn == conn) {
                 worker.inflight = inflight;
+                worker.busy_since = match (inflight, worker.busy_since) {
+                    (0, _) => None,
+                    (_, None) => Some(now),
+                    (_, since) => since,
+                };
+                let value = load(
+                    worker.health.waiting,
+                    inflight,
+                    worker.busy_since,
+                    now,
+                    sample,
+                );
+                entry.group.set_load(slot, value);
             }
+            entry.group.publish_least_loaded();
         }
     }
 
@@ -274,6 +351,134 @@ impl Registry {
                 Err(e) => warn!("{}: checking slots: {e}", entry.listen),
             }
         }
+    }
+
+    /// One health sample: accept-queue depths from sock_diag, loads into the program's map,
+    /// stuck workers out of the active set (evicted if so configured) and recovered ones back.
+    pub fn sample(&mut self, diag: &mut ListenerDiag, queues: &mut HashMap<u64, Queue>) {
+        queues.clear();
+        for family in [Family::Ipv4, Family::Ipv6] {
+            if self.groups.iter().any(|g| family_of(g.listen) == family) {
+                if let Err(e) = diag.listeners(family, queues) {
+                    warn!("sock_diag ({family}): {e}");
+                    return;
+                }
+            }
+        }
+        let now = Instant::now();
+        let config = self.health;
+        for entry in &mut self.groups {
+            let mut evict = Vec::new();
+            let mut gone = Vec::new();
+            for (&slot, worker) in &mut entry.workers {
+                let Some(queue) = queues.get(&worker.cookie) else {
+                    // Not listening any more: shut down by its worker.
+                    gone.push(slot);
+                    continue;
+                };
+                entry.group.set_load(
+                    slot,
+                    load(
+                        queue.waiting,
+                        worker.inflight,
+                        worker.busy_since,
+                        now,
+                        config.sample,
+                    ),
+                );
+                let pid = worker.peer.pid;
+                let verdict = worker.health.observe(
+                    now,
+                    entry.group.dispatched(slot),
+                    queue.waiting,
+                    config.stuck_after,
+                    || process_stopped(pid),
+                );
+                let state = entry.group.slot_state(slot);
+                match verdict {
+                    Verdict::Stuck(why) => {
+                        let mark = Mark {
+                            at: SystemTime::now(),
+                            why,
+                        };
+                        warn!(
+                            "{}: worker {} (pid {pid}, slot {slot}) is stuck: {}",
+                            entry.listen, worker.name, mark.why
+                        );
+                        entry.stuck_events += 1;
+                        push_event(&mut entry.events, slot, worker, "stuck", &mark);
+                        worker.health.stuck = Some(mark);
+                        if state == Some(SlotState::Active) {
+                            if let Err(e) = entry.group.set_state(slot, SlotState::Stuck) {
+                                warn!("{}: taking slot {slot} out: {e}", entry.listen);
+                            }
+                        }
+                        if config.on_stuck == OnStuck::Evict {
+                            evict.push(slot);
+                        }
+                    }
+                    Verdict::Recovered => {
+                        let mark = Mark {
+                            at: SystemTime::now(),
+                            why: "accepting again, queue empty".into(),
+                        };
+                        info!(
+                            "{}: worker {} (pid {pid}, slot {slot}) recovered",
+                            entry.listen, worker.name
+                        );
+                        push_event(&mut entry.events, slot, worker, "recovered", &mark);
+                        worker.health.stuck = None;
+                        if state == Some(SlotState::Stuck) {
+                            if let Err(e) = entry.group.set_state(slot, SlotState::Active) {
+                                warn!("{}: putting slot {slot} back: {e}", entry.listen);
+                            }
+                        }
+                    }
+                    Verdict::Fine => {}
+                }
+            }
+            entry.group.publish_least_loaded();
+            for slot in evict {
+                let why = entry
+                    .workers
+                    .get(&slot)
+                    .and_then(|w| w.health.stuck.as_ref())
+                    .map_or_else(|| "stuck".to_owned(), |m| m.why.clone());
+                entry.shut_down(slot, "evicted", why);
+            }
+            for slot in gone {
+                if let Some(w) = entry.workers.remove(&slot) {
+                    info!(
+                        "{}: worker {} (pid {}) shut its listener down; slot {slot} freed",
+                        entry.listen, w.name, w.peer.pid
+                    );
+                }
+                if let Err(e) = entry.group.remove(slot) {
+                    warn!("{}: freeing slot {slot}: {e}", entry.listen);
+                }
+            }
+        }
+    }
+
+    /// `drain --close`: stop sending new connections to a slot and shut its listener down, so
+    /// what waits in its queue moves to the other workers now.
+    pub fn drain_and_close(&mut self, slot: u32, group: Option<&str>) -> Result<(), Refusal> {
+        let i = self.one_group(group)?;
+        let entry = &mut self.groups[i];
+        entry.group.set_state(slot, SlotState::Draining)?;
+        let Some(worker) = entry.workers.get(&slot) else {
+            return Err(Refusal::new(
+                "not_registered",
+                format!(
+                    "slot {slot} has no registered worker (taken over from an earlier daemon): \
+                     it is draining; wait for its worker to register again to close it"
+                ),
+            ));
+        };
+        let pid = worker.peer.pid;
+        entry.closed_pids.push(pid);
+        entry.shut_down(slot, "closed", "reuseport drain --close".into());
+        Ok(())
     }
 
     /// The group a socket may join, or why none fits.
@@ -359,6 +564,39 @@ impl Registry {
 }
 
 impl GroupEntry {
+    /// Shuts a worker's listener down: the kernel hands its queued connections to the
+    /// migrate program, which moves them to active slots. The slot is freed; the worker is
+    /// listed as `what` until it registers a new listener or leaves.
+    fn shut_down(&mut self, slot: u32, what: &'static str, why: String) {
+        let Some(worker) = self.workers.remove(&slot) else {
+            return;
+        };
+        let mark = Mark {
+            at: SystemTime::now(),
+            why,
+        };
+        if let Err(e) =
+            nix::sys::socket::shutdown(worker.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both)
+        {
+            warn!("{}: shutting slot {slot} down: {e}", self.listen);
+        }
+        if let Err(e) = self.group.remove(slot) {
+            warn!("{}: freeing slot {slot}: {e}", self.listen);
+        }
+        info!(
+            "{}: worker {} (pid {}) {what}: {}; its queued connections moved to the others",
+            self.listen, worker.name, worker.peer.pid, mark.why
+        );
+        push_event(&mut self.events, slot, &worker, what, &mark);
+        self.evicted.push(Evicted {
+            conn: worker.conn,
+            peer: worker.peer,
+            name: worker.name,
+            slot,
+            mark,
+        });
+    }
+
     fn status(&self) -> GroupStatus {
         let stats = match self.group.stats() {
             Ok(s) => s,
@@ -367,13 +605,14 @@ impl GroupEntry {
                 Default::default()
             }
         };
-        let workers = self
+        let mut workers: Vec<WorkerStatus> = self
             .group
             .slots()
             .into_iter()
             .map(|slot| {
                 let worker = self.workers.get(&slot.index);
                 let counters = stats.slot(slot.index);
+                let stuck = worker.and_then(|w| w.health.stuck.as_ref());
                 WorkerStatus {
                     slot: slot.index,
                     pid: worker.map_or(0, |w| w.peer.pid),
@@ -384,7 +623,33 @@ impl GroupEntry {
                     selected: counters.map_or(0, |c| c.selected),
                     migrated: counters.map_or(0, |c| c.migrated),
                     inflight: worker.map_or(0, |w| w.inflight),
+                    queue: worker.map_or(0, |w| w.health.waiting),
+                    load: self.group.slot_load(slot.index),
+                    since: stuck.map(|m| unix_seconds(m.at)),
+                    reason: stuck.map(|m| m.why.clone()),
                 }
+            })
+            .collect();
+        workers.extend(self.evicted.iter().map(|e| WorkerStatus {
+            slot: e.slot,
+            pid: e.peer.pid,
+            uid: e.peer.uid,
+            name: e.name.clone(),
+            state: "evicted".into(),
+            since: Some(unix_seconds(e.mark.at)),
+            reason: Some(e.mark.why.clone()),
+            ..WorkerStatus::default()
+        }));
+        let events = self
+            .events
+            .iter()
+            .map(|e| EventStatus {
+                at: unix_seconds(e.mark.at),
+                slot: e.slot,
+                pid: e.pid,
+                name: e.name.clone(),
+                what: e.what.to_owned(),
+                why: e.mark.why.clone(),
             })
             .collect();
         GroupStatus {
@@ -396,6 +661,8 @@ impl GroupEntry {
             workers,
             fallbacks: stats.global.fallbacks,
             drops: stats.global.drops,
+            stuck_events: self.stuck_events,
+            events,
             select_errors: stats
                 .global
                 .errors_by_name()
@@ -426,10 +693,51 @@ fn insert_taking_over(group: &mut Group, socket: BorrowedFd<'_>) -> Result<u32, 
     }
 }
 
-fn family_of(addr: SocketAddr) -> crate::Family {
+/// A slot's load as `least-loaded` and `p2c` compare it: connections waiting, requests in
+/// flight, and one more per sample period the worker has been busy without a break. The last
+/// term tells a worker stuck in one long request (its load keeps growing) from a fast one that
+/// happens to be caught with a request or two in hand.
+fn load(
+    waiting: u32,
+    inflight: u32,
+    busy_since: Option<Instant>,
+    now: Instant,
+    sample: Duration,
+) -> u64 {
+    let busy_for = busy_since.map_or(0, |since| {
+        (now.saturating_duration_since(since).as_micros() / sample.as_micros().max(1)) as u64
+    });
+    u64::from(waiting) + u64::from(inflight) + busy_for
+}
+
+fn push_event(
+    events: &mut VecDeque<Event>,
+    slot: u32,
+    worker: &Worker,
+    what: &'static str,
+    mark: &Mark,
+) {
+    if events.len() == EVENTS {
+        events.pop_front();
+    }
+    events.push_back(Event {
+        slot,
+        pid: worker.peer.pid,
+        name: worker.name.clone(),
+        what,
+        mark: mark.clone(),
+    });
+}
+
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn family_of(addr: SocketAddr) -> Family {
     if addr.is_ipv4() {
-        crate::Family::Ipv4
+        Family::Ipv4
     } else {
-        crate::Family::Ipv6
+        Family::Ipv6
     }
 }

@@ -172,8 +172,14 @@ impl Session {
             } => self
                 .with_registry(|r| r.set_weight(slot, weight, group.as_deref()))
                 .map(|()| Reply::ok()),
-            Request::Drain { slot, group } => self
-                .with_registry(|r| r.set_state(slot, SlotState::Draining, group.as_deref()))
+            Request::Drain { slot, group, close } => self
+                .with_registry(|r| {
+                    if close {
+                        r.drain_and_close(slot, group.as_deref())
+                    } else {
+                        r.set_state(slot, SlotState::Draining, group.as_deref())
+                    }
+                })
                 .map(|()| Reply::ok()),
             Request::Undrain { slot, group } => self
                 .with_registry(|r| r.set_state(slot, SlotState::Active, group.as_deref()))

@@ -1,0 +1,272 @@
+//! Worker health: stuck workers leave the active set (and are evicted), no exit path of a worker
+//! or of the daemon loses a queued connection, and load-aware policies avoid busy workers.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use integration_tests::fixture::{wait_until, Fixture, Result};
+use reuseport_user::{
+    control::WorkerStatus,
+    loadgen::{request, tally, Load, Outcome},
+};
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on a child of this test.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+fn max_latency(outcomes: &[Outcome]) -> Duration {
+    outcomes.iter().map(|o| o.latency).max().unwrap_or_default()
+}
+
+fn slot_of(f: &Fixture, pid: u32) -> Result<Option<(u32, String)>> {
+    Ok(f.status()?
+        .workers
+        .into_iter()
+        .find(|w| w.pid == pid)
+        .map(|w| (w.slot, w.state)))
+}
+
+/// Starts `n` echo workers and waits for them; returns their pids in order.
+fn workers(f: &mut Fixture, n: usize) -> Result<Vec<u32>> {
+    let pids = (0..n)
+        .map(|i| f.echo(&format!("w{i}")))
+        .collect::<Result<Vec<_>>>()?;
+    f.wait_workers(n)?;
+    Ok(pids)
+}
+
+/// Runs `load` in the background while `during` acts, and returns what the clients saw.
+fn under_load(load: &Load, during: impl FnOnce() -> Result) -> Result<Vec<Outcome>> {
+    std::thread::scope(|s| {
+        let handle = s.spawn(|| load.run());
+        let acted = during();
+        let outcomes = handle.join().map_err(|_| "load panicked")?;
+        acted.map(|()| outcomes)
+    })
+}
+
+#[test]
+fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
+    let mut f = Fixture::with_daemon_args("skip", &["--sample-ms", "20"])?;
+    let pids = workers(&mut f, 4)?;
+    let victim = pids[2];
+    let mut load = Load::new(f.addr, 64 * 40, 64);
+    load.timeout = Duration::from_secs(3);
+    let mut detected = None;
+    let outcomes = under_load(&load, || {
+        std::thread::sleep(Duration::from_millis(50));
+        signal(victim, libc::SIGSTOP);
+        let stopped = Instant::now();
+        wait_until(Duration::from_secs(2), || {
+            slot_of(&f, victim)
+                .ok()
+                .flatten()
+                .is_some_and(|(_, s)| s == "stuck")
+        })?;
+        detected = Some(stopped.elapsed());
+        // Its queued clients wait for it: resume well within their second.
+        std::thread::sleep(Duration::from_millis(300));
+        signal(victim, libc::SIGCONT);
+        Ok(())
+    })?;
+    let (counts, errors) = tally(&outcomes);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.values().sum::<u64>(), 64 * 40);
+    let detected = detected.ok_or("not detected")?;
+    // The queue fills within a millisecond of the stop under this load; three 20 ms samples.
+    assert!(
+        detected <= Duration::from_millis(60),
+        "stuck after {detected:?}"
+    );
+    let worst = max_latency(&outcomes);
+    assert!(worst < Duration::from_secs(1), "a client waited {worst:?}");
+    wait_until(Duration::from_secs(2), || {
+        slot_of(&f, victim)
+            .ok()
+            .flatten()
+            .is_some_and(|(_, s)| s == "active")
+    })?;
+    let status = f.status()?;
+    assert!(status.stuck_events >= 1);
+    assert!(status
+        .events
+        .iter()
+        .any(|e| e.what == "recovered" && e.pid == victim));
+    Ok(())
+}
+
+#[test]
+fn an_evicted_worker_hands_its_queue_to_the_others_and_rejoins() -> Result {
+    let mut f = Fixture::with_daemon_args("evict", &["--on-stuck", "evict"])?;
+    let pids = workers(&mut f, 4)?;
+    let victim = pids[1];
+    let mut load = Load::new(f.addr, 64 * 30, 64);
+    load.timeout = Duration::from_secs(3);
+    let outcomes = under_load(&load, || {
+        std::thread::sleep(Duration::from_millis(30));
+        signal(victim, libc::SIGSTOP);
+        wait_until(Duration::from_secs(2), || {
+            f.status().is_ok_and(|s| {
+                s.workers
+                    .iter()
+                    .any(|w| w.pid == victim && w.state == "evicted")
+            })
+        })?;
+        // Stopped well past the detection; resumed within the second its one accepted (and
+        // so unmovable) connection may wait.
+        std::thread::sleep(Duration::from_millis(400));
+        signal(victim, libc::SIGCONT);
+        Ok(())
+    })?;
+    let (counts, errors) = tally(&outcomes);
+    assert!(errors.is_empty(), "{errors:?}");
+    let worst = max_latency(&outcomes);
+    assert!(worst < Duration::from_secs(1), "a client waited {worst:?}");
+    assert_eq!(counts.values().sum::<u64>(), 64 * 30);
+    let status = f.status()?;
+    let migrated: u64 = status.workers.iter().map(|w| w.migrated).sum();
+    assert!(migrated > 0, "nothing migrated: {status:?}");
+    // Resumed, the worker sees its listener shut and joins again with a new one.
+    wait_until(Duration::from_secs(3), || {
+        slot_of(&f, victim)
+            .ok()
+            .flatten()
+            .is_some_and(|(_, s)| s == "active")
+    })?;
+    let counts = f.load_ok(400);
+    assert_eq!(counts.get(&victim), Some(&100));
+    Ok(())
+}
+
+/// Blocks one of two workers on a long request, queues `2n` new connections (round-robin puts
+/// `n` on the blocked one), runs `act` on the blocked worker, and returns what the `2n` clients
+/// saw.
+fn queue_on_busy_worker(
+    f: &Fixture,
+    n: usize,
+    act: impl FnOnce(&Fixture, &WorkerStatus) -> Result,
+) -> Result<Vec<Outcome>> {
+    let addr = f.addr;
+    std::thread::scope(|s| {
+        let blocker = s.spawn(move || request(addr, "/sleep?ms=1500", Duration::from_secs(5)));
+        let mut busy = None;
+        wait_until(Duration::from_secs(2), || {
+            busy = f
+                .status()
+                .ok()
+                .and_then(|s| s.workers.into_iter().find(|w| w.inflight > 0));
+            busy.is_some()
+        })?;
+        let busy = busy.ok_or("no busy worker")?;
+        let mut load = Load::new(addr, 2 * n, 2 * n);
+        load.per_thread = 1;
+        load.timeout = Duration::from_secs(5);
+        let clients = s.spawn(move || load.run());
+        wait_until(Duration::from_secs(2), || {
+            f.status().is_ok_and(|s| {
+                s.workers
+                    .iter()
+                    .any(|w| w.pid == busy.pid && w.queue as usize >= n)
+            })
+        })?;
+        act(f, &busy)?;
+        let outcomes = clients.join().map_err(|_| "clients panicked")?;
+        // The long request itself is lost if its worker is killed: only the queue counts.
+        let _ = blocker.join();
+        Ok(outcomes)
+    })
+}
+
+#[test]
+fn drain_close_moves_50_queued_connections_to_the_other_worker() -> Result {
+    // Health checks off (a long stuck time, skip): the queue stays where it is until closed.
+    let mut f = Fixture::with_daemon_args("drainclose", &["--stuck-ms", "60000"])?;
+    let pids = workers(&mut f, 2)?;
+    let mut victim = 0;
+    let outcomes = queue_on_busy_worker(&f, 50, |f, busy| {
+        victim = busy.pid;
+        let out = f.cli(&["drain", &busy.slot.to_string(), "--close"])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    })?;
+    let (counts, errors) = tally(&outcomes);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.values().sum::<u64>(), 100);
+    // The other worker answered everything, the 50 queued on the closed listener included.
+    let other = pids
+        .iter()
+        .find(|&&p| p != victim)
+        .ok_or("no other worker")?;
+    assert_eq!(counts.get(other), Some(&100), "{counts:?}");
+    let status = f.status()?;
+    assert_eq!(status.workers.iter().map(|w| w.migrated).sum::<u64>(), 50);
+    Ok(())
+}
+
+#[test]
+fn a_killed_worker_loses_none_of_its_50_queued_connections() -> Result {
+    let mut f = Fixture::with_daemon_args("killqueue", &["--stuck-ms", "60000"])?;
+    let pids = workers(&mut f, 2)?;
+    let mut victim = 0;
+    let outcomes = queue_on_busy_worker(&f, 50, |_, busy| {
+        victim = busy.pid;
+        signal(busy.pid, libc::SIGKILL);
+        Ok(())
+    })?;
+    let (counts, errors) = tally(&outcomes);
+    assert!(errors.is_empty(), "{errors:?}");
+    let other = pids
+        .iter()
+        .find(|&&p| p != victim)
+        .ok_or("no other worker")?;
+    assert_eq!(counts.get(other), Some(&100), "{counts:?}");
+    Ok(())
+}
+
+#[test]
+fn killing_the_daemon_under_load_fails_nothing_and_the_restart_takes_over() -> Result {
+    let mut f = Fixture::new("daemonkill")?;
+    let pids = workers(&mut f, 4)?;
+    let before: BTreeMap<u32, u32> = f
+        .status()?
+        .workers
+        .iter()
+        .map(|w| (w.pid, w.slot))
+        .collect();
+    let load = Load::new(f.addr, 4000, 8);
+    let outcomes = under_load(&load, || {
+        std::thread::sleep(Duration::from_millis(50));
+        f.stop_daemon(libc::SIGKILL)?;
+        std::thread::sleep(Duration::from_millis(200));
+        f.start_daemon(&[])?;
+        Ok(())
+    })?;
+    let (counts, errors) = tally(&outcomes);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.values().sum::<u64>(), 4000);
+    // Taken-over slots show pid 0 until their worker registers again.
+    let mut status = f.status()?;
+    wait_until(Duration::from_secs(5), || {
+        f.status().is_ok_and(|s| {
+            let back = s.workers.len() == 4 && s.workers.iter().all(|w| w.pid != 0);
+            if back {
+                status = s;
+            }
+            back
+        })
+    })?;
+    let after: BTreeMap<u32, u32> = status.workers.iter().map(|w| (w.pid, w.slot)).collect();
+    assert_eq!(before, after, "workers keep their slots");
+    // Counters were not reset: the program counted every connection.
+    let selected: u64 = status.workers.iter().map(|w| w.selected).sum();
+    assert!(selected >= 4000, "{selected}");
+    assert_eq!(pids.len(), 4);
+    Ok(())
+}

@@ -13,10 +13,18 @@ after N ms (at most 60 s), other paths 404, other methods 405.
 
 Registration: the listening socket is sent to the daemon with the `register` line; the control
 connection stays open for the worker's lifetime (closing it unregisters). In-flight requests are
-reported with `load`. When the daemon goes away (the control connection turns readable) the
-worker reconnects every 100 ms and registers again. A refusal at start-up is printed and ends the
-worker with exit code 1; a worker started before the daemon, or one that a restarted daemon
-refuses, logs the refusal once and keeps retrying every second (as `reuseport echo` does).
+reported with `load` around each request. When the daemon goes away (the control connection
+turns readable) the worker reconnects every 100 ms and registers again. A refusal at start-up is
+printed and ends the worker with exit code 1; a worker started before the daemon, or one that a
+restarted daemon refuses, logs the refusal once and keeps retrying every second (as `reuseport
+echo` does).
+
+Accepting: one connection per loop round, so the connections this single-threaded worker has not
+taken yet stay in the kernel's queue, where the daemon can still move them to another worker if
+this one blocks. When the daemon shuts the listener down (the worker was evicted as stuck, or
+drained with `reuseport drain --close`), accept() fails with EINVAL: the worker then closes the
+old listener and control connection, binds a new listener and registers it (as `reuseport echo`
+does), and keeps serving the connections it already had.
 """
 
 import argparse
@@ -375,19 +383,23 @@ def read_and_answer(conn, registration):
 # The serve loop
 
 
-def serve(listener, registration):
-    conns = {}  # fd -> Conn
-    try:
-        while True:
-            serve_round(listener, registration, conns)
-    finally:
-        for conn in conns.values():
-            conn.sock.close()
+class ListenerShutDown(Exception):
+    """accept() failed with EINVAL: the listener no longer listens. The daemon shut it down
+    (stuck worker evicted, or `reuseport drain --close`); its queued connections moved to the
+    other workers."""
 
 
-def serve_round(listener, registration, conns):
-    """One poll of the listener, the connections and the control connection; returns within
-    one tick."""
+def serve(listener, registration, conns):
+    """Serves until the listener is shut down (raises ListenerShutDown). `conns` (fd -> Conn)
+    outlives the listener: accepted connections are served to their end."""
+    accepted = False
+    while True:
+        accepted = serve_round(listener, registration, conns, accepted)
+
+
+def serve_round(listener, registration, conns, accepted):
+    """One poll of the listener, the connections and the control connection, then at most one
+    accept(). Returns whether a connection was accepted."""
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     for fd in conns:
@@ -395,23 +407,29 @@ def serve_round(listener, registration, conns):
     control_fd = registration.fileno() if registration else None
     if control_fd is not None:
         poller.register(control_fd, select.POLLIN)
-    events = dict(poller.poll(TICK * 1000))
+    # No wait after an accept: more may be queued.
+    events = dict(poller.poll(0 if accepted else TICK * 1000))
 
     if control_fd is not None and control_fd in events:
         registration.on_readable()
     if registration:
         registration.tick()
 
-    # Accept on every tick, not only on readiness: migrated connections raise none.
-    while True:
-        try:
-            sock, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            break
-        except OSError as e:
-            if e.errno not in (errno.ECONNABORTED, errno.EPROTO):
-                log(f"accept: {e}")
-            break
+    # On every round, not only on readiness (migrated connections raise none), and one
+    # connection only: the others stay queued in the kernel, where the daemon can still move
+    # them to another worker if this one blocks in a request.
+    accepted = False
+    try:
+        sock, _ = listener.accept()
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            raise ListenerShutDown() from None
+        if e.errno not in (errno.ECONNABORTED, errno.EPROTO):
+            log(f"accept: {e}")
+    else:
+        accepted = True
         sock.settimeout(5.0)  # a client that stops reading fails the write after 5 s
         conns[sock.fileno()] = Conn(sock)
 
@@ -419,42 +437,59 @@ def serve_round(listener, registration, conns):
         if fd in events and not read_and_answer(conn, registration):
             del conns[fd]
             conn.sock.close()
+    return accepted
 
 
 def main(argv):
     args = parse_args(argv)
     family, sockaddr = args.listen
     shown = f"[{sockaddr[0]}]:{sockaddr[1]}" if family == socket.AF_INET6 else "%s:%d" % sockaddr
+    conns = {}  # fd -> Conn, kept across listeners
+    first = True
     try:
-        listener = bind_listener(family, sockaddr)
-    except OSError as e:
-        print(f"error: binding {shown}: {e}", file=sys.stderr)
-        return 1
-    registration = None
-    if not args.no_register:
-        registration = Registration(args.control, listener, args.name, args.weight)
-        try:
-            registration.start()
-        except Refused as e:
-            print(f"error: {e.message}", file=sys.stderr)
-            if e.code:
-                print(f"(code {e.code}; see docs/protocol.md)", file=sys.stderr)
-            listener.close()
-            return 1
-        except OSError as e:
-            print(f"error: control socket {args.control}: {e}", file=sys.stderr)
-            listener.close()
-            return 1
-    log(f"echo worker pid {os.getpid()} on {shown}")
-    try:
-        serve(listener, registration)
+        while True:
+            try:
+                listener = bind_listener(family, sockaddr)
+            except OSError as e:
+                print(f"error: binding {shown}: {e}", file=sys.stderr)
+                return 1
+            registration = None
+            if not args.no_register:
+                registration = Registration(args.control, listener, args.name, args.weight)
+                if first:
+                    try:
+                        registration.start()
+                    except Refused as e:
+                        print(f"error: {e.message}", file=sys.stderr)
+                        if e.code:
+                            print(f"(code {e.code}; see docs/protocol.md)", file=sys.stderr)
+                        listener.close()
+                        return 1
+                    except OSError as e:
+                        print(f"error: control socket {args.control}: {e}", file=sys.stderr)
+                        listener.close()
+                        return 1
+                else:
+                    # Joining again: a refusal or a missing daemon is retried, not fatal.
+                    registration.tick()
+            if first:
+                log(f"echo worker pid {os.getpid()} on {shown}")
+            first = False
+            try:
+                serve(listener, registration, conns)
+            except ListenerShutDown:
+                log("the listener was shut down (evicted or closed by the daemon): joining again")
+            finally:
+                # The old registration goes with its listener; the new one is made on a new
+                # control connection.
+                if registration:
+                    registration.close()
+                listener.close()
     except KeyboardInterrupt:
         return 130
     finally:
-        if registration:
-            registration.close()
-        listener.close()
-    return 0
+        for conn in conns.values():
+            conn.sock.close()
 
 
 if __name__ == "__main__":

@@ -139,7 +139,11 @@ pub fn drain(
     close: Option<bool>,
 ) -> anyhow::Result<()> {
     let request = match close {
-        Some(close) => Request::Drain { slot, group, close },
+        Some(close) => Request::Drain {
+            slot,
+            group,
+            close: Some(close),
+        },
         None => Request::Undrain { slot, group },
     };
     ControlClient::connect(control)?.request(&request)?;

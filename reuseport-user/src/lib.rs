@@ -13,6 +13,7 @@ pub mod echo;
 pub mod error;
 pub mod group;
 pub mod loadgen;
+pub mod metrics;
 mod mmap;
 pub mod netns;
 mod object;

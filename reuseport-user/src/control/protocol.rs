@@ -55,7 +55,7 @@ pub enum Request {
         group: Option<String>,
         /// Also shut the listener down, so its queued connections move to the others now.
         #[serde(default)]
-        close: bool,
+        close: Option<bool>,
     },
     Undrain {
         slot: u32,
@@ -125,6 +125,11 @@ pub struct GroupStatus {
     /// Times a worker was found stuck.
     #[serde(default)]
     pub stuck_events: u64,
+    /// Program runs and time spent in it (non-zero while kernel.bpf_stats_enabled is on).
+    #[serde(default)]
+    pub program_runs: u64,
+    #[serde(default)]
+    pub program_run_ns: u64,
     /// The latest health events, oldest first.
     #[serde(default)]
     pub events: Vec<EventStatus>,

@@ -198,8 +198,9 @@ impl Registry {
         entry
             .evicted
             .retain(|e| e.conn != conn && e.peer.pid != peer.pid);
-        if entry.closed_pids.contains(&peer.pid) {
-            // Drained with --close: its new listener stays out of rotation too.
+        if let Some(i) = entry.closed_pids.iter().position(|&p| p == peer.pid) {
+            // Drained with --close: its new listener stays out of rotation too (once).
+            entry.closed_pids.swap_remove(i);
             if let Err(e) = entry.group.set_state(slot, SlotState::Draining) {
                 warn!("{}: keeping slot {slot} draining: {e}", entry.listen);
             }
@@ -437,6 +438,15 @@ impl Registry {
                     Verdict::Fine => {}
                 }
             }
+            // Slots taken over from an earlier daemon whose worker has not registered again yet:
+            // their queue is their load, so least-loaded neither favours nor starves them.
+            for slot in entry.group.slots() {
+                if !entry.workers.contains_key(&slot.index) {
+                    if let Some(queue) = queues.get(&slot.cookie) {
+                        entry.group.set_load(slot.index, u64::from(queue.waiting));
+                    }
+                }
+            }
             entry.group.publish_least_loaded();
             for slot in evict {
                 let why = entry
@@ -605,6 +615,11 @@ impl GroupEntry {
                 Default::default()
             }
         };
+        let (program_runs, program_run_ns) = self
+            .group
+            .run_stats()
+            .map(|(runs, time)| (runs, u64::try_from(time.as_nanos()).unwrap_or(u64::MAX)))
+            .unwrap_or_default();
         let mut workers: Vec<WorkerStatus> = self
             .group
             .slots()
@@ -662,6 +677,8 @@ impl GroupEntry {
             fallbacks: stats.global.fallbacks,
             drops: stats.global.drops,
             stuck_events: self.stuck_events,
+            program_runs,
+            program_run_ns,
             events,
             select_errors: stats
                 .global

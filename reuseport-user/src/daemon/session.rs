@@ -174,7 +174,7 @@ impl Session {
                 .map(|()| Reply::ok()),
             Request::Drain { slot, group, close } => self
                 .with_registry(|r| {
-                    if close {
+                    if close.unwrap_or(false) {
                         r.drain_and_close(slot, group.as_deref())
                     } else {
                         r.set_state(slot, SlotState::Draining, group.as_deref())

@@ -24,6 +24,7 @@ pub mod schedule;
 pub mod socket;
 pub mod stats;
 mod sys;
+pub mod top;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use reuseport_user::{
     daemon::{self, DaemonConfig, GroupSetup, HealthConfig, OnStuck},
     demo::{self, DemoOptions},
     echo::{self, EchoOptions},
-    pin, AttachMode, OnEmpty, Policy,
+    pin, top, AttachMode, OnEmpty, Policy,
 };
 
 #[derive(Parser)]
@@ -68,6 +68,9 @@ enum Command {
         /// queued connections move to healthy workers
         #[arg(long, default_value = "skip")]
         on_stuck: OnStuck,
+        /// Serve Prometheus metrics on http://ADDR:PORT/metrics
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<SocketAddr>,
         #[command(flatten)]
         control: Control,
     },
@@ -109,6 +112,17 @@ enum Command {
         slot: u32,
         #[arg(long, value_name = "ADDR:PORT")]
         group: Option<String>,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Live view of the groups: per worker state, connections/s, queue, load and share.
+    Top {
+        /// Print one frame (rates over --interval) and exit
+        #[arg(long)]
+        once: bool,
+        /// Refresh interval in milliseconds
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
         #[command(flatten)]
         control: Control,
     },
@@ -181,6 +195,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             sample_ms,
             stuck_ms,
             on_stuck,
+            metrics,
             control,
         } => {
             let config = DaemonConfig {
@@ -199,6 +214,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                     stuck_after: Duration::from_millis(stuck_ms),
                     on_stuck,
                 },
+                metrics,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -206,6 +222,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .block_on(daemon::run(config, daemon::termination()))
         }
         Command::Status { json, control } => cli::status(&cli::path(control.control), json),
+        Command::Top {
+            once,
+            interval_ms,
+            control,
+        } => top::run(
+            &cli::path(control.control),
+            once,
+            Duration::from_millis(interval_ms.max(50)),
+        ),
         Command::Policy { action } => match action {
             PolicyAction::Get { group, control } => {
                 cli::policy_get(&cli::path(control.control), group)

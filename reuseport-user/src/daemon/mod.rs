@@ -10,6 +10,7 @@
 
 mod control_socket;
 mod health;
+mod metrics_http;
 mod registry;
 mod session;
 
@@ -41,6 +42,8 @@ pub struct DaemonConfig {
     pub allow_uids: Vec<u32>,
     /// Sampling and stuck-worker handling.
     pub health: HealthConfig,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -54,6 +57,13 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
     let mut diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
     let registry = Arc::new(Mutex::new(registry));
     let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
+    let metrics = match config.metrics {
+        Some(addr) => Some(tokio::spawn(metrics_http::serve(
+            metrics_http::bind(addr).await?,
+            registry.clone(),
+        ))),
+        None => None,
+    };
     let own_uid = nix::unistd::geteuid().as_raw();
     info!(
         "serving {} ({}); control socket {}",
@@ -129,6 +139,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         }
     }
     sampler.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     if let Err(e) = std::fs::remove_file(&config.control) {
         warn!("removing {}: {e}", config.control.display());
     }

@@ -16,7 +16,7 @@ pub struct Cli {
     /// Connections per measured cell, to scale a run down for a quick check (default: per scenario).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub connections: Option<u64>,
-    /// Interleaved rounds per cell in `cost` (default 9).
+    /// Interleaved rounds per cell in `cost` (default 15).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rounds: Option<u64>,
     /// Client threads (default: per scenario).

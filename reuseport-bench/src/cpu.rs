@@ -92,11 +92,12 @@ pub struct CpuShare {
 impl CpuShare {
     pub fn describe(&self) -> String {
         format!(
-            "this benchmark {:.0}%, softirq {:.0}%, other processes {:.0}%, steal {:.0}% of all CPU time",
+            "other processes {:.0}%, steal {:.0}% of all CPU time (this benchmark's threads \
+             {:.0}%, softirq {:.0}%; these two overlap)",
+            100.0 * self.others,
+            100.0 * self.steal,
             100.0 * self.own,
             100.0 * self.softirq,
-            100.0 * self.others,
-            100.0 * self.steal
         )
     }
 }

@@ -3,8 +3,9 @@
 //! statistics; and the connection rate with no program against each policy under the same
 //! closed-loop client load.
 //!
-//! All cells run in every round, in an order rotated by one each round, so slow phases of a
-//! shared machine hit every cell alike; tables show the median over rounds.
+//! All cells run in every round, each group's cells back to back and in an order rotated each
+//! round, so slow phases of a shared machine hit every cell alike and each policy is compared
+//! with a no-program cell measured next to it; tables show the median over rounds.
 
 use anyhow::Result;
 use reuseport_user::Policy;
@@ -38,7 +39,7 @@ const SHAPES: [Shape; 3] = [
     },
 ];
 const DEFAULT_CONNECTIONS: u64 = 20_000;
-const DEFAULT_ROUNDS: usize = 9;
+const DEFAULT_ROUNDS: usize = 15;
 const DEFAULT_CLIENTS: usize = 4;
 const ACCEPTORS: usize = 2;
 /// Connections per cell in the discarded warm-up round.
@@ -148,9 +149,8 @@ impl Scenario for Cost {
         }
         let mut raw = Table::new(&RAW_COLUMNS);
         for round in 0..rounds {
-            let n = cells.len();
-            for order in 0..n {
-                let cell = &mut cells[(order + round) % n];
+            for (order, index) in round_order(round).into_iter().enumerate() {
+                let cell = &mut cells[index];
                 let pool = &mut pools[cell.pool];
                 pool.steer(cell.steering)?;
                 let m = pool.measure(&load(connections))?;
@@ -199,6 +199,20 @@ const RAW_COLUMNS: [&str; 18] = [
     "cpu_others",
     "cpu_steal",
 ];
+
+/// The cells of one round, as indices into the (pool-major) cell list: each pool's cells run
+/// back to back, so every policy is compared with a no-program cell measured within a second
+/// of it; pools and, within a pool, steerings start one later each round, so no cell is always
+/// first after a switch.
+fn round_order(round: usize) -> Vec<usize> {
+    let (pools, steerings) = (SHAPES.len(), STEERINGS.len());
+    (0..pools)
+        .flat_map(|p| {
+            let pool = (p + round) % pools;
+            (0..steerings).map(move |s| pool * steerings + (s + round) % steerings)
+        })
+        .collect()
+}
 
 /// One line of `cost-rounds.csv`.
 fn raw_row(
@@ -266,8 +280,8 @@ fn report(setup: &Setup, cells: &[Cell], raw: Table) -> Report {
     let mut preamble = setup.machine.clone();
     preamble.extend([
         format!(
-            "{connections} connections per cell, {rounds} rounds (all cells each round, order \
-             rotated), after one discarded warm-up round; closed loop with {clients} client \
+            "{connections} connections per cell, {rounds} rounds (all cells each round, each \
+             group's cells back to back, order rotated), after one discarded warm-up round; closed loop with {clients} client \
              threads (blocking connect, RST close), {ACCEPTORS} accept threads per pool"
         ),
         "Program: the select-or-migrate program (the tool's default); weights 1,2,3,4 repeating \
@@ -427,6 +441,32 @@ mod tests {
         assert_eq!(
             weights(1024).iter().map(|&w| u64::from(w)).sum::<u64>(),
             2560
+        );
+    }
+
+    #[test]
+    fn every_round_runs_every_cell_once_with_pools_contiguous() {
+        let n = SHAPES.len() * STEERINGS.len();
+        for round in 0..2 * n {
+            let order = round_order(round);
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+            for chunk in order.chunks(STEERINGS.len()) {
+                let pool = chunk[0] / STEERINGS.len();
+                assert!(chunk.iter().all(|&i| i / STEERINGS.len() == pool));
+            }
+        }
+        assert_ne!(round_order(0)[0], round_order(1)[0]);
+    }
+
+    #[test]
+    fn shapes_name_the_control_group() {
+        let labels: Vec<_> = SHAPES.iter().map(|s| (s.label(), s.heading())).collect();
+        assert_eq!(labels[0], ("4".into(), "4 slots".into()));
+        assert_eq!(
+            labels[2],
+            ("1024 (4 active)".into(), "1024 slots, 4 active".into())
         );
     }
 }

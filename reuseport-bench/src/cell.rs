@@ -1,0 +1,237 @@
+//! One measured cell: a listener pool with the program loaded for it, steered one way, under one
+//! client load. Every scenario is built from these.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use reuseport_user::{Group, GroupOptions, GroupStats, Policy, SlotState};
+
+use crate::{
+    bpf_stats::Runs,
+    clients::{self, Load},
+    cpu::{CpuShare, CpuTimes},
+    listeners::ListenerPool,
+    netstat::TcpCounters,
+};
+
+/// How long the accept threads may take to catch up once the clients are done.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Who picks the listener for a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steering {
+    /// No program attached: the kernel's hash of the 4-tuple over the whole group.
+    Kernel,
+    /// The reuseport program with this policy.
+    Program(Policy),
+}
+
+impl Steering {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Kernel => "none (kernel hash)",
+            Self::Program(p) => p.name(),
+        }
+    }
+}
+
+/// A listener pool whose slot i holds listener i, with per-slot weights.
+pub struct SteeredPool {
+    pub pool: ListenerPool,
+    pub group: Group,
+    pub weights: Vec<u32>,
+}
+
+impl SteeredPool {
+    /// Binds `weights.len()` listeners, loads a program (default mode: select-or-migrate, as the
+    /// tool runs it) and puts listener i in slot i with weight `weights[i]`. Nothing is
+    /// attached until [`SteeredPool::steer`].
+    pub fn new(weights: Vec<u32>, acceptors: usize) -> Result<Self> {
+        let pool = ListenerPool::bind(weights.len(), acceptors)?;
+        let mut group = Group::load(GroupOptions::default()).context("loading the program")?;
+        for (i, (socket, &weight)) in pool.listeners().iter().zip(&weights).enumerate() {
+            let slot = i as u32;
+            group
+                .insert_at(slot, socket)
+                .with_context(|| format!("inserting listener {i}"))?;
+            if weight != 1 {
+                group
+                    .set_weight(slot, weight)
+                    .with_context(|| format!("weight of slot {i}"))?;
+            }
+        }
+        Ok(Self {
+            pool,
+            group,
+            weights,
+        })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// Keeps slots `0..active` active and marks the others draining: the program then chooses
+    /// among `active` listeners while the group, and its maps, keep their full size.
+    pub fn set_active(&mut self, active: usize) -> Result<()> {
+        for slot in 0..self.pool.len() {
+            let state = if slot < active {
+                SlotState::Active
+            } else {
+                SlotState::Draining
+            };
+            self.group
+                .set_state(slot as u32, state)
+                .with_context(|| format!("state of slot {slot}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches or detaches the program and sets its policy.
+    pub fn steer(&mut self, steering: Steering) -> Result<()> {
+        let first = &self.pool.listeners()[0];
+        match steering {
+            Steering::Kernel => {
+                if self.group.is_attached() {
+                    self.group.detach(first).context("detaching the program")?;
+                }
+            }
+            Steering::Program(policy) => {
+                self.group
+                    .set_policy(policy)
+                    .context("setting the policy")?;
+                if !self.group.is_attached() {
+                    self.group.attach(first).context("attaching the program")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `load` against the pool as currently steered and waits until every connection was
+    /// accepted. Fails when a connection failed or went missing: counts would be wrong.
+    pub fn measure(&mut self, load: &Load) -> Result<Measurement> {
+        let counts_before = self.pool.counts();
+        let stats_before = self
+            .group
+            .stats()
+            .context("reading the program's counters")?;
+        let runs_before = Runs::read(&self.group)?;
+        let tcp_before = TcpCounters::read();
+        let cpu_before = CpuTimes::read();
+        let start = Instant::now();
+        let client = clients::drive(self.pool.addr(), load);
+        if client.failed > 0 || client.timed_out {
+            bail!(
+                "{} of {} connections failed{} (first error: {})",
+                client.failed,
+                load.connections,
+                if client.timed_out {
+                    ", time limit reached"
+                } else {
+                    ""
+                },
+                client.first_error.as_deref().unwrap_or("none")
+            );
+        }
+        let expected: u64 = counts_before.iter().sum::<u64>() + client.connected;
+        self.pool.wait_accepted(expected, DRAIN_LIMIT)?;
+        let elapsed = start.elapsed();
+        let cpu = CpuTimes::read().since(cpu_before);
+        let tcp = TcpCounters::read().since(tcp_before);
+        let runs = Runs::read(&self.group)?.since(runs_before);
+        let stats_after = self
+            .group
+            .stats()
+            .context("reading the program's counters")?;
+        let program = ProgramCounts::between(&stats_before, &stats_after, self.pool.len());
+        let per_slot: Vec<u64> = self
+            .pool
+            .counts()
+            .iter()
+            .zip(&counts_before)
+            .map(|(after, before)| after - before)
+            .collect();
+        Ok(Measurement {
+            connections: client.connected,
+            per_slot,
+            elapsed,
+            runs,
+            program,
+            tcp,
+            cpu,
+        })
+    }
+}
+
+/// What one cell measured.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub connections: u64,
+    /// Connections each listener accepted.
+    pub per_slot: Vec<u64>,
+    /// From the first connect to the last accept.
+    pub elapsed: Duration,
+    /// The program's runs during the cell, from the kernel's statistics (zero without a
+    /// program, or while statistics are off).
+    pub runs: Runs,
+    /// What the program itself counted during the cell.
+    pub program: ProgramCounts,
+    /// TCP trouble during the cell (SYN retransmits, drops).
+    pub tcp: TcpCounters,
+    /// Where the CPU time went during the cell (10 ms ticks: coarse for short cells).
+    pub cpu: CpuShare,
+}
+
+/// The program's own counters over a cell: a cross-check of the accept counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgramCounts {
+    pub runs: u64,
+    /// Connections left to the kernel's hash because no active slot took them.
+    pub fallbacks: u64,
+    /// Connections the program sent to each slot.
+    pub selected: Vec<u64>,
+}
+
+impl ProgramCounts {
+    fn between(before: &GroupStats, after: &GroupStats, slots: usize) -> Self {
+        let per_slot = |stats: &GroupStats| {
+            let mut v = vec![0u64; slots];
+            for s in &stats.slots {
+                if let Some(x) = v.get_mut(s.slot as usize) {
+                    *x = s.selected;
+                }
+            }
+            v
+        };
+        let selected = per_slot(after)
+            .iter()
+            .zip(per_slot(before))
+            .map(|(a, b)| a.saturating_sub(b))
+            .collect();
+        Self {
+            runs: after.global.runs.saturating_sub(before.global.runs),
+            fallbacks: after
+                .global
+                .fallbacks
+                .saturating_sub(before.global.fallbacks),
+            selected,
+        }
+    }
+}
+
+impl Measurement {
+    /// Connections per second.
+    pub fn rate(&self) -> f64 {
+        self.connections as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// Program runs per connection: 1 normally, 2 when SYN cookies made it run on the ACK too.
+    pub fn runs_per_connection(&self) -> f64 {
+        if self.connections == 0 {
+            0.0
+        } else {
+            self.runs.count as f64 / self.connections as f64
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Benchmarks of the reuseport steering program, run against the real kernel on loopback inside a
+//! private network namespace.
+//!
+//! Each scenario is a small module registered in [`scenario::registry`]; they share the listener
+//! pool ([`listeners`]), the client driver ([`clients`]), one measured run of a load
+//! ([`cell`]) and the report writer ([`report`]).
+
+pub mod bpf_stats;
+pub mod cell;
+pub mod cli;
+pub mod clients;
+pub mod cpu;
+pub mod limits;
+pub mod listeners;
+pub mod machine;
+pub mod netstat;
+pub mod report;
+pub mod samples;
+pub mod scenario;
+pub mod scenarios;
+
+pub use scenario::{registry, Options, Scenario};

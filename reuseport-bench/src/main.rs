@@ -1,0 +1,49 @@
+//! `reuseport-bench [SCENARIO...]`: runs benchmarks in a fresh network namespace and writes
+//! Markdown and CSV results.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use reuseport_bench::cli::Cli;
+
+fn main() -> ExitCode {
+    // Parsing first keeps --help and --list usable without root; it starts no thread.
+    let cli = Cli::parse();
+    if cli.list {
+        for s in reuseport_bench::registry() {
+            println!("{:<10} {}", s.name(), s.about());
+        }
+        return ExitCode::SUCCESS;
+    }
+    // Before any thread exists: the namespace belongs to this thread, and only threads started
+    // after it inherit it. Every listener and client then lives on the private loopback.
+    if let Err(e) = reuseport_user::netns::enter_new() {
+        eprintln!("reuseport-bench: cannot create a network namespace: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reuseport-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let scenarios = cli.selected()?;
+    let options = cli.options();
+    for scenario in scenarios {
+        eprintln!("reuseport-bench: running {}", scenario.name());
+        let report = scenario
+            .run(&options)
+            .with_context(|| format!("scenario {}", scenario.name()))?;
+        println!("{}", report.markdown());
+        let files = report.write(&cli.out)?;
+        for file in files {
+            eprintln!("reuseport-bench: wrote {}", file.display());
+        }
+    }
+    Ok(())
+}

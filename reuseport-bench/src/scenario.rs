@@ -1,0 +1,66 @@
+//! The scenario registry: every benchmark is a [`Scenario`] with a name the command line selects
+//! it by. Adding one is a module under `scenarios/` plus a line in [`registry`].
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::{report::Report, scenarios};
+
+/// Knobs shared by all scenarios; `None` means the scenario's own default.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Connections per measured cell.
+    pub connections: Option<u64>,
+    /// Interleaved rounds, for scenarios that repeat cells.
+    pub rounds: Option<usize>,
+    /// Client threads.
+    pub clients: Option<usize>,
+    /// Upper bound on the client phase of one cell.
+    pub time_limit: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            connections: None,
+            rounds: None,
+            clients: None,
+            time_limit: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One benchmark.
+pub trait Scenario: Sync {
+    /// What the command line calls it; also the stem of its output files.
+    fn name(&self) -> &'static str;
+    /// One line for `--list`.
+    fn about(&self) -> &'static str;
+    /// Runs it. Called from a thread inside a private network namespace.
+    fn run(&self, options: &Options) -> Result<Report>;
+}
+
+/// All scenarios, in the order they run when none is named.
+pub fn registry() -> &'static [&'static dyn Scenario] {
+    &[&scenarios::cost::Cost, &scenarios::fairness::Fairness]
+}
+
+pub fn find(name: &str) -> Option<&'static dyn Scenario> {
+    registry().iter().copied().find(|s| s.name() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_findable() {
+        let names: Vec<_> = registry().iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["cost", "fairness"]);
+        for name in names {
+            assert_eq!(find(name).map(|s| s.name()), Some(name));
+        }
+        assert!(find("nope").is_none());
+    }
+}

@@ -1,0 +1,472 @@
+//! `cost`: what the program costs per connection, for each policy with 4 and with 1024 slots
+//! (and 1024 slots of which 4 are active, as a control), measured by the kernel's BPF run-time
+//! statistics; and the connection rate with no program against each policy under the same
+//! closed-loop client load.
+//!
+//! All cells run in every round, each group's cells back to back and in an order rotated each
+//! round, so slow phases of a shared machine hit every cell alike and each policy is compared
+//! with a no-program cell measured next to it; tables show the median over rounds.
+
+use anyhow::Result;
+use reuseport_user::Policy;
+
+use crate::{
+    bpf_stats,
+    cell::{Measurement, SteeredPool, Steering},
+    clients::{Load, SourcePorts},
+    limits,
+    machine::Watch,
+    netstat::TcpCounters,
+    report::{num, Report, Section, Table},
+    samples::Summary,
+    scenario::{Options, Scenario},
+};
+
+/// The groups measured. The last one is a control: as many listeners as the second, as few
+/// active ones as the first, telling the size of the group from the number of sockets in use.
+const SHAPES: [Shape; 3] = [
+    Shape {
+        slots: 4,
+        active: 4,
+    },
+    Shape {
+        slots: 1024,
+        active: 1024,
+    },
+    Shape {
+        slots: 1024,
+        active: 4,
+    },
+];
+const DEFAULT_CONNECTIONS: u64 = 20_000;
+const DEFAULT_ROUNDS: usize = 15;
+const DEFAULT_CLIENTS: usize = 4;
+const ACCEPTORS: usize = 2;
+/// Connections per cell in the discarded warm-up round.
+const WARMUP_CONNECTIONS: u64 = 2_000;
+/// Descriptors to ask for, and the least that works: 1024 + 4 listeners, plus accepted and
+/// client sockets in flight.
+const FILE_LIMIT: u64 = 65_536;
+const FILES_NEEDED: u64 = 8_192;
+
+const STEERINGS: [Steering; 4] = [
+    Steering::Kernel,
+    Steering::Program(Policy::Hash),
+    Steering::Program(Policy::RoundRobin),
+    Steering::Program(Policy::Weighted),
+];
+
+/// Weights 1, 2, 3, 4, 1, 2, ... for the `weighted` policy.
+pub fn weights(slots: usize) -> Vec<u32> {
+    (0..slots).map(|i| (i % 4) as u32 + 1).collect()
+}
+
+pub struct Cost;
+
+/// A group of `slots` listeners of which the first `active` get connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    slots: usize,
+    active: usize,
+}
+
+impl Shape {
+    fn label(self) -> String {
+        if self.active == self.slots {
+            self.slots.to_string()
+        } else {
+            format!("{} ({} active)", self.slots, self.active)
+        }
+    }
+
+    fn heading(self) -> String {
+        if self.active == self.slots {
+            format!("{} slots", self.slots)
+        } else {
+            format!("{} slots, {} active", self.slots, self.active)
+        }
+    }
+}
+
+/// One (slot count, steering) combination and its rounds.
+struct Cell {
+    pool: usize,
+    steering: Steering,
+    rounds: Vec<Measurement>,
+    /// This cell's rate over the no-program rate of the same pool in the same round.
+    ratios: Vec<f64>,
+}
+
+impl Scenario for Cost {
+    fn name(&self) -> &'static str {
+        "cost"
+    }
+
+    fn about(&self) -> &'static str {
+        "program run time per connection (BPF stats) per policy with 4 and 1024 slots, and connection rate vs no program"
+    }
+
+    fn run(&self, options: &Options) -> Result<Report> {
+        let connections = options.connections.unwrap_or(DEFAULT_CONNECTIONS);
+        let rounds = options.rounds.unwrap_or(DEFAULT_ROUNDS);
+        let clients = options.clients.unwrap_or(DEFAULT_CLIENTS);
+        limits::raise_nofile(FILE_LIMIT, FILES_NEEDED)?;
+        let watch = Watch::start();
+        // Held until the end: the kernel counts run time only while it is open.
+        let _stats = bpf_stats::enable()?;
+
+        let mut pools = Vec::new();
+        for shape in SHAPES {
+            eprintln!("cost: setting up {} listeners", shape.label());
+            let mut pool = SteeredPool::new(weights(shape.slots), ACCEPTORS)?;
+            if shape.active < shape.slots {
+                pool.set_active(shape.active)?;
+            }
+            pools.push(pool);
+        }
+        let mut cells: Vec<Cell> = (0..pools.len())
+            .flat_map(|pool| {
+                STEERINGS.map(|steering| Cell {
+                    pool,
+                    steering,
+                    rounds: Vec::new(),
+                    ratios: Vec::new(),
+                })
+            })
+            .collect();
+        let load = |connections| Load {
+            connections,
+            threads: clients,
+            source_ports: SourcePorts::Kernel,
+            time_limit: options.time_limit,
+        };
+
+        // Warm-up: caches, the program's JIT image and the socket allocator, not measured.
+        for cell in &cells {
+            let pool = &mut pools[cell.pool];
+            pool.steer(cell.steering)?;
+            pool.measure(&load(WARMUP_CONNECTIONS.min(connections)))?;
+        }
+        let mut raw = Table::new(&RAW_COLUMNS);
+        for round in 0..rounds {
+            for (order, index) in round_order(round).into_iter().enumerate() {
+                let cell = &mut cells[index];
+                let pool = &mut pools[cell.pool];
+                pool.steer(cell.steering)?;
+                let m = pool.measure(&load(connections))?;
+                let shape = SHAPES[cell.pool];
+                eprintln!(
+                    "cost: round {}/{rounds} {:>17} slots {:<20} {:>7.0} conn/s {:>6} ns/run",
+                    round + 1,
+                    shape.label(),
+                    cell.steering.label(),
+                    m.rate(),
+                    m.runs.ns_per_run().map_or("-".into(), num),
+                );
+                raw.push(raw_row(round, order, shape, cell.steering, &m));
+                cell.rounds.push(m);
+            }
+            pair_with_baselines(&mut cells);
+        }
+
+        let setup = Setup {
+            connections,
+            rounds,
+            clients,
+            machine: watch.lines(),
+        };
+        Ok(report(&setup, &cells, raw))
+    }
+}
+
+const RAW_COLUMNS: [&str; 18] = [
+    "round",
+    "order",
+    "slots",
+    "active_slots",
+    "steering",
+    "connections",
+    "elapsed_s",
+    "conn_per_s",
+    "run_count",
+    "run_time_ns",
+    "ns_per_run",
+    "syn_retrans",
+    "listen_drops",
+    "syncookies_sent",
+    "cpu_own",
+    "cpu_softirq",
+    "cpu_others",
+    "cpu_steal",
+];
+
+/// The cells of one round, as indices into the (pool-major) cell list: each pool's cells run
+/// back to back, so every policy is compared with a no-program cell measured within a second
+/// of it; pools and, within a pool, steerings start one later each round, so no cell is always
+/// first after a switch.
+fn round_order(round: usize) -> Vec<usize> {
+    let (pools, steerings) = (SHAPES.len(), STEERINGS.len());
+    (0..pools)
+        .flat_map(|p| {
+            let pool = (p + round) % pools;
+            (0..steerings).map(move |s| pool * steerings + (s + round) % steerings)
+        })
+        .collect()
+}
+
+/// One line of `cost-rounds.csv`.
+fn raw_row(
+    round: usize,
+    order: usize,
+    shape: Shape,
+    steering: Steering,
+    m: &Measurement,
+) -> Vec<String> {
+    vec![
+        round.to_string(),
+        order.to_string(),
+        shape.slots.to_string(),
+        shape.active.to_string(),
+        steering.label().to_owned(),
+        m.connections.to_string(),
+        format!("{:.6}", m.elapsed.as_secs_f64()),
+        format!("{:.1}", m.rate()),
+        m.runs.count.to_string(),
+        m.runs.time.as_nanos().to_string(),
+        m.runs
+            .ns_per_run()
+            .map_or(String::new(), |x| format!("{x:.2}")),
+        m.tcp.syn_retrans.to_string(),
+        m.tcp.listen_drops.to_string(),
+        m.tcp.syncookies_sent.to_string(),
+        format!("{:.3}", m.cpu.own),
+        format!("{:.3}", m.cpu.softirq),
+        format!("{:.3}", m.cpu.others),
+        format!("{:.3}", m.cpu.steal),
+    ]
+}
+
+/// After a round: each cell's rate over the no-program rate of the same pool in that round.
+/// Pairing within a round cancels the slow drifts of a shared machine.
+fn pair_with_baselines(cells: &mut [Cell]) {
+    for i in 0..cells.len() {
+        let baseline = cells
+            .iter()
+            .find(|c| c.pool == cells[i].pool && c.steering == Steering::Kernel)
+            .and_then(|c| c.rounds.last())
+            .map(Measurement::rate);
+        let rate = cells[i].rounds.last().map(Measurement::rate);
+        if let (Some(base), Some(rate)) = (baseline, rate) {
+            cells[i].ratios.push(rate / base);
+        }
+    }
+}
+
+struct Setup {
+    connections: u64,
+    rounds: usize,
+    clients: usize,
+    /// From [`Watch::lines`].
+    machine: Vec<String>,
+}
+
+fn report(setup: &Setup, cells: &[Cell], raw: Table) -> Report {
+    let Setup {
+        connections,
+        rounds,
+        clients,
+        ..
+    } = *setup;
+    let mut preamble = setup.machine.clone();
+    preamble.extend([
+        format!(
+            "{connections} connections per cell, {rounds} rounds (all cells each round, each \
+             group's cells back to back, order rotated), after one discarded warm-up round; closed loop with {clients} client \
+             threads (blocking connect, RST close), {ACCEPTORS} accept threads per pool"
+        ),
+        "Program: the select-or-migrate program (the tool's default); weights 1,2,3,4 repeating \
+         for `weighted`"
+            .to_owned(),
+    ]);
+    let mut tcp = TcpCounters::default();
+    for m in cells.iter().flat_map(|c| &c.rounds) {
+        tcp.add(m.tcp);
+    }
+    preamble.push(format!(
+        "TCP during the measured cells: {}{}",
+        tcp.describe(),
+        if tcp.is_clean() {
+            ""
+        } else {
+            " (see cost-rounds.csv for the cells affected)"
+        }
+    ));
+
+    let mut table = Table::new(&[
+        "slots",
+        "program",
+        "conn/s (median)",
+        "conn/s (min–max)",
+        "rate vs no program",
+        "ns/run (median)",
+        "ns/run (min–max)",
+        "runs/conn",
+    ]);
+    let mut csv = Table::new(&[
+        "slots",
+        "active_slots",
+        "steering",
+        "rounds",
+        "connections_per_round",
+        "conn_per_s_median",
+        "conn_per_s_min",
+        "conn_per_s_max",
+        "rate_ratio_median",
+        "ns_per_run_median",
+        "ns_per_run_min",
+        "ns_per_run_max",
+        "runs_per_connection",
+    ]);
+    let mut pivot_headers = vec!["policy".to_owned()];
+    pivot_headers.extend(SHAPES.iter().map(|s| s.heading()));
+    let mut pivot = Table {
+        headers: pivot_headers,
+        rows: Vec::new(),
+    };
+
+    for cell in cells {
+        let slots = SHAPES[cell.pool].label();
+        let rates: Vec<f64> = cell.rounds.iter().map(Measurement::rate).collect();
+        let costs: Vec<f64> = cell
+            .rounds
+            .iter()
+            .filter_map(|m| m.runs.ns_per_run())
+            .collect();
+        let rate = Summary::of(&rates);
+        let cost = Summary::of(&costs);
+        let ratio = Summary::of(&cell.ratios);
+        let total_runs: u64 = cell.rounds.iter().map(|m| m.runs.count).sum();
+        let total_connections: u64 = cell.rounds.iter().map(|m| m.connections).sum();
+        let runs_per_conn = total_runs as f64 / total_connections.max(1) as f64;
+        let is_program = cell.steering != Steering::Kernel;
+        let median = |s: Option<Summary>| s.map_or("-".into(), |s| num(s.median));
+        let range =
+            |s: Option<Summary>| s.map_or("-".into(), |s| format!("{}–{}", num(s.min), num(s.max)));
+        table.push(vec![
+            slots.clone(),
+            cell.steering.label().to_owned(),
+            median(rate),
+            range(rate),
+            if is_program {
+                ratio.map_or("-".into(), |r| format!("{:+.1}%", 100.0 * (r.median - 1.0)))
+            } else {
+                "(baseline)".into()
+            },
+            median(cost),
+            range(cost),
+            if is_program {
+                format!("{runs_per_conn:.2}")
+            } else {
+                "0".into()
+            },
+        ]);
+        let field = |s: Option<Summary>, f: fn(&Summary) -> f64| {
+            s.map_or(String::new(), |s| format!("{:.2}", f(&s)))
+        };
+        csv.push(vec![
+            SHAPES[cell.pool].slots.to_string(),
+            SHAPES[cell.pool].active.to_string(),
+            cell.steering.label().to_owned(),
+            cell.rounds.len().to_string(),
+            connections.to_string(),
+            field(rate, |s| s.median),
+            field(rate, |s| s.min),
+            field(rate, |s| s.max),
+            ratio.map_or(String::new(), |r| format!("{:.4}", r.median)),
+            field(cost, |s| s.median),
+            field(cost, |s| s.min),
+            field(cost, |s| s.max),
+            format!("{runs_per_conn:.3}"),
+        ]);
+    }
+    for steering in STEERINGS.iter().filter(|s| **s != Steering::Kernel) {
+        let mut row = vec![steering.label().to_owned()];
+        for pool in 0..SHAPES.len() {
+            let costs: Vec<f64> = cells
+                .iter()
+                .filter(|c| c.pool == pool && c.steering == *steering)
+                .flat_map(|c| c.rounds.iter().filter_map(|m| m.runs.ns_per_run()))
+                .collect();
+            row.push(Summary::of(&costs).map_or("-".into(), |s| num(s.median)));
+        }
+        pivot.rows.push(row);
+    }
+
+    let sections = vec![
+        Section {
+            heading: "Per-connection cost and connection rate".into(),
+            text: "ns/run: the kernel's run_time / run_count for the program over the cell \
+                   (BPF_ENABLE_STATS). rate vs no program: median over rounds of this cell's \
+                   rate divided by the no-program rate of the same group in the same round."
+                .into(),
+            table: Some(table),
+            extra: String::new(),
+        },
+        Section {
+            heading: "Cost by slot count (median ns per run)".into(),
+            text: "The last column is a control: a group of 1024 listeners with 4 active, so \
+                   the program indexes the same full-size maps but touches only 4 sockets."
+                .into(),
+            table: Some(pivot),
+            extra: String::new(),
+        },
+    ];
+    Report {
+        scenario: "cost".into(),
+        title: "Cost: program run time and connection rate".into(),
+        preamble,
+        sections,
+        csv,
+        extra_csv: vec![("rounds".into(), raw)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_cycle_one_to_four() {
+        assert_eq!(weights(6), [1, 2, 3, 4, 1, 2]);
+        assert_eq!(
+            weights(1024).iter().map(|&w| u64::from(w)).sum::<u64>(),
+            2560
+        );
+    }
+
+    #[test]
+    fn every_round_runs_every_cell_once_with_pools_contiguous() {
+        let n = SHAPES.len() * STEERINGS.len();
+        for round in 0..2 * n {
+            let order = round_order(round);
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+            for chunk in order.chunks(STEERINGS.len()) {
+                let pool = chunk[0] / STEERINGS.len();
+                assert!(chunk.iter().all(|&i| i / STEERINGS.len() == pool));
+            }
+        }
+        assert_ne!(round_order(0)[0], round_order(1)[0]);
+    }
+
+    #[test]
+    fn shapes_name_the_control_group() {
+        let labels: Vec<_> = SHAPES.iter().map(|s| (s.label(), s.heading())).collect();
+        assert_eq!(labels[0], ("4".into(), "4 slots".into()));
+        assert_eq!(
+            labels[2],
+            ("1024 (4 active)".into(), "1024 slots, 4 active".into())
+        );
+    }
+}

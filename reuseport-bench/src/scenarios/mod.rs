@@ -1,0 +1,4 @@
+//! One module per scenario.
+
+pub mod cost;
+pub mod fairness;

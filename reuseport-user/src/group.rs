@@ -258,18 +258,59 @@ impl Group {
 
     /// Puts `socket` in the first free slot, active with weight 1, and returns the slot.
     pub fn insert(&mut self, socket: impl AsFd) -> Result<u32> {
-        let slot = self
-            .slots
-            .iter()
-            .position(|s| s.state == slot_state::EMPTY)
-            .ok_or(Error::SlotsFull { max: MAX_SLOTS })? as u32;
+        let slot = self.free_slot()?;
         self.insert_at(slot, socket)?;
         Ok(slot)
     }
 
     /// Puts `socket` in `slot`, active with weight 1.
     pub fn insert_at(&mut self, slot: u32, socket: impl AsFd) -> Result<()> {
-        let socket = socket.as_fd();
+        self.place(slot, socket.as_fd())?;
+        if let Err(e) = self.publish() {
+            // Leave the slot as it was: empty.
+            self.slots[slot as usize] = SlotConfig::default();
+            let _ = self.write_slot(slot);
+            let _ = sys::sockarray_clear(self.sockets_fd()?, slot);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Puts several sockets in the first free slots, publishing the active list and schedule
+    /// once at the end rather than once per socket (what filling a large group needs). On an
+    /// error, the sockets placed before it stay, published.
+    pub fn insert_all<S: AsFd>(
+        &mut self,
+        sockets: impl IntoIterator<Item = S>,
+    ) -> Result<Vec<u32>> {
+        let mut placed = Vec::new();
+        let mut outcome = Ok(());
+        for socket in sockets {
+            match self
+                .free_slot()
+                .and_then(|slot| self.place(slot, socket.as_fd()).map(|()| slot))
+            {
+                Ok(slot) => placed.push(slot),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        self.publish()?;
+        outcome.map(|()| placed)
+    }
+
+    fn free_slot(&self) -> Result<u32> {
+        self.slots
+            .iter()
+            .position(|s| s.state == slot_state::EMPTY)
+            .map(|i| i as u32)
+            .ok_or(Error::SlotsFull { max: MAX_SLOTS })
+    }
+
+    /// Checks a socket and puts it in `slot` (kernel array and slot table), unpublished.
+    fn place(&mut self, slot: u32, socket: BorrowedFd<'_>) -> Result<()> {
         check_range(slot)?;
         let info = self.admit(socket)?;
         if let Some(existing) = self.slot_of_cookie(info.cookie) {
@@ -293,14 +334,7 @@ impl Group {
             weight: 1,
             cookie: info.cookie,
         };
-        if let Err(e) = self.write_slot(slot).and_then(|()| self.publish()) {
-            // Leave the slot as it was: empty.
-            self.slots[slot as usize] = SlotConfig::default();
-            let _ = self.write_slot(slot);
-            let _ = sys::sockarray_clear(self.sockets_fd()?, slot);
-            return Err(e);
-        }
-        Ok(())
+        self.write_slot(slot)
     }
 
     /// Takes the socket out of `slot`. It stops getting connections at once; what it already

@@ -202,9 +202,12 @@ fn all_1024_slots_taken_gives_slots_full() -> Result<()> {
     limits::raise_nofile(4096)?;
     let (_, socks) = listeners::group(Family::Ipv4, MAX_SLOTS as usize + 1)?;
     let mut group = load()?;
-    for (i, s) in socks[..MAX_SLOTS as usize].iter().enumerate() {
-        assert_eq!(group.insert(s)?, i as u32);
+    // All 1025 at once: the first 1024 are placed (and published once), the last is refused.
+    match group.insert_all(&socks) {
+        Err(Error::SlotsFull { max }) => assert_eq!(max, 1024),
+        other => panic!("1025 sockets: {other:?}"),
     }
+    assert_eq!(group.active_slots(), (0..MAX_SLOTS).collect::<Vec<_>>());
     match group.insert(&socks[MAX_SLOTS as usize]) {
         Err(Error::SlotsFull { max }) => assert_eq!(max, 1024),
         other => panic!("1025th socket: {other:?}"),

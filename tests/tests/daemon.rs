@@ -208,19 +208,25 @@ fn bad_registrations_are_refused_and_serving_goes_on() -> Result {
     Ok(())
 }
 
-#[test]
-fn foreign_uids_are_refused() -> Result {
-    let f = Fixture::with_daemon_args("uids", &["--allow-uid", "4242"])?;
-    // Open to others (an uid is allowed), but uid 65534 is not among them.
+/// The control socket's mode, and what `reuseport status` run as uid 65534 prints to stderr
+/// (it must fail).
+fn mode_and_nobody_status(f: &Fixture) -> Result<(u32, String)> {
     let mode = std::fs::metadata(&f.control)?.permissions().mode() & 0o777;
-    assert_eq!(mode, 0o666);
     let out = Command::new(bin())
         .args(["status", "--control"])
         .arg(&f.control)
         .uid(65534)
         .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    Ok((mode, String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+#[test]
+fn foreign_uids_are_refused() -> Result {
+    let f = Fixture::with_daemon_args("uids", &["--allow-uid", "4242"])?;
+    // Open to others (an uid is allowed), but uid 65534 is not among them.
+    let (mode, stderr) = mode_and_nobody_status(&f)?;
+    assert_eq!(mode, 0o666);
     assert!(
         stderr.contains("uid 65534 may not use this daemon"),
         "{stderr}"
@@ -231,15 +237,8 @@ fn foreign_uids_are_refused() -> Result {
 #[test]
 fn control_socket_is_owner_only_and_others_get_a_clear_error() -> Result {
     let f = Fixture::new("mode")?;
-    let mode = std::fs::metadata(&f.control)?.permissions().mode() & 0o777;
+    let (mode, stderr) = mode_and_nobody_status(&f)?;
     assert_eq!(mode, 0o600);
-    let out = Command::new(bin())
-        .args(["status", "--control"])
-        .arg(&f.control)
-        .uid(65534)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
     assert!(
         stderr.contains("permission denied on the control socket"),
         "{stderr}"

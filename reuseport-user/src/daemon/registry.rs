@@ -333,11 +333,16 @@ impl Registry {
         Ok(())
     }
 
-    /// Periodic housekeeping: frees slots whose socket was closed while its worker stayed
-    /// connected, and forwards what the program logged.
+    /// Periodic housekeeping: frees taken-over slots whose socket closed before their worker
+    /// registered again, and forwards what the program logged.
     pub fn tick(&mut self) {
         for entry in &mut self.groups {
             entry.group.flush_log();
+            // A registered worker's socket cannot close under us (the daemon holds a copy;
+            // a shutdown shows in the samples): only taken-over slots need the kernel's word.
+            if entry.group.slots().len() == entry.workers.len() {
+                continue;
+            }
             match entry.group.sync() {
                 Ok(gone) => {
                     for slot in gone {

@@ -154,12 +154,14 @@ fn story(
         None,
     )?;
 
+    // No pins: the demo leaves nothing behind in bpffs.
     let args = [
         "run",
         "--listen",
         &addr.to_string(),
         "--policy",
         "round-robin",
+        "--no-pin",
         "--control",
         &control_arg,
     ]

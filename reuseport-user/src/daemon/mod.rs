@@ -52,6 +52,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         !config.listen.is_empty(),
         "nothing to serve: give at least one --listen ADDR:PORT"
     );
+    raise_fd_limit();
     let registry = Registry::new(&config.listen, &config.setup, config.health)
         .context("loading the steering program")?;
     let mut diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
@@ -147,6 +148,21 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
     }
     info!("stopped; the programs stay attached and keep steering with their last state");
     Ok(())
+}
+
+/// Each worker costs the daemon two descriptors (its control connection and the copy of its
+/// socket): lift the soft limit to the hard one so a full group (1024 workers) fits.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("raising the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("reading the open-file limit: {e}"),
+    }
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.

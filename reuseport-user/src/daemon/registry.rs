@@ -166,8 +166,9 @@ impl Registry {
         Ok(Self { groups, health })
     }
 
-    /// Puts a worker's listening socket in its group. The daemon keeps no copy of it: the
-    /// descriptor is closed on return, so the worker alone decides the socket's lifetime.
+    /// Puts a worker's listening socket in its group. The received descriptor is kept as the
+    /// daemon's copy while the worker is registered (to shut the listener down when evicting)
+    /// and closed the moment the worker leaves, after its slot is emptied.
     pub fn register(
         &mut self,
         conn: ConnId,

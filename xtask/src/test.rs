@@ -21,6 +21,7 @@ pub fn test(root: &Path, extra: &[String]) -> Result<()> {
         );
     }
     setup::setup(root)?;
+    mount_bpffs()?;
 
     step("rustfmt");
     run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
@@ -63,4 +64,21 @@ pub fn test(root: &Path, extra: &[String]) -> Result<()> {
 
 fn step(name: &str) {
     eprintln!("\n==> {name}");
+}
+
+/// Mounts bpffs at /sys/fs/bpf once, before the tests: daemons in parallel tests would otherwise
+/// race to mount it and stack one mount over another's pins.
+fn mount_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = c"/sys/fs/bpf";
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mounted = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    };
+    if mounted {
+        return Ok(());
+    }
+    step("mount bpffs");
+    run(std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }

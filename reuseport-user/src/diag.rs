@@ -4,11 +4,12 @@
 use std::{collections::HashMap, io};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP,
+    NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY},
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -71,13 +72,22 @@ impl ListenerDiag {
             let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
             let mut offset = 0;
             while offset < size {
+                // Only the fixed header of each reply is read (no attribute parsing): this runs
+                // every few milliseconds.
                 let message =
-                    <NetlinkMessage<SockDiagMessage>>::deserialize(&self.buf[offset..size])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let length = message.header.length as usize;
-                match message.payload {
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                        let h = &response.header;
+                    NetlinkBuffer::new_checked(&self.buf[offset..size]).map_err(invalid)?;
+                let length = message.length() as usize;
+                match message.message_type() {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let code = message
+                            .payload()
+                            .get(..4)
+                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    SOCK_DIAG_BY_FAMILY => {
+                        let h = InetResponseHeader::parse(message.payload()).map_err(invalid)?;
                         out.insert(
                             cookie(&h.socket_id.cookie),
                             Queue {
@@ -86,19 +96,19 @@ impl ListenerDiag {
                             },
                         );
                     }
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(e) => {
-                        return Err(io::Error::other(format!("sock_diag: {e:?}")));
-                    }
                     _ => {}
                 }
                 if length == 0 {
                     break;
                 }
-                offset += length;
+                offset += length.next_multiple_of(4);
             }
         }
     }
+}
+
+fn invalid(e: netlink_packet_core::DecodeError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
 /// The kernel sends the cookie as two u32 words, low first, in host order.

@@ -71,6 +71,10 @@ pub struct Group {
     least: MappedWords,
     /// What `LEAST`'s live half holds.
     least_written: Vec<u32>,
+    /// Reused buffer for the next least-loaded set (published every sample).
+    least_scratch: Vec<u32>,
+    /// The active slots as last published, in list order.
+    active: Vec<u32>,
     _mapped_maps: [Map; 3],
     global_stats: PerCpuArray<MapData, GlobalStats>,
     config: Config,
@@ -162,6 +166,8 @@ impl Group {
             loads,
             least,
             least_written: Vec::new(),
+            least_scratch: Vec::new(),
+            active: Vec::new(),
             _mapped_maps: mapped_maps,
             global_stats,
             config: Config {
@@ -428,11 +434,7 @@ impl Group {
 
     /// The active slots in the order the program sees them.
     pub fn active_slots(&self) -> Vec<u32> {
-        self.slots()
-            .into_iter()
-            .filter(|s| s.state == SlotState::Active)
-            .map(|s| s.index)
-            .collect()
+        self.active.clone()
     }
 
     /// Finds slots whose socket was closed behind our back (the kernel empties the array entry
@@ -467,24 +469,36 @@ impl Group {
     /// Republishes the active slots that share the lowest load, which `least-loaded` takes in
     /// turn. Writes only when the set changed, through the memory mapping (no system call).
     pub fn publish_least_loaded(&mut self) {
-        let active = self.active_slots();
-        let min = active.iter().map(|&s| self.loads.get(s as usize)).min();
-        let least: Vec<u32> = active
-            .into_iter()
-            .filter(|&s| Some(self.loads.get(s as usize)) == min)
-            .collect();
-        if least == self.least_written {
-            return;
-        }
-        let live = ListRef(self.least.get(0) as u32);
-        let half = 1 - live.half();
-        for (i, &slot) in least.iter().enumerate() {
+        let loads = &self.loads;
+        let min = self.active.iter().map(|&s| loads.get(s as usize)).min();
+        let mut least = std::mem::take(&mut self.least_scratch);
+        least.clear();
+        least.extend(
+            self.active
+                .iter()
+                .copied()
+                .filter(|&s| Some(loads.get(s as usize)) == min),
+        );
+        if least != self.least_written {
+            let live = ListRef(self.least.get(0) as u32);
+            let half = 1 - live.half();
+            for (i, &slot) in least.iter().enumerate() {
+                self.least
+                    .set(1 + (half * MAX_SLOTS) as usize + i, u64::from(slot));
+            }
             self.least
-                .set(1 + (half * MAX_SLOTS) as usize + i, u64::from(slot));
+                .set(0, u64::from(ListRef::new(half, least.len() as u32).0));
+            std::mem::swap(&mut least, &mut self.least_written);
         }
-        self.least
-            .set(0, u64::from(ListRef::new(half, least.len() as u32).0));
-        self.least_written = least;
+        self.least_scratch = least;
+    }
+
+    /// How many slots hold a socket (no allocation, unlike [`Group::slots`]).
+    pub fn occupied_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state != slot_state::EMPTY)
+            .count()
     }
 
     /// The load as the program sees it now.
@@ -551,6 +565,13 @@ impl Group {
         }
         self.config = config;
         self.adopted = true;
+        // The order publish() uses, so it matches the live list the earlier process wrote.
+        self.active = self
+            .slots()
+            .into_iter()
+            .filter(|s| s.state == SlotState::Active)
+            .map(|s| s.index)
+            .collect();
         debug!(
             "adopted pinned state: {} slots, policy {}",
             self.slots().len(),
@@ -597,6 +618,7 @@ impl Group {
         let schedule = schedule::smooth_weighted(&active)?;
 
         let slots: Vec<u32> = active.iter().map(|&(slot, _)| slot).collect();
+        self.active.clone_from(&slots);
         let half = 1 - self.config.active.half();
         let sched_half = 1 - self.config.schedule.half();
         write_changed(

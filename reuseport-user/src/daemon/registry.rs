@@ -114,7 +114,21 @@ struct GroupEntry {
 pub struct Registry {
     groups: Vec<GroupEntry>,
     health: HealthConfig,
+    /// What the last full sample saw, to skip the next when nothing can have changed.
+    quiet: Quiet,
 }
+
+/// Enough of the last sample to know that a group is idle: nothing was queued or in flight,
+/// and the program has sent nothing since (queues only grow by what it sends).
+#[derive(Default)]
+struct Quiet {
+    idle: bool,
+    dispatched: u64,
+    skipped: u32,
+}
+
+/// Even when idle, a full sample at least this often (in samples).
+const MAX_SKIPPED: u32 = 20;
 
 impl Registry {
     /// Loads one program per listen address, taking over the pinned state of an earlier
@@ -163,7 +177,11 @@ impl Registry {
                 closed_pids: Vec::new(),
             });
         }
-        Ok(Self { groups, health })
+        Ok(Self {
+            groups,
+            health,
+            quiet: Quiet::default(),
+        })
     }
 
     /// Puts a worker's listening socket in its group. The received descriptor is kept as the
@@ -341,7 +359,7 @@ impl Registry {
             entry.group.flush_log();
             // A registered worker's socket cannot close under us (the daemon holds a copy;
             // a shutdown shows in the samples): only taken-over slots need the kernel's word.
-            if entry.group.slots().len() == entry.workers.len() {
+            if entry.group.occupied_count() == entry.workers.len() {
                 continue;
             }
             match entry.group.sync() {
@@ -363,6 +381,28 @@ impl Registry {
     /// One health sample: accept-queue depths from sock_diag, loads into the program's map,
     /// stuck workers out of the active set (evicted if so configured) and recovered ones back.
     pub fn sample(&mut self, diag: &mut ListenerDiag, queues: &mut HashMap<u64, Queue>) {
+        let dispatched: u64 = self
+            .groups
+            .iter()
+            .flat_map(|g| g.workers.keys().map(|&slot| g.group.dispatched(slot)))
+            .sum();
+        let taken_over = self
+            .groups
+            .iter()
+            .any(|g| g.group.occupied_count() > g.workers.len());
+        if self.quiet.idle
+            && !taken_over
+            && dispatched == self.quiet.dispatched
+            && self.quiet.skipped < MAX_SKIPPED
+        {
+            self.quiet.skipped += 1;
+            return;
+        }
+        self.quiet = Quiet {
+            idle: false,
+            dispatched,
+            skipped: 0,
+        };
         queues.clear();
         for family in [Family::Ipv4, Family::Ipv6] {
             if self.groups.iter().any(|g| family_of(g.listen) == family) {
@@ -446,7 +486,8 @@ impl Registry {
             }
             // Slots taken over from an earlier daemon whose worker has not registered again yet:
             // their queue is their load, so least-loaded neither favours nor starves them.
-            for slot in entry.group.slots() {
+            let taken_over = entry.group.occupied_count() > entry.workers.len();
+            for slot in taken_over.then(|| entry.group.slots()).unwrap_or_default() {
                 if !entry.workers.contains_key(&slot.index) {
                     if let Some(queue) = queues.get(&slot.cookie) {
                         entry.group.set_load(slot.index, u64::from(queue.waiting));
@@ -474,6 +515,11 @@ impl Registry {
                 }
             }
         }
+        self.quiet.idle = self.groups.iter().all(|g| {
+            g.workers
+                .values()
+                .all(|w| w.health.waiting == 0 && w.inflight == 0)
+        });
     }
 
     /// `drain --close`: stop sending new connections to a slot and shut its listener down, so

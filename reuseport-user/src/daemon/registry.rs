@@ -486,11 +486,12 @@ impl Registry {
             }
             // Slots taken over from an earlier daemon whose worker has not registered again yet:
             // their queue is their load, so least-loaded neither favours nor starves them.
-            let taken_over = entry.group.occupied_count() > entry.workers.len();
-            for slot in taken_over.then(|| entry.group.slots()).unwrap_or_default() {
-                if !entry.workers.contains_key(&slot.index) {
-                    if let Some(queue) = queues.get(&slot.cookie) {
-                        entry.group.set_load(slot.index, u64::from(queue.waiting));
+            if entry.group.occupied_count() > entry.workers.len() {
+                for slot in entry.group.slots() {
+                    if !entry.workers.contains_key(&slot.index) {
+                        if let Some(queue) = queues.get(&slot.cookie) {
+                            entry.group.set_load(slot.index, u64::from(queue.waiting));
+                        }
                     }
                 }
             }

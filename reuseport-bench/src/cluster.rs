@@ -265,3 +265,7 @@ pub fn next_addr() -> SocketAddr {
     static NEXT: AtomicU16 = AtomicU16::new(18_000);
     SocketAddr::from(([127, 0, 0, 1], NEXT.fetch_add(1, Ordering::Relaxed)))
 }
+
+/// For the reports of scenarios that run processes: the CPU line counts them as others.
+pub const OTHERS_NOTE: &str = "In the CPU line above, \"other processes\" include this \
+                               scenario's own daemon and workers";

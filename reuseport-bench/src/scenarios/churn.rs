@@ -187,6 +187,7 @@ fn replace(cluster: &mut Cluster, old: usize, with_daemon: bool) -> Result<()> {
 
 fn report(duration: Duration, rounds: usize, cells: &[Cell], machine: Vec<String>) -> Report {
     let mut preamble = machine;
+    preamble.push(crate::cluster::OTHERS_NOTE.into());
     preamble.push(format!(
         "{WORKERS} `reuseport echo` workers; closed loop, {CONCURRENCY} clients, each request \
          (`GET /sleep?ms=1`) on a new connection, {:.1} s per cell, {rounds} rounds alternating \

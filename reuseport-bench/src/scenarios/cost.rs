@@ -32,12 +32,13 @@ pub const OVERHEAD: Cost = Cost {
     about: "connection rate with no program vs each policy (ratios), and program ns/connection, 4 slots",
     title: "Overhead: connection rate and program run time, 4 slots",
     shapes: &[shape(4, 4)],
+    quick_shapes: 1,
     default_rounds: 15,
 };
 
 /// `scale`: the program's cost as the group grows. The last group is a control: as many
-/// listeners as the largest, as few active ones as the smallest but one, telling the size of
-/// the group from the number of sockets in use.
+/// listeners as the largest with only 4 active, telling the size of the group from the number
+/// of sockets in use.
 pub const SCALE: Cost = Cost {
     name: "scale",
     about: "program ns/connection per policy with 2, 64 and 1024 slots (and 1024 with 4 active)",
@@ -48,6 +49,7 @@ pub const SCALE: Cost = Cost {
         shape(1024, 1024),
         shape(1024, 4),
     ],
+    quick_shapes: 2,
     default_rounds: 7,
 };
 
@@ -86,6 +88,8 @@ pub struct Cost {
     about: &'static str,
     title: &'static str,
     shapes: &'static [Shape],
+    /// `--quick` measures only this many of the first shapes (the control is skipped).
+    quick_shapes: usize,
     default_rounds: usize,
 }
 
@@ -133,7 +137,11 @@ impl Scenario for Cost {
     }
 
     fn run(&self, options: &Options) -> Result<Report> {
-        let shapes = self.shapes;
+        let shapes = if options.quick {
+            &self.shapes[..self.quick_shapes.min(self.shapes.len())]
+        } else {
+            self.shapes
+        };
         let name = self.name;
         let (default_connections, default_rounds) = if options.quick {
             (QUICK_CONNECTIONS, QUICK_ROUNDS)
@@ -175,7 +183,7 @@ impl Scenario for Cost {
         };
 
         // Warm-up: caches, the program's JIT image and the socket allocator, not measured.
-        for cell in &cells {
+        for cell in cells.iter().filter(|_| !options.quick) {
             let pool = &mut pools[cell.pool];
             pool.steer(cell.steering)?;
             pool.measure(&load(WARMUP_CONNECTIONS.min(connections)))?;
@@ -213,7 +221,7 @@ impl Scenario for Cost {
             clients,
             machine: watch.lines(),
         };
-        Ok(report(self, &setup, &cells, raw))
+        Ok(report(self, shapes, &setup, &cells, raw))
     }
 }
 
@@ -308,8 +316,7 @@ struct Setup {
     machine: Vec<String>,
 }
 
-fn report(scenario: &Cost, setup: &Setup, cells: &[Cell], raw: Table) -> Report {
-    let shapes = scenario.shapes;
+fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw: Table) -> Report {
     let name = scenario.name;
     let Setup {
         connections,

@@ -144,7 +144,7 @@ impl Latency {
                 (0..1000)
                     .map(|_| {
                         state = splitmix(state);
-                        if state % 10 == 0 {
+                        if state.is_multiple_of(10) {
                             "/sleep?ms=50".into()
                         } else {
                             "/sleep?ms=1".into()
@@ -324,6 +324,7 @@ impl Latency {
         machine: Vec<String>,
     ) -> Result<Report> {
         let mut preamble = machine;
+        preamble.push(crate::cluster::OTHERS_NOTE.into());
         preamble.push(format!(
             "{WORKERS} `reuseport echo` workers (one request at a time each); the daemon samples \
              every {SAMPLE_MS} ms (`--sample-ms {SAMPLE_MS}`, default `--stuck-ms 50`); kernel \

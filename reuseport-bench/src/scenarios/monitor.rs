@@ -97,6 +97,7 @@ impl Scenario for Monitor {
         let registered = status.workers.len();
 
         let mut preamble = watch.lines();
+        preamble.push(crate::cluster::OTHERS_NOTE.into());
         preamble.push(format!(
             "`reuseport run --sample-ms {SAMPLE_MS} --policy least-loaded` with {registered} \
              registered `reuseport echo` workers (of {WORKERS} started); windows of {:.0} s, \

@@ -93,6 +93,8 @@ pub fn write(results: &Path, doc: &Path) -> Result<Vec<PathBuf>> {
         "- Scenarios: {} (raw CSV files in `bench-results/` after a run)",
         included.join(", ")
     );
+    text.push_str("\n## Headlines\n\n");
+    text.push_str(&headlines(results));
     text.push_str("\n## Reading the results\n\n");
     text.push_str(NOTES);
     text.push_str("\n## Results\n");
@@ -100,6 +102,172 @@ pub fn write(results: &Path, doc: &Path) -> Result<Vec<PathBuf>> {
     fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))?;
     written.push(doc.to_owned());
     Ok(written)
+}
+
+/// A results CSV as (header, rows); `None` when the scenario did not run.
+fn read_csv(path: &Path) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut lines = text
+        .lines()
+        .map(|l| l.split(',').map(str::to_owned).collect::<Vec<_>>());
+    let header = lines.next()?;
+    Some((header, lines.collect()))
+}
+
+fn field<'a>(header: &[String], row: &'a [String], name: &str) -> &'a str {
+    header
+        .iter()
+        .position(|h| h == name)
+        .and_then(|i| row.get(i))
+        .map_or("", String::as_str)
+}
+
+fn ms(value: &str) -> String {
+    value
+        .parse::<f64>()
+        .map_or_else(|_| "-".into(), crate::report::num)
+}
+
+/// One line per scenario with the figures that matter, taken from the CSV files.
+fn headlines(results: &Path) -> String {
+    let mut out = String::new();
+    for (name, what) in [
+        ("stuck", "Stuck worker (1 of 4 stopped), p50 / p99 / max"),
+        (
+            "mixed",
+            "Mixed workload (10% of requests 50x slower), p50 / p99 / max",
+        ),
+    ] {
+        if let Some((h, rows)) = read_csv(&results.join(format!("{name}.csv"))) {
+            let parts: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} / **{}** / {} ms",
+                        field(&h, r, "steering"),
+                        ms(field(&h, r, "p50_ms")),
+                        ms(field(&h, r, "p99_ms")),
+                        ms(field(&h, r, "max_ms"))
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "- **{what}**: {}.", parts.join("; "));
+        }
+    }
+    if let Some((h, rows)) = read_csv(&results.join("monitor.csv")) {
+        let median = |phase: &str| {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|r| field(&h, r, "phase") == phase)
+                .filter_map(|r| field(&h, r, "core_percent").parse().ok())
+                .collect();
+            crate::samples::Summary::of(&v).map_or("-".into(), |s| format!("{:.2}%", s.median))
+        };
+        let _ = writeln!(
+            out,
+            "- **Monitoring 64 workers** (daemon sampling every 5 ms): {} of one core idle, {} \
+             under load.",
+            median("idle"),
+            median("under load")
+        );
+    }
+    if let Some((h, rows)) = read_csv(&results.join("overhead.csv")) {
+        let parts: Vec<String> = rows
+            .iter()
+            .filter(|r| !field(&h, r, "steering").starts_with("none"))
+            .map(|r| {
+                let ratio: f64 = field(&h, r, "rate_ratio_median")
+                    .parse()
+                    .unwrap_or(f64::NAN);
+                format!(
+                    "{} {:.2} ({} ns)",
+                    field(&h, r, "steering"),
+                    ratio,
+                    ms(field(&h, r, "ns_per_run_median"))
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "- **Overhead** (4 slots), connection rate as a ratio of the no-program rate, and \
+             program run time per connection: {}.",
+            parts.join("; ")
+        );
+    }
+    if let Some((h, rows)) = read_csv(&results.join("scale.csv")) {
+        let mut by_policy: Vec<(String, Vec<String>)> = Vec::new();
+        let mut sizes: Vec<String> = Vec::new();
+        for r in rows
+            .iter()
+            .filter(|r| !field(&h, r, "steering").starts_with("none"))
+        {
+            let (slots, active) = (field(&h, r, "slots"), field(&h, r, "active_slots"));
+            let size = if slots == active {
+                slots.to_owned()
+            } else {
+                format!("{slots} ({active} active)")
+            };
+            if !sizes.contains(&size) {
+                sizes.push(size);
+            }
+            let policy = field(&h, r, "steering").to_owned();
+            let cost = ms(field(&h, r, "ns_per_run_median"));
+            match by_policy.iter_mut().find(|(p, _)| *p == policy) {
+                Some((_, v)) => v.push(cost),
+                None => by_policy.push((policy, vec![cost])),
+            }
+        }
+        let parts: Vec<String> = by_policy
+            .iter()
+            .map(|(p, v)| format!("{p} {}", v.join(" / ")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "- **Scale**, program ns per connection with {} slots: {}.",
+            sizes.join(" / "),
+            parts.join("; ")
+        );
+    }
+    if let Some((h, rows)) = read_csv(&results.join("churn.csv")) {
+        let mut totals: Vec<(String, u64, u64)> = Vec::new();
+        for r in &rows {
+            let steering = field(&h, r, "steering").to_owned();
+            let requests: u64 = field(&h, r, "requests").parse().unwrap_or(0);
+            let failed: u64 = field(&h, r, "failed").parse().unwrap_or(0);
+            match totals.iter_mut().find(|t| t.0 == steering) {
+                Some(t) => {
+                    t.1 += requests;
+                    t.2 += failed;
+                }
+                None => totals.push((steering, requests, failed)),
+            }
+        }
+        let parts: Vec<String> = totals
+            .iter()
+            .map(|(s, n, f)| format!("{s} {f} failed of {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "- **Churn** (every worker replaced under load; with the daemon, policy swapped every \
+             10 ms): {}.",
+            parts.join("; ")
+        );
+    }
+    if let Some((h, rows)) = read_csv(&results.join("fairness-summary.csv")) {
+        let parts: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} max/min {} Jain {}",
+                    field(&h, r, "steering"),
+                    field(&h, r, "max/min"),
+                    field(&h, r, "Jain")
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "- **Fairness** (8 listeners): {}.", parts.join("; "));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -118,6 +286,16 @@ mod tests {
         .unwrap();
         fs::write(results.join("stuck-cdf.svg"), "<svg/>").unwrap();
         fs::write(results.join(RUN_INFO), "- Machine: test\n").unwrap();
+        fs::write(
+            results.join("stuck.csv"),
+            "steering,requests,failed,p50_ms,p90_ms,p99_ms,p999_ms,max_ms\nkernel hash,10,0,2.5,3,480.2,500,501\n",
+        )
+        .unwrap();
+        fs::write(
+            results.join("monitor.csv"),
+            "phase,wall_s,cpu_s,core_percent,requests\nidle,1,0.01,1.0,0\nidle,1,0.02,2.0,0\nunder load,1,0.03,3.0,9\n",
+        )
+        .unwrap();
         let doc = base.join("docs/benchmarks.md");
         write(&results, &doc).unwrap();
         let text = fs::read_to_string(&doc).unwrap();
@@ -125,6 +303,14 @@ mod tests {
         assert!(text.contains("](bench/stuck-cdf.svg)"), "{text}");
         assert!(text.contains("- Machine: test"));
         assert!(text.contains("- Scenarios: stuck"));
+        assert!(
+            text.contains("kernel hash 2.50 / **480** / 501 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1.50% of one core idle, 3.00% under load"),
+            "{text}"
+        );
         assert!(base.join("docs/bench/stuck-cdf.svg").exists());
         fs::remove_dir_all(&base).unwrap();
     }

@@ -74,7 +74,7 @@ impl Scenario for Churn {
                     eprintln!(
                         "churn: round {}/{rounds} {:<12} {} requests, {} failed, {} swaps, {} workers replaced",
                         round + 1,
-                        steering.label(),
+                        label(steering),
                         cell.recording.samples.len(),
                         cell.recording.failed(),
                         cell.swaps,
@@ -185,6 +185,13 @@ fn replace(cluster: &mut Cluster, old: usize, with_daemon: bool) -> Result<()> {
     cluster.kill_worker(old)
 }
 
+fn label(steering: &Steering) -> String {
+    match steering {
+        Steering::KernelHash => "kernel hash (workers killed)".into(),
+        Steering::Daemon { .. } => "daemon (drain, then kill; policy swaps)".into(),
+    }
+}
+
 fn report(duration: Duration, rounds: usize, cells: &[Cell], machine: Vec<String>) -> Report {
     let mut preamble = machine;
     preamble.push(crate::cluster::OTHERS_NOTE.into());
@@ -230,7 +237,7 @@ fn report(duration: Duration, rounds: usize, cells: &[Cell], machine: Vec<String
         let p99 = r.quantile(0.99).as_secs_f64() * 1e3;
         let round = (i / per_round).to_string();
         table.push(vec![
-            c.steering.label(),
+            label(&c.steering),
             round.clone(),
             r.samples.len().to_string(),
             r.failed().to_string(),
@@ -241,7 +248,7 @@ fn report(duration: Duration, rounds: usize, cells: &[Cell], machine: Vec<String
             r.first_error().unwrap_or("").chars().take(60).collect(),
         ]);
         csv.push(vec![
-            c.steering.label(),
+            label(&c.steering),
             round,
             r.samples.len().to_string(),
             r.failed().to_string(),

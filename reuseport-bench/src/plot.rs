@@ -34,13 +34,14 @@ pub fn worker_bars(title: &str, series: &[(String, Vec<u64>)]) -> Result<String>
             counts.iter().map(|&c| 100.0 * c as f64 / total).collect()
         })
         .collect();
+    // Headroom above the tallest bar for the legend.
     let top = shares
         .iter()
         .flatten()
         .copied()
         .fold(0.0, f64::max)
         .max(1.0)
-        * 1.15;
+        * 1.5;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -169,7 +170,10 @@ mod tests {
         .unwrap();
         assert!(bars.starts_with("<svg") && bars.contains("<rect"), "{bars}");
         // Legend entries are text elements holding the series' labels.
-        assert!(bars.contains("\na\n</text>") && bars.contains("\nb\n</text>"), "{bars}");
+        assert!(
+            bars.contains("\na\n</text>") && bars.contains("\nb\n</text>"),
+            "{bars}"
+        );
         let cdf = latency_cdf(
             "latency",
             &[("a".into(), vec![(0.1, 0.5), (1.0, 0.99), (50.0, 1.0)])],

@@ -188,7 +188,7 @@ fn replace(cluster: &mut Cluster, old: usize, with_daemon: bool) -> Result<()> {
 fn label(steering: &Steering) -> String {
     match steering {
         Steering::KernelHash => "kernel hash (workers killed)".into(),
-        Steering::Daemon { .. } => "daemon (drain, then kill; policy swaps)".into(),
+        Steering::Daemon { .. } => "daemon (drain then kill; policy swaps)".into(),
     }
 }
 

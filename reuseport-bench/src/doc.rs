@@ -155,20 +155,35 @@ fn headlines(results: &Path) -> String {
         }
     }
     if let Some((h, rows)) = read_csv(&results.join("monitor.csv")) {
-        let median = |phase: &str| {
+        let mut periods: Vec<&str> = Vec::new();
+        for r in &rows {
+            let p = field(&h, r, "sample_ms");
+            if !periods.contains(&p) {
+                periods.push(p);
+            }
+        }
+        let median = |period: &str, phase: &str| {
             let v: Vec<f64> = rows
                 .iter()
-                .filter(|r| field(&h, r, "phase") == phase)
+                .filter(|r| field(&h, r, "phase") == phase && field(&h, r, "sample_ms") == period)
                 .filter_map(|r| field(&h, r, "core_percent").parse().ok())
                 .collect();
             crate::samples::Summary::of(&v).map_or("-".into(), |s| format!("{:.2}%", s.median))
         };
+        let parts: Vec<String> = periods
+            .iter()
+            .map(|p| {
+                format!(
+                    "`--sample-ms {p}`: {} of one core idle, {} under load",
+                    median(p, "idle"),
+                    median(p, "under load")
+                )
+            })
+            .collect();
         let _ = writeln!(
             out,
-            "- **Monitoring 64 workers** (daemon sampling every 5 ms): {} of one core idle, {} \
-             under load.",
-            median("idle"),
-            median("under load")
+            "- **Monitoring 64 workers** (daemon CPU): {}.",
+            parts.join("; ")
         );
     }
     if let Some((h, rows)) = read_csv(&results.join("overhead.csv")) {
@@ -293,7 +308,7 @@ mod tests {
         .unwrap();
         fs::write(
             results.join("monitor.csv"),
-            "phase,wall_s,cpu_s,core_percent,requests\nidle,1,0.01,1.0,0\nidle,1,0.02,2.0,0\nunder load,1,0.03,3.0,9\n",
+            "sample_ms,phase,wall_s,cpu_s,core_percent,requests\n5,idle,1,0.01,1.0,0\n5,idle,1,0.02,2.0,0\n5,under load,1,0.03,3.0,9\n",
         )
         .unwrap();
         let doc = base.join("docs/benchmarks.md");

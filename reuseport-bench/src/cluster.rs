@@ -268,4 +268,5 @@ pub fn next_addr() -> SocketAddr {
 
 /// For the reports of scenarios that run processes: the CPU line counts them as others.
 pub const OTHERS_NOTE: &str = "In the CPU line above, \"other processes\" include this \
-                               scenario's own daemon and workers";
+                               scenario's own daemon and workers, besides any other work on \
+                               the machine";

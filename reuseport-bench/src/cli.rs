@@ -16,7 +16,7 @@ pub struct Cli {
     /// Connections per measured cell, to scale a run down for a quick check (default: per scenario).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub connections: Option<u64>,
-    /// Interleaved rounds per cell in `cost` (default 15).
+    /// Interleaved rounds (default: per scenario).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rounds: Option<u64>,
     /// Client threads (default: per scenario).
@@ -31,6 +31,16 @@ pub struct Cli {
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
+    /// Every scenario small enough for CI: checks that the harness works, not the numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// After the run, write this Markdown document from every result in --out (plots copied
+    /// into a `bench/` directory beside it), e.g. `docs/benchmarks.md`.
+    #[arg(long)]
+    pub doc: Option<PathBuf>,
+    /// With --doc: run nothing, only write the document from the results already in --out.
+    #[arg(long, requires = "doc")]
+    pub doc_only: bool,
 }
 
 impl Cli {
@@ -58,6 +68,7 @@ impl Cli {
             rounds: self.rounds.map(|r| r as usize),
             clients: self.clients.map(|c| c as usize),
             time_limit: Duration::from_secs(self.time_limit),
+            quick: self.quick,
         }
     }
 }
@@ -68,9 +79,9 @@ mod tests {
 
     #[test]
     fn picks_named_scenarios_in_order_without_duplicates() {
-        let cli = Cli::parse_from(["reuseport-bench", "fairness", "cost", "fairness"]);
+        let cli = Cli::parse_from(["reuseport-bench", "stuck", "scale", "stuck"]);
         let names: Vec<_> = cli.selected().unwrap().iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["fairness", "cost"]);
+        assert_eq!(names, ["stuck", "scale"]);
     }
 
     #[test]
@@ -87,5 +98,13 @@ mod tests {
         assert_eq!(cli.options().connections, Some(500));
         assert_eq!(cli.out, PathBuf::from("/tmp/x"));
         assert!(Cli::try_parse_from(["reuseport-bench", "--connections", "0"]).is_err());
+    }
+
+    #[test]
+    fn quick_and_doc_flags() {
+        let cli = Cli::parse_from(["reuseport-bench", "--quick", "--doc", "d.md"]);
+        assert!(cli.options().quick);
+        assert_eq!(cli.doc, Some(PathBuf::from("d.md")));
+        assert!(Cli::try_parse_from(["reuseport-bench", "--doc-only"]).is_err());
     }
 }

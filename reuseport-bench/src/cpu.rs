@@ -67,7 +67,7 @@ impl CpuTimes {
 }
 
 /// utime + stime: fields 14 and 15, counted after the parenthesised command name.
-fn parse_own(text: &str) -> Option<u64> {
+pub(crate) fn parse_own(text: &str) -> Option<u64> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state), so field n is at index n - 3.

@@ -32,8 +32,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<()> {
+    if cli.doc_only {
+        return write_doc(cli);
+    }
     let scenarios = cli.selected()?;
     let options = cli.options();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    std::fs::write(
+        cli.out.join(reuseport_bench::doc::RUN_INFO),
+        reuseport_bench::doc::run_info(&args),
+    )
+    .context("writing the run's facts")?;
     for scenario in scenarios {
         eprintln!("reuseport-bench: running {}", scenario.name());
         let report = scenario
@@ -42,6 +52,18 @@ fn run(cli: &Cli) -> Result<()> {
         println!("{}", report.markdown());
         let files = report.write(&cli.out)?;
         for file in files {
+            eprintln!("reuseport-bench: wrote {}", file.display());
+        }
+    }
+    if cli.doc.is_some() {
+        write_doc(cli)?;
+    }
+    Ok(())
+}
+
+fn write_doc(cli: &Cli) -> Result<()> {
+    if let Some(doc) = &cli.doc {
+        for file in reuseport_bench::doc::write(&cli.out, doc)? {
             eprintln!("reuseport-bench: wrote {}", file.display());
         }
     }

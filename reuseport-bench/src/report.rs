@@ -88,6 +88,8 @@ pub struct Report {
     pub csv: Table,
     /// Written to `<scenario>-<name>.csv`.
     pub extra_csv: Vec<(String, Table)>,
+    /// (name, caption, SVG text): written to `<scenario>-<name>.svg` and shown in the Markdown.
+    pub plots: Vec<(String, String, String)>,
 }
 
 impl Report {
@@ -111,6 +113,12 @@ impl Report {
                 out.push_str(&section.extra);
             }
         }
+        if !self.plots.is_empty() {
+            out.push_str("\n### Plots\n\n");
+            for (name, caption, _) in &self.plots {
+                let _ = writeln!(out, "![{caption}]({}-{name}.svg)\n", self.scenario);
+            }
+        }
         out
     }
 
@@ -123,6 +131,9 @@ impl Report {
         ];
         for (name, table) in &self.extra_csv {
             files.push((format!("{}-{name}.csv", self.scenario), table.csv()));
+        }
+        for (name, _, svg) in &self.plots {
+            files.push((format!("{}-{name}.svg", self.scenario), svg.clone()));
         }
         let mut written = Vec::new();
         for (name, content) in files {
@@ -186,6 +197,7 @@ mod tests {
             title: "Demo".into(),
             csv: sample(),
             extra_csv: vec![("rounds".into(), sample())],
+            plots: vec![("cdf".into(), "Latency".into(), "<svg></svg>".into())],
             ..Report::default()
         };
         let files = report.write(&dir).unwrap();
@@ -193,7 +205,11 @@ mod tests {
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, ["demo.md", "demo.csv", "demo-rounds.csv"]);
+        assert_eq!(
+            names,
+            ["demo.md", "demo.csv", "demo-rounds.csv", "demo-cdf.svg"]
+        );
+        assert!(report.markdown().contains("![Latency](demo-cdf.svg)"));
         assert_eq!(
             fs::read_to_string(dir.join("demo.csv")).unwrap(),
             sample().csv()

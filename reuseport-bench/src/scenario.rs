@@ -18,6 +18,8 @@ pub struct Options {
     pub clients: Option<usize>,
     /// Upper bound on the client phase of one cell.
     pub time_limit: Duration,
+    /// Small enough for CI: checks the harness, not the numbers.
+    pub quick: bool,
 }
 
 impl Default for Options {
@@ -27,6 +29,7 @@ impl Default for Options {
             rounds: None,
             clients: None,
             time_limit: Duration::from_secs(120),
+            quick: false,
         }
     }
 }
@@ -43,7 +46,15 @@ pub trait Scenario: Sync {
 
 /// All scenarios, in the order they run when none is named.
 pub fn registry() -> &'static [&'static dyn Scenario] {
-    &[&scenarios::cost::Cost, &scenarios::fairness::Fairness]
+    &[
+        &scenarios::fairness::Fairness,
+        &scenarios::cost::OVERHEAD,
+        &scenarios::cost::SCALE,
+        &scenarios::latency::STUCK,
+        &scenarios::latency::MIXED,
+        &scenarios::churn::Churn,
+        &scenarios::monitor::Monitor,
+    ]
 }
 
 pub fn find(name: &str) -> Option<&'static dyn Scenario> {
@@ -57,7 +68,10 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let names: Vec<_> = registry().iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["cost", "fairness"]);
+        assert_eq!(
+            names,
+            ["fairness", "overhead", "scale", "stuck", "mixed", "churn", "monitor"]
+        );
         for name in names {
             assert_eq!(find(name).map(|s| s.name()), Some(name));
         }

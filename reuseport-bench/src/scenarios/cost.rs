@@ -1,7 +1,7 @@
-//! `cost`: what the program costs per connection, for each policy with 4 and with 1024 slots
-//! (and 1024 slots of which 4 are active, as a control), measured by the kernel's BPF run-time
-//! statistics; and the connection rate with no program against each policy under the same
-//! closed-loop client load.
+//! `overhead` and `scale`: what the program costs per connection, for each policy, measured by
+//! the kernel's BPF run-time statistics, and the connection rate with no program against each
+//! policy under the same closed-loop client load. `overhead` uses 4 slots; `scale` 2, 64 and
+//! 1024 slots (and 1024 slots of which 4 are active, as a control).
 //!
 //! All cells run in every round, each group's cells back to back and in an order rotated each
 //! round, so slow phases of a shared machine hit every cell alike and each policy is compared
@@ -22,24 +22,41 @@ use crate::{
     scenario::{Options, Scenario},
 };
 
-/// The groups measured. The last one is a control: as many listeners as the second, as few
-/// active ones as the first, telling the size of the group from the number of sockets in use.
-const SHAPES: [Shape; 3] = [
-    Shape {
-        slots: 4,
-        active: 4,
-    },
-    Shape {
-        slots: 1024,
-        active: 1024,
-    },
-    Shape {
-        slots: 1024,
-        active: 4,
-    },
-];
+const fn shape(slots: usize, active: usize) -> Shape {
+    Shape { slots, active }
+}
+
+/// `overhead`: the rate cost of each policy on a small group.
+pub const OVERHEAD: Cost = Cost {
+    name: "overhead",
+    about: "connection rate with no program vs each policy (ratios), and program ns/connection, 4 slots",
+    title: "Overhead: connection rate and program run time, 4 slots",
+    shapes: &[shape(4, 4)],
+    quick_shapes: 1,
+    default_rounds: 15,
+};
+
+/// `scale`: the program's cost as the group grows. The last group is a control: as many
+/// listeners as the largest with only 4 active, telling the size of the group from the number
+/// of sockets in use.
+pub const SCALE: Cost = Cost {
+    name: "scale",
+    about: "program ns/connection per policy with 2, 64 and 1024 slots (and 1024 with 4 active)",
+    title: "Scale: program run time by group size",
+    shapes: &[
+        shape(2, 2),
+        shape(64, 64),
+        shape(1024, 1024),
+        shape(1024, 4),
+    ],
+    quick_shapes: 2,
+    default_rounds: 7,
+};
+
 const DEFAULT_CONNECTIONS: u64 = 20_000;
-const DEFAULT_ROUNDS: usize = 15;
+/// `--quick`: enough to exercise every cell.
+const QUICK_CONNECTIONS: u64 = 300;
+const QUICK_ROUNDS: usize = 2;
 const DEFAULT_CLIENTS: usize = 4;
 const ACCEPTORS: usize = 2;
 /// Connections per cell in the discarded warm-up round.
@@ -49,11 +66,15 @@ const WARMUP_CONNECTIONS: u64 = 2_000;
 const FILE_LIMIT: u64 = 65_536;
 const FILES_NEEDED: u64 = 8_192;
 
-const STEERINGS: [Steering; 4] = [
+/// Without a daemon the load map stays zero: `least-loaded` and `p2c` then run their full
+/// selection over equally loaded slots, which is what their cost is.
+const STEERINGS: [Steering; 6] = [
     Steering::Kernel,
     Steering::Program(Policy::Hash),
     Steering::Program(Policy::RoundRobin),
     Steering::Program(Policy::Weighted),
+    Steering::Program(Policy::LeastLoaded),
+    Steering::Program(Policy::P2c),
 ];
 
 /// Weights 1, 2, 3, 4, 1, 2, ... for the `weighted` policy.
@@ -61,11 +82,20 @@ pub fn weights(slots: usize) -> Vec<u32> {
     (0..slots).map(|i| (i % 4) as u32 + 1).collect()
 }
 
-pub struct Cost;
+/// One cost scenario: the groups it measures and how many rounds by default.
+pub struct Cost {
+    name: &'static str,
+    about: &'static str,
+    title: &'static str,
+    shapes: &'static [Shape],
+    /// `--quick` measures only this many of the first shapes (the control is skipped).
+    quick_shapes: usize,
+    default_rounds: usize,
+}
 
 /// A group of `slots` listeners of which the first `active` get connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Shape {
+pub struct Shape {
     slots: usize,
     active: usize,
 }
@@ -99,16 +129,27 @@ struct Cell {
 
 impl Scenario for Cost {
     fn name(&self) -> &'static str {
-        "cost"
+        self.name
     }
 
     fn about(&self) -> &'static str {
-        "program run time per connection (BPF stats) per policy with 4 and 1024 slots, and connection rate vs no program"
+        self.about
     }
 
     fn run(&self, options: &Options) -> Result<Report> {
-        let connections = options.connections.unwrap_or(DEFAULT_CONNECTIONS);
-        let rounds = options.rounds.unwrap_or(DEFAULT_ROUNDS);
+        let shapes = if options.quick {
+            &self.shapes[..self.quick_shapes.min(self.shapes.len())]
+        } else {
+            self.shapes
+        };
+        let name = self.name;
+        let (default_connections, default_rounds) = if options.quick {
+            (QUICK_CONNECTIONS, QUICK_ROUNDS)
+        } else {
+            (DEFAULT_CONNECTIONS, self.default_rounds)
+        };
+        let connections = options.connections.unwrap_or(default_connections);
+        let rounds = options.rounds.unwrap_or(default_rounds);
         let clients = options.clients.unwrap_or(DEFAULT_CLIENTS);
         limits::raise_nofile(FILE_LIMIT, FILES_NEEDED)?;
         let watch = Watch::start();
@@ -116,8 +157,8 @@ impl Scenario for Cost {
         let _stats = bpf_stats::enable()?;
 
         let mut pools = Vec::new();
-        for shape in SHAPES {
-            eprintln!("cost: setting up {} listeners", shape.label());
+        for &shape in shapes {
+            eprintln!("{name}: setting up {} listeners", shape.label());
             let mut pool = SteeredPool::new(weights(shape.slots), ACCEPTORS)?;
             if shape.active < shape.slots {
                 pool.set_active(shape.active)?;
@@ -142,32 +183,37 @@ impl Scenario for Cost {
         };
 
         // Warm-up: caches, the program's JIT image and the socket allocator, not measured.
-        for cell in &cells {
+        for cell in cells.iter().filter(|_| !options.quick) {
             let pool = &mut pools[cell.pool];
             pool.steer(cell.steering)?;
             pool.measure(&load(WARMUP_CONNECTIONS.min(connections)))?;
         }
         let mut raw = Table::new(&RAW_COLUMNS);
+        let progress = crate::progress::bar(name, (rounds * cells.len()) as u64);
         for round in 0..rounds {
-            for (order, index) in round_order(round).into_iter().enumerate() {
+            for (order, index) in round_order(round, shapes.len()).into_iter().enumerate() {
                 let cell = &mut cells[index];
                 let pool = &mut pools[cell.pool];
                 pool.steer(cell.steering)?;
                 let m = pool.measure(&load(connections))?;
-                let shape = SHAPES[cell.pool];
-                eprintln!(
-                    "cost: round {}/{rounds} {:>17} slots {:<20} {:>7.0} conn/s {:>6} ns/run",
-                    round + 1,
-                    shape.label(),
-                    cell.steering.label(),
-                    m.rate(),
-                    m.runs.ns_per_run().map_or("-".into(), num),
-                );
+                let shape = shapes[cell.pool];
+                progress.suspend(|| {
+                    eprintln!(
+                        "{name}: round {}/{rounds} {:>17} slots {:<20} {:>7.0} conn/s {:>6} ns/run",
+                        round + 1,
+                        shape.label(),
+                        cell.steering.label(),
+                        m.rate(),
+                        m.runs.ns_per_run().map_or("-".into(), num),
+                    )
+                });
+                progress.inc(1);
                 raw.push(raw_row(round, order, shape, cell.steering, &m));
                 cell.rounds.push(m);
             }
             pair_with_baselines(&mut cells);
         }
+        progress.finish_and_clear();
 
         let setup = Setup {
             connections,
@@ -175,7 +221,7 @@ impl Scenario for Cost {
             clients,
             machine: watch.lines(),
         };
-        Ok(report(&setup, &cells, raw))
+        Ok(report(self, shapes, &setup, &cells, raw))
     }
 }
 
@@ -204,8 +250,8 @@ const RAW_COLUMNS: [&str; 18] = [
 /// back to back, so every policy is compared with a no-program cell measured within a second
 /// of it; pools and, within a pool, steerings start one later each round, so no cell is always
 /// first after a switch.
-fn round_order(round: usize) -> Vec<usize> {
-    let (pools, steerings) = (SHAPES.len(), STEERINGS.len());
+fn round_order(round: usize, pools: usize) -> Vec<usize> {
+    let steerings = STEERINGS.len();
     (0..pools)
         .flat_map(|p| {
             let pool = (p + round) % pools;
@@ -270,7 +316,8 @@ struct Setup {
     machine: Vec<String>,
 }
 
-fn report(setup: &Setup, cells: &[Cell], raw: Table) -> Report {
+fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw: Table) -> Report {
+    let name = scenario.name;
     let Setup {
         connections,
         rounds,
@@ -298,7 +345,7 @@ fn report(setup: &Setup, cells: &[Cell], raw: Table) -> Report {
         if tcp.is_clean() {
             ""
         } else {
-            " (see cost-rounds.csv for the cells affected)"
+            " (see the -rounds.csv file for the cells affected)"
         }
     ));
 
@@ -328,14 +375,14 @@ fn report(setup: &Setup, cells: &[Cell], raw: Table) -> Report {
         "runs_per_connection",
     ]);
     let mut pivot_headers = vec!["policy".to_owned()];
-    pivot_headers.extend(SHAPES.iter().map(|s| s.heading()));
+    pivot_headers.extend(shapes.iter().map(|s| s.heading()));
     let mut pivot = Table {
         headers: pivot_headers,
         rows: Vec::new(),
     };
 
     for cell in cells {
-        let slots = SHAPES[cell.pool].label();
+        let slots = shapes[cell.pool].label();
         let rates: Vec<f64> = cell.rounds.iter().map(Measurement::rate).collect();
         let costs: Vec<f64> = cell
             .rounds
@@ -374,8 +421,8 @@ fn report(setup: &Setup, cells: &[Cell], raw: Table) -> Report {
             s.map_or(String::new(), |s| format!("{:.2}", f(&s)))
         };
         csv.push(vec![
-            SHAPES[cell.pool].slots.to_string(),
-            SHAPES[cell.pool].active.to_string(),
+            shapes[cell.pool].slots.to_string(),
+            shapes[cell.pool].active.to_string(),
             cell.steering.label().to_owned(),
             cell.rounds.len().to_string(),
             connections.to_string(),
@@ -391,7 +438,7 @@ fn report(setup: &Setup, cells: &[Cell], raw: Table) -> Report {
     }
     for steering in STEERINGS.iter().filter(|s| **s != Steering::Kernel) {
         let mut row = vec![steering.label().to_owned()];
-        for pool in 0..SHAPES.len() {
+        for pool in 0..shapes.len() {
             let costs: Vec<f64> = cells
                 .iter()
                 .filter(|c| c.pool == pool && c.steering == *steering)
@@ -414,20 +461,25 @@ fn report(setup: &Setup, cells: &[Cell], raw: Table) -> Report {
         },
         Section {
             heading: "Cost by slot count (median ns per run)".into(),
-            text: "The last column is a control: a group of 1024 listeners with 4 active, so \
-                   the program indexes the same full-size maps but touches only 4 sockets."
-                .into(),
+            text: if shapes.iter().any(|s| s.active < s.slots) {
+                "The last column is a control: a group of 1024 listeners with 4 active, so \
+                 the program indexes the same full-size maps but touches only 4 sockets."
+                    .into()
+            } else {
+                String::new()
+            },
             table: Some(pivot),
             extra: String::new(),
         },
     ];
     Report {
-        scenario: "cost".into(),
-        title: "Cost: program run time and connection rate".into(),
+        scenario: name.into(),
+        title: scenario.title.into(),
         preamble,
         sections,
         csv,
         extra_csv: vec![("rounds".into(), raw)],
+        plots: Vec::new(),
     }
 }
 
@@ -446,9 +498,10 @@ mod tests {
 
     #[test]
     fn every_round_runs_every_cell_once_with_pools_contiguous() {
-        let n = SHAPES.len() * STEERINGS.len();
+        let pools = SCALE.shapes.len();
+        let n = pools * STEERINGS.len();
         for round in 0..2 * n {
-            let order = round_order(round);
+            let order = round_order(round, pools);
             let mut sorted = order.clone();
             sorted.sort();
             assert_eq!(sorted, (0..n).collect::<Vec<_>>());
@@ -457,15 +510,19 @@ mod tests {
                 assert!(chunk.iter().all(|&i| i / STEERINGS.len() == pool));
             }
         }
-        assert_ne!(round_order(0)[0], round_order(1)[0]);
+        assert_ne!(round_order(0, pools)[0], round_order(1, pools)[0]);
     }
 
     #[test]
     fn shapes_name_the_control_group() {
-        let labels: Vec<_> = SHAPES.iter().map(|s| (s.label(), s.heading())).collect();
-        assert_eq!(labels[0], ("4".into(), "4 slots".into()));
+        let labels: Vec<_> = SCALE
+            .shapes
+            .iter()
+            .map(|s| (s.label(), s.heading()))
+            .collect();
+        assert_eq!(labels[0], ("2".into(), "2 slots".into()));
         assert_eq!(
-            labels[2],
+            labels[3],
             ("1024 (4 active)".into(), "1024 slots, 4 active".into())
         );
     }

@@ -42,7 +42,12 @@ impl Scenario for Fairness {
     }
 
     fn run(&self, options: &Options) -> Result<Report> {
-        let connections = options.connections.unwrap_or(DEFAULT_CONNECTIONS);
+        let default = if options.quick {
+            800
+        } else {
+            DEFAULT_CONNECTIONS
+        };
+        let connections = options.connections.unwrap_or(default);
         let clients = options.clients.unwrap_or(DEFAULT_CLIENTS);
         let watch = Watch::start();
         let mut pool = SteeredPool::new(WEIGHTS.to_vec(), ACCEPTORS)?;
@@ -66,7 +71,7 @@ impl Scenario for Fairness {
             );
             results.push((steering, m));
         }
-        Ok(report(connections, clients, &results, watch.lines()))
+        report(connections, clients, &results, watch.lines())
     }
 }
 
@@ -75,7 +80,7 @@ fn report(
     clients: usize,
     results: &[(Steering, Measurement)],
     machine: Vec<String>,
-) -> Report {
+) -> Result<Report> {
     let slots = WEIGHTS.len();
     let distinct = connections.min(SourcePorts::distinct_span(FIRST_SOURCE_PORT));
     let mut preamble = machine;
@@ -165,14 +170,24 @@ fn report(
         extra: String::new(),
     });
 
-    Report {
+    let bars: Vec<(String, Vec<u64>)> = results
+        .iter()
+        .map(|(s, m)| (s.label().to_owned(), m.per_slot.clone()))
+        .collect();
+    let plot = crate::plot::worker_bars("fairness: share of connections per listener", &bars)?;
+    Ok(Report {
         scenario: "fairness".into(),
         title: "Fairness: connections per listener".into(),
         preamble,
         sections,
         csv: per_slot_csv(results),
         extra_csv: vec![("summary".into(), summary)],
-    }
+        plots: vec![(
+            "workers".into(),
+            "fairness: connections per listener".into(),
+            plot,
+        )],
+    })
 }
 
 /// Expected coefficient of variation of `slots` binomial counts: sqrt((n - 1) / N).

@@ -1,4 +1,7 @@
 //! One module per scenario.
 
+pub mod churn;
 pub mod cost;
 pub mod fairness;
+pub mod latency;
+pub mod monitor;

@@ -1,7 +1,8 @@
-//! A bounded HTTP client load: T threads each make K requests, every one on a new connection,
-//! and record which worker (`pid=` in the body) answered and how long it took. Used by the
-//! demo and the tests; loopback or a private namespace only.
+//! The blocking load: T threads each make K requests, every one on a new connection, and record
+//! which worker (`pid=` in the body) answered and how long it took. Used by the demo and the
+//! tests, where simple sequential requests are all that is needed.
 
+use super::http::parse_pid;
 use std::{
     collections::BTreeMap,
     io::{self, Read, Write},
@@ -78,10 +79,7 @@ pub fn request(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<u3
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    stream.write_all(super::http::get(addr, path, false).as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     parse_pid(&response).ok_or_else(|| {
@@ -90,12 +88,6 @@ pub fn request(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<u3
             format!("no pid in response {response:?}"),
         )
     })
-}
-
-/// The `pid=N` of a worker's response body.
-pub fn parse_pid(response: &str) -> Option<u32> {
-    let body = response.split_once("\r\n\r\n")?.1;
-    body.trim().strip_prefix("pid=")?.parse().ok()
 }
 
 /// Successful requests per pid, and the errors.
@@ -109,16 +101,4 @@ pub fn tally(outcomes: &[Outcome]) -> (BTreeMap<u32, u64>, Vec<String>) {
         }
     }
     (counts, errors)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_pid_from_a_response() {
-        let r = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npid=4242\n";
-        assert_eq!(parse_pid(r), Some(4242));
-        assert_eq!(parse_pid("HTTP/1.1 404 Not Found\r\n\r\nnot found\n"), None);
-    }
 }

@@ -1,0 +1,332 @@
+//! `--doc`: the benchmark document (docs/benchmarks.md) generated from the results of the
+//! latest run: a fixed head (what and how), the run's machine and load, every scenario's
+//! Markdown in registry order, and its plots copied beside the document.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{machine::Machine, registry};
+
+const HEAD: &str = include_str!("../doc/head.md");
+const NOTES: &str = include_str!("../doc/notes.md");
+/// Written into the results directory at the start of a run.
+pub const RUN_INFO: &str = "run-info.md";
+
+/// The facts of this run, for the document: machine, load before it, command line, time.
+pub fn run_info(args: &[String]) -> String {
+    let load = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_else(|| "unknown".into());
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(out, "- Machine: {}", Machine::current().describe());
+    let _ = writeln!(
+        out,
+        "- Load average (1 / 5 / 15 min) when the run started: {load}"
+    );
+    let _ = writeln!(out, "- Run started: {date}");
+    let _ = writeln!(out, "- Command: `reuseport-bench {}`", args.join(" "));
+    out
+}
+
+/// Writes `doc` from the results in `results`; returns the files written.
+pub fn write(results: &Path, doc: &Path) -> Result<Vec<PathBuf>> {
+    let doc_dir = doc.parent().unwrap_or(Path::new("."));
+    let plots_dir = doc_dir.join("bench");
+    fs::create_dir_all(&plots_dir).with_context(|| format!("creating {}", plots_dir.display()))?;
+    let mut text = HEAD.to_owned();
+    text.push_str("\n## This run\n\n");
+    match fs::read_to_string(results.join(RUN_INFO)) {
+        Ok(info) => text.push_str(&info),
+        Err(_) => text.push_str("- (no run-info.md in the results: run facts unknown)\n"),
+    }
+    let mut written = Vec::new();
+    let mut included = Vec::new();
+    let mut body = String::new();
+    for scenario in registry() {
+        let name = scenario.name();
+        let Ok(md) = fs::read_to_string(results.join(format!("{name}.md"))) else {
+            continue;
+        };
+        included.push(name);
+        // Scenario headings move one level down under "Results".
+        let md = md
+            .lines()
+            .map(|l| {
+                if l.starts_with('#') {
+                    format!("#{l}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let md = md.replace(&format!("]({name}-"), &format!("](bench/{name}-"));
+        let _ = write!(body, "\n{md}\n");
+        for entry in
+            fs::read_dir(results).with_context(|| format!("reading {}", results.display()))?
+        {
+            let path = entry?.path();
+            let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+            if let Some(file) = file {
+                if file.starts_with(&format!("{name}-")) && file.ends_with(".svg") {
+                    let to = plots_dir.join(&file);
+                    fs::copy(&path, &to).with_context(|| format!("copying {}", path.display()))?;
+                    written.push(to);
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        text,
+        "- Scenarios: {} (raw CSV files in `bench-results/` after a run)",
+        included.join(", ")
+    );
+    text.push_str("\n## Headlines\n\n");
+    text.push_str(&headlines(results));
+    text.push_str("\n## Reading the results\n\n");
+    text.push_str(NOTES);
+    text.push_str("\n## Results\n");
+    text.push_str(&body);
+    fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))?;
+    written.push(doc.to_owned());
+    Ok(written)
+}
+
+/// A results CSV as (header, rows); `None` when the scenario did not run.
+fn read_csv(path: &Path) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut lines = text
+        .lines()
+        .map(|l| l.split(',').map(str::to_owned).collect::<Vec<_>>());
+    let header = lines.next()?;
+    Some((header, lines.collect()))
+}
+
+fn field<'a>(header: &[String], row: &'a [String], name: &str) -> &'a str {
+    header
+        .iter()
+        .position(|h| h == name)
+        .and_then(|i| row.get(i))
+        .map_or("", String::as_str)
+}
+
+fn ms(value: &str) -> String {
+    value
+        .parse::<f64>()
+        .map_or_else(|_| "-".into(), crate::report::num)
+}
+
+/// One line per scenario with the figures that matter, taken from the CSV files.
+fn headlines(results: &Path) -> String {
+    let mut out = String::new();
+    for (name, what) in [
+        ("stuck", "Stuck worker (1 of 4 stopped), p50 / p99 / max"),
+        (
+            "mixed",
+            "Mixed workload (10% of requests 50x slower), p50 / p99 / max",
+        ),
+    ] {
+        if let Some((h, rows)) = read_csv(&results.join(format!("{name}.csv"))) {
+            let parts: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} / **{}** / {} ms",
+                        field(&h, r, "steering"),
+                        ms(field(&h, r, "p50_ms")),
+                        ms(field(&h, r, "p99_ms")),
+                        ms(field(&h, r, "max_ms"))
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "- **{what}**: {}.", parts.join("; "));
+        }
+    }
+    if let Some((h, rows)) = read_csv(&results.join("monitor.csv")) {
+        let mut periods: Vec<&str> = Vec::new();
+        for r in &rows {
+            let p = field(&h, r, "sample_ms");
+            if !periods.contains(&p) {
+                periods.push(p);
+            }
+        }
+        let median = |period: &str, phase: &str| {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|r| field(&h, r, "phase") == phase && field(&h, r, "sample_ms") == period)
+                .filter_map(|r| field(&h, r, "core_percent").parse().ok())
+                .collect();
+            crate::samples::Summary::of(&v).map_or("-".into(), |s| format!("{:.2}%", s.median))
+        };
+        let parts: Vec<String> = periods
+            .iter()
+            .map(|p| {
+                format!(
+                    "`--sample-ms {p}`: {} of one core idle, {} under load",
+                    median(p, "idle"),
+                    median(p, "under load")
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "- **Monitoring 64 workers** (daemon CPU): {}.",
+            parts.join("; ")
+        );
+    }
+    if let Some((h, rows)) = read_csv(&results.join("overhead.csv")) {
+        let parts: Vec<String> = rows
+            .iter()
+            .filter(|r| !field(&h, r, "steering").starts_with("none"))
+            .map(|r| {
+                let ratio: f64 = field(&h, r, "rate_ratio_median")
+                    .parse()
+                    .unwrap_or(f64::NAN);
+                format!(
+                    "{} {:.2} ({} ns)",
+                    field(&h, r, "steering"),
+                    ratio,
+                    ms(field(&h, r, "ns_per_run_median"))
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "- **Overhead** (4 slots), connection rate as a ratio of the no-program rate, and \
+             program run time per connection: {}.",
+            parts.join("; ")
+        );
+    }
+    if let Some((h, rows)) = read_csv(&results.join("scale.csv")) {
+        let mut by_policy: Vec<(String, Vec<String>)> = Vec::new();
+        let mut sizes: Vec<String> = Vec::new();
+        for r in rows
+            .iter()
+            .filter(|r| !field(&h, r, "steering").starts_with("none"))
+        {
+            let (slots, active) = (field(&h, r, "slots"), field(&h, r, "active_slots"));
+            let size = if slots == active {
+                slots.to_owned()
+            } else {
+                format!("{slots} ({active} active)")
+            };
+            if !sizes.contains(&size) {
+                sizes.push(size);
+            }
+            let policy = field(&h, r, "steering").to_owned();
+            let cost = ms(field(&h, r, "ns_per_run_median"));
+            match by_policy.iter_mut().find(|(p, _)| *p == policy) {
+                Some((_, v)) => v.push(cost),
+                None => by_policy.push((policy, vec![cost])),
+            }
+        }
+        let parts: Vec<String> = by_policy
+            .iter()
+            .map(|(p, v)| format!("{p} {}", v.join(" / ")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "- **Scale**, program ns per connection with {} slots: {}.",
+            sizes.join(" / "),
+            parts.join("; ")
+        );
+    }
+    if let Some((h, rows)) = read_csv(&results.join("churn.csv")) {
+        let mut totals: Vec<(String, u64, u64)> = Vec::new();
+        for r in &rows {
+            let steering = field(&h, r, "steering").to_owned();
+            let requests: u64 = field(&h, r, "requests").parse().unwrap_or(0);
+            let failed: u64 = field(&h, r, "failed").parse().unwrap_or(0);
+            match totals.iter_mut().find(|t| t.0 == steering) {
+                Some(t) => {
+                    t.1 += requests;
+                    t.2 += failed;
+                }
+                None => totals.push((steering, requests, failed)),
+            }
+        }
+        let parts: Vec<String> = totals
+            .iter()
+            .map(|(s, n, f)| format!("{s} {f} failed of {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "- **Churn** (every worker replaced under load; with the daemon, policy swapped every \
+             10 ms): {}.",
+            parts.join("; ")
+        );
+    }
+    if let Some((h, rows)) = read_csv(&results.join("fairness-summary.csv")) {
+        let parts: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} max/min {} Jain {}",
+                    field(&h, r, "steering"),
+                    field(&h, r, "max/min"),
+                    field(&h, r, "Jain")
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "- **Fairness** (8 listeners): {}.", parts.join("; "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stitches_results_and_moves_plots() {
+        let base = std::env::temp_dir().join(format!("reuseport-bench-doc-{}", std::process::id()));
+        let results = base.join("results");
+        fs::create_dir_all(&results).unwrap();
+        fs::write(
+            results.join("stuck.md"),
+            "## Stuck\n\n![cdf](stuck-cdf.svg)\n",
+        )
+        .unwrap();
+        fs::write(results.join("stuck-cdf.svg"), "<svg/>").unwrap();
+        fs::write(results.join(RUN_INFO), "- Machine: test\n").unwrap();
+        fs::write(
+            results.join("stuck.csv"),
+            "steering,requests,failed,p50_ms,p90_ms,p99_ms,p999_ms,max_ms\nkernel hash,10,0,2.5,3,480.2,500,501\n",
+        )
+        .unwrap();
+        fs::write(
+            results.join("monitor.csv"),
+            "sample_ms,phase,wall_s,cpu_s,core_percent,requests\n5,idle,1,0.01,1.0,0\n5,idle,1,0.02,2.0,0\n5,under load,1,0.03,3.0,9\n",
+        )
+        .unwrap();
+        let doc = base.join("docs/benchmarks.md");
+        write(&results, &doc).unwrap();
+        let text = fs::read_to_string(&doc).unwrap();
+        assert!(text.contains("### Stuck"), "{text}");
+        assert!(text.contains("](bench/stuck-cdf.svg)"), "{text}");
+        assert!(text.contains("- Machine: test"));
+        assert!(text.contains("- Scenarios: stuck"));
+        assert!(
+            text.contains("kernel hash 2.50 / **480** / 501 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1.50% of one core idle, 3.00% under load"),
+            "{text}"
+        );
+        assert!(base.join("docs/bench/stuck-cdf.svg").exists());
+        fs::remove_dir_all(&base).unwrap();
+    }
+}

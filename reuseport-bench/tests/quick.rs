@@ -1,0 +1,152 @@
+//! `reuseport-bench --quick` end to end, as CI runs it: every scenario runs (small), writes its
+//! files, and gives sane values. Checks counts and shapes, never timings. Needs root and the
+//! `reuseport` binary built beside this one (`cargo build --workspace --bins`).
+
+use std::{fs, path::Path, process::Command};
+
+fn csv(dir: &Path, name: &str) -> Vec<Vec<String>> {
+    let text = fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    text.lines()
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect()
+}
+
+fn column(rows: &[Vec<String>], name: &str) -> usize {
+    rows[0]
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+}
+
+fn f(s: &str) -> f64 {
+    s.parse().unwrap_or_else(|_| panic!("not a number: {s:?}"))
+}
+
+#[test]
+fn quick_run_writes_every_scenario_with_sane_values() {
+    let base = std::env::temp_dir().join(format!("reuseport-bench-quick-{}", std::process::id()));
+    let out = base.join("results");
+    let doc = base.join("docs/benchmarks.md");
+    let status = Command::new(env!("CARGO_BIN_EXE_reuseport-bench"))
+        .args(["--quick", "--out"])
+        .arg(&out)
+        .arg("--doc")
+        .arg(&doc)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "reuseport-bench --quick failed: {status}");
+
+    for name in [
+        "fairness", "overhead", "scale", "stuck", "mixed", "churn", "monitor",
+    ] {
+        for ext in ["md", "csv"] {
+            assert!(out.join(format!("{name}.{ext}")).exists(), "{name}.{ext}");
+        }
+    }
+    for svg in [
+        "fairness-workers",
+        "stuck-cdf",
+        "stuck-workers",
+        "mixed-cdf",
+        "mixed-workers",
+    ] {
+        let text = fs::read_to_string(out.join(format!("{svg}.svg"))).unwrap();
+        assert!(text.starts_with("<svg"), "{svg}");
+        assert!(
+            base.join(format!("docs/bench/{svg}.svg")).exists(),
+            "{svg} copied"
+        );
+    }
+
+    // Fairness: round-robin is exact (800 connections over 8 listeners).
+    let fairness = csv(&out, "fairness.csv");
+    let rr: Vec<_> = fairness.iter().filter(|r| r[0] == "round-robin").collect();
+    assert_eq!(rr.len(), 8);
+    assert!(rr.iter().all(|r| r[3] == "100"), "{rr:?}");
+
+    // Overhead and scale: one row per group and steering; the program ran once per connection.
+    let overhead = csv(&out, "overhead.csv");
+    assert_eq!(overhead.len(), 1 + 6);
+    let scale = csv(&out, "scale.csv");
+    assert_eq!(scale.len(), 1 + 2 * 6);
+    for rows in [&overhead, &scale] {
+        let (steering, ns, runs) = (
+            column(rows, "steering"),
+            column(rows, "ns_per_run_median"),
+            column(rows, "runs_per_connection"),
+        );
+        for r in rows
+            .iter()
+            .skip(1)
+            .filter(|r| !r[steering].starts_with("none"))
+        {
+            assert!(f(&r[ns]) > 0.0 && f(&r[ns]) < 100_000.0, "{r:?}");
+            assert!((f(&r[runs]) - 1.0).abs() < 0.05, "{r:?}");
+        }
+    }
+
+    // Latency scenarios: every steering answered its requests, quantiles in order, and each
+    // worker's count adds up.
+    for (name, steerings) in [("stuck", 4), ("mixed", 4)] {
+        let rows = csv(&out, &format!("{name}.csv"));
+        assert_eq!(rows.len(), 1 + steerings, "{name}");
+        let c = |n| column(&rows, n);
+        for r in &rows[1..] {
+            let requests = f(&r[c("requests")]);
+            let failed = f(&r[c("failed")]);
+            assert!(requests >= 50.0 && failed == 0.0, "{name}: {r:?}");
+            let (p50, p99, max) = (f(&r[c("p50_ms")]), f(&r[c("p99_ms")]), f(&r[c("max_ms")]));
+            assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{name}: {r:?}");
+            let per_worker: f64 = r[c("per_worker")].split(' ').map(f).sum();
+            assert_eq!(per_worker, requests - failed, "{name}: {r:?}");
+        }
+        // Every request is in the per-request file.
+        let requests = csv(&out, &format!("{name}-requests.csv"));
+        let total: f64 = rows[1..].iter().map(|r| f(&r[c("requests")])).sum();
+        assert_eq!(requests.len() as f64 - 1.0, total, "{name}");
+    }
+    // With a daemon, the stopped worker is noticed.
+    let stuck = csv(&out, "stuck.csv");
+    let events = column(&stuck, "stuck_events");
+    assert!(
+        stuck[1..]
+            .iter()
+            .filter(|r| r[0] != "kernel hash")
+            .all(|r| f(&r[events]) >= 1.0),
+        "{stuck:?}"
+    );
+
+    // Churn: all workers replaced in both cells; with the daemon, policies swapped.
+    let churn = csv(&out, "churn.csv");
+    assert_eq!(churn.len(), 1 + 2);
+    let (replaced, swaps) = (
+        column(&churn, "workers_replaced"),
+        column(&churn, "policy_swaps"),
+    );
+    assert!(churn[1..].iter().all(|r| r[replaced] == "4"), "{churn:?}");
+    assert!(churn[1..].iter().any(|r| f(&r[swaps]) > 10.0), "{churn:?}");
+
+    // Monitor: an idle and a loaded window, each a share of one core.
+    let monitor = csv(&out, "monitor.csv");
+    assert_eq!(monitor.len(), 1 + 2);
+    let share = column(&monitor, "core_percent");
+    assert!(monitor[1..]
+        .iter()
+        .all(|r| (0.0..=100.0).contains(&f(&r[share]))));
+
+    let text = fs::read_to_string(&doc).unwrap();
+    for heading in [
+        "### Stuck worker",
+        "### Mixed workload",
+        "### Monitor",
+        "### Churn",
+    ] {
+        assert!(
+            text.contains(heading),
+            "{heading} missing from the document"
+        );
+    }
+    assert!(text.contains("](bench/stuck-cdf.svg)"));
+    fs::remove_dir_all(&base).unwrap();
+}

@@ -49,17 +49,21 @@ impl SteeredPool {
     pub fn new(weights: Vec<u32>, acceptors: usize) -> Result<Self> {
         let pool = ListenerPool::bind(weights.len(), acceptors)?;
         let mut group = Group::load(GroupOptions::default()).context("loading the program")?;
-        for (i, (socket, &weight)) in pool.listeners().iter().zip(&weights).enumerate() {
-            let slot = i as u32;
-            group
-                .insert_at(slot, socket)
-                .with_context(|| format!("inserting listener {i}"))?;
-            if weight != 1 {
-                group
-                    .set_weight(slot, weight)
-                    .with_context(|| format!("weight of slot {i}"))?;
-            }
-        }
+        // One publication for all the sockets and one for all the weights.
+        let slots = group
+            .insert_all(pool.listeners())
+            .context("inserting the listeners")?;
+        anyhow::ensure!(
+            slots.iter().enumerate().all(|(i, &s)| s == i as u32),
+            "listener i must be in slot i"
+        );
+        let weighted: Vec<(u32, u32)> = (0..)
+            .zip(weights.iter().copied())
+            .filter(|&(_, w)| w != 1)
+            .collect();
+        group
+            .set_weights(&weighted)
+            .context("setting the weights")?;
         Ok(Self {
             pool,
             group,
@@ -74,17 +78,19 @@ impl SteeredPool {
     /// Keeps slots `0..active` active and marks the others draining: the program then chooses
     /// among `active` listeners while the group, and its maps, keep their full size.
     pub fn set_active(&mut self, active: usize) -> Result<()> {
-        for slot in 0..self.pool.len() {
-            let state = if slot < active {
-                SlotState::Active
-            } else {
-                SlotState::Draining
-            };
-            self.group
-                .set_state(slot as u32, state)
-                .with_context(|| format!("state of slot {slot}"))?;
-        }
-        Ok(())
+        let states: Vec<(u32, SlotState)> = (0..self.pool.len())
+            .map(|slot| {
+                let state = if slot < active {
+                    SlotState::Active
+                } else {
+                    SlotState::Draining
+                };
+                (slot as u32, state)
+            })
+            .collect();
+        self.group
+            .set_states(&states)
+            .context("setting the slot states")
     }
 
     /// Attaches or detaches the program and sets its policy.

@@ -359,28 +359,49 @@ impl Group {
     /// Marks a slot active (gets new connections) or draining (keeps what it has, gets nothing
     /// new).
     pub fn set_state(&mut self, slot: u32, state: SlotState) -> Result<()> {
-        self.occupied(slot)?;
-        self.slots[slot as usize].state = state.to_raw();
-        self.write_slot(slot)?;
+        self.set_states(&[(slot, state)])
+    }
+
+    /// Sets the state of several slots with one publication of the active list.
+    pub fn set_states(&mut self, changes: &[(u32, SlotState)]) -> Result<()> {
+        for &(slot, _) in changes {
+            self.occupied(slot)?;
+        }
+        for &(slot, state) in changes {
+            self.slots[slot as usize].state = state.to_raw();
+            self.write_slot(slot)?;
+        }
         self.publish()
     }
 
     /// Sets a slot's weight for the `weighted` policy (1..=1000).
     pub fn set_weight(&mut self, slot: u32, weight: u32) -> Result<()> {
-        self.occupied(slot)?;
-        if !(1..=MAX_WEIGHT).contains(&weight) {
-            return Err(Error::InvalidWeight {
-                weight,
-                max: MAX_WEIGHT,
-            });
+        self.set_weights(&[(slot, weight)])
+    }
+
+    /// Sets several weights with one publication of the schedule; on an error none changes.
+    pub fn set_weights(&mut self, changes: &[(u32, u32)]) -> Result<()> {
+        for &(slot, weight) in changes {
+            self.occupied(slot)?;
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                return Err(Error::InvalidWeight {
+                    weight,
+                    max: MAX_WEIGHT,
+                });
+            }
         }
-        let previous = self.slots[slot as usize].weight;
-        self.slots[slot as usize].weight = weight;
+        let previous = self.slots.clone();
+        for &(slot, weight) in changes {
+            self.slots[slot as usize].weight = weight;
+        }
         if let Err(e) = self.publish() {
-            self.slots[slot as usize].weight = previous;
+            self.slots = previous;
             return Err(e);
         }
-        self.write_slot(slot)
+        for &(slot, _) in changes {
+            self.write_slot(slot)?;
+        }
+        Ok(())
     }
 
     /// Switches the policy live: one map update, no re-attach, no connection lost.

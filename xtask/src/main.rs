@@ -91,6 +91,8 @@ fn try_main() -> Result<()> {
         }
         Command::Bench { args } => {
             setup::setup(&root)?;
+            // The process-level scenarios run the release `reuseport` binary.
+            run(cargo(&root).args(["build", "--release", "--workspace", "--bins"]))?;
             run(cargo(&root)
                 .args(["run", "--release", "-p", "reuseport-bench", "--"])
                 .args(&args))

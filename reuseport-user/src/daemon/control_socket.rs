@@ -44,10 +44,16 @@ pub fn bind(path: &Path, open_to_others: bool) -> anyhow::Result<UnixListener> {
             }
         }
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    // Bound under a temporary name and renamed once its mode is set, so no client can
+    // connect while it still has the default mode.
+    let staging = path.with_extension(format!("binding-{}", std::process::id()));
+    let _ = fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)
+        .with_context(|| format!("binding the control socket {}", staging.display()))?;
     let mode = if open_to_others { 0o666 } else { 0o600 };
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    fs::set_permissions(&staging, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", staging.display()))?;
+    fs::rename(&staging, path)
+        .with_context(|| format!("moving the control socket to {}", path.display()))?;
     Ok(listener)
 }

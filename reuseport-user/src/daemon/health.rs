@@ -93,13 +93,15 @@ impl Health {
     }
 
     /// One sample: `dispatched` connections were sent to the slot so far and `waiting` sit in
-    /// its accept queue. `stopped` is asked (it reads /proc) only when the queue did not move.
+    /// its accept queue. `stopped` is asked (it reads /proc) only once the queue has not moved
+    /// for `check_stopped_after`, so a queue caught between two accepts costs nothing.
     pub fn observe(
         &mut self,
         now: Instant,
         dispatched: u64,
         waiting: u32,
         stuck_after: Duration,
+        check_stopped_after: Duration,
         stopped: impl FnOnce() -> bool,
     ) -> Verdict {
         let accepted = dispatched.saturating_sub(u64::from(waiting));
@@ -129,21 +131,24 @@ impl Health {
                 idle.as_millis()
             ));
         }
-        if stopped() {
+        if idle >= check_stopped_after && stopped() {
             return Verdict::Stuck(format!("process stopped with {waiting} connections queued"));
         }
         Verdict::Fine
     }
 }
 
-/// Whether a process is stopped (state T or t in /proc/PID/stat). Read only for a slot whose
-/// queue did not move, never on every sample.
-pub fn process_stopped(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+/// Whether a process is stopped (state T or t), from its /proc/PID/stat opened once (a read
+/// at offset 0 regenerates it). Read only for a slot whose queue did not move.
+pub fn process_stopped(stat: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = [0u8; 512];
+    let Ok(n) = stat.read_at(&mut buf, 0) else {
         return false;
     };
+    let text = String::from_utf8_lossy(&buf[..n]);
     // The state follows the command name, which is in parentheses and may hold spaces.
-    stat.rsplit_once(')')
+    text.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .is_some_and(|state| state == "T" || state == "t")
 }
@@ -153,6 +158,7 @@ mod tests {
     use super::*;
 
     const STUCK: Duration = Duration::from_millis(50);
+    const CHECK: Duration = Duration::from_millis(10);
 
     #[test]
     fn a_worker_that_accepts_is_fine() {
@@ -162,7 +168,7 @@ mod tests {
             let now = t0 + Duration::from_millis(5 * i);
             // Always a couple waiting, but the count of accepted ones grows.
             assert_eq!(
-                h.observe(now, 10 * i + 2, 2, STUCK, || false),
+                h.observe(now, 10 * i + 2, 2, STUCK, CHECK, || false),
                 Verdict::Fine
             );
         }
@@ -172,7 +178,7 @@ mod tests {
     fn a_queue_that_does_not_move_is_stuck_after_the_limit() {
         let t0 = Instant::now();
         let mut h = Health::new(t0);
-        assert_eq!(h.observe(t0, 10, 0, STUCK, || false), Verdict::Fine);
+        assert_eq!(h.observe(t0, 10, 0, STUCK, CHECK, || false), Verdict::Fine);
         let mut verdict = Verdict::Fine;
         let mut at = 0;
         for i in 1..=20u64 {
@@ -181,6 +187,7 @@ mod tests {
                 10 + i,
                 i as u32,
                 STUCK,
+                CHECK,
                 || false,
             );
             if verdict != Verdict::Fine {
@@ -196,8 +203,14 @@ mod tests {
     fn a_stopped_process_is_stuck_at_once() {
         let t0 = Instant::now();
         let mut h = Health::new(t0);
-        h.observe(t0, 10, 0, STUCK, || true);
-        let v = h.observe(t0 + Duration::from_millis(5), 11, 1, STUCK, || true);
+        h.observe(t0, 10, 0, STUCK, CHECK, || true);
+        let queued = h.observe(t0 + Duration::from_millis(5), 11, 1, STUCK, CHECK, || true);
+        assert_eq!(
+            queued,
+            Verdict::Fine,
+            "one sample of a full queue is not enough"
+        );
+        let v = h.observe(t0 + Duration::from_millis(10), 11, 1, STUCK, CHECK, || true);
         assert!(
             matches!(v, Verdict::Stuck(ref why) if why.contains("stopped")),
             "{v:?}"
@@ -208,23 +221,31 @@ mod tests {
     fn recovery_needs_progress_and_an_empty_queue() {
         let t0 = Instant::now();
         let mut h = Health::new(t0);
-        h.observe(t0, 10, 0, STUCK, || false);
+        h.observe(t0, 10, 0, STUCK, CHECK, || false);
         h.stuck = Some(Mark {
             at: SystemTime::now(),
             why: "test".into(),
         });
         let ms = |n| t0 + Duration::from_millis(n);
-        assert_eq!(h.observe(ms(5), 13, 3, STUCK, || false), Verdict::Fine);
-        // Accepting, but not empty yet.
-        assert_eq!(h.observe(ms(10), 13, 1, STUCK, || false), Verdict::Fine);
         assert_eq!(
-            h.observe(ms(15), 13, 0, STUCK, || false),
+            h.observe(ms(5), 13, 3, STUCK, CHECK, || false),
+            Verdict::Fine
+        );
+        // Accepting, but not empty yet.
+        assert_eq!(
+            h.observe(ms(10), 13, 1, STUCK, CHECK, || false),
+            Verdict::Fine
+        );
+        assert_eq!(
+            h.observe(ms(15), 13, 0, STUCK, CHECK, || false),
             Verdict::Recovered
         );
     }
 
     #[test]
-    fn reads_the_state_of_this_process() {
-        assert!(!process_stopped(std::process::id()));
+    fn reads_the_state_of_this_process() -> std::io::Result<()> {
+        let stat = std::fs::File::open(format!("/proc/{}/stat", std::process::id()))?;
+        assert!(!process_stopped(&stat));
+        Ok(())
     }
 }

@@ -76,6 +76,8 @@ struct Worker {
     /// goes, so it never keeps a dead worker's queue alive.
     socket: OwnedFd,
     health: Health,
+    /// /proc/PID/stat, opened once: read again (pread) to tell a stopped process.
+    proc_stat: Option<std::fs::File>,
 }
 
 /// A worker whose listener the daemon shut down; listed until it registers again or leaves.
@@ -239,6 +241,7 @@ impl Registry {
                 busy_since: None,
                 socket,
                 health: Health::new(Instant::now()),
+                proc_stat: std::fs::File::open(format!("/proc/{}/stat", peer.pid)).ok(),
             },
         );
         Ok((entry.listen.to_string(), slot))
@@ -439,7 +442,8 @@ impl Registry {
                     entry.group.dispatched(slot),
                     queue.waiting,
                     config.stuck_after,
-                    || process_stopped(pid),
+                    config.sample,
+                    || worker.proc_stat.as_ref().is_some_and(process_stopped),
                 );
                 let state = entry.group.slot_state(slot);
                 match verdict {

@@ -16,29 +16,9 @@ use reuseport_user::{
     Policy,
 };
 
-/// The `reuseport` binary: `REUSEPORT_BIN`, else beside this executable (or its parent, for a
-/// test binary in `target/*/deps`).
+/// The `reuseport` binary (see [`reuseport_user::binary::locate`]).
 pub fn reuseport_bin() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("REUSEPORT_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let mut dir = exe.parent();
-    while let Some(d) = dir {
-        let bin = d.join("reuseport");
-        if bin.is_file() {
-            return Ok(bin);
-        }
-        if d.file_name().is_some_and(|n| n == "target") {
-            break;
-        }
-        dir = d.parent();
-    }
-    bail!(
-        "no `reuseport` binary beside {}: build it with `cargo build --release -p reuseport-user` \
-         (or set REUSEPORT_BIN)",
-        exe.display()
-    )
+    Ok(reuseport_user::binary::locate()?)
 }
 
 /// How the group is steered.

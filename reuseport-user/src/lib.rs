@@ -3,6 +3,7 @@
 //! [`Group`] loads the kernel program, attaches it to a group and manages its slots, policy and
 //! weights live; [`netns`] gives tests and demos a private network namespace.
 
+pub mod binary;
 pub mod cli;
 pub mod control;
 pub mod daemon;

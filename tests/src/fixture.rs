@@ -2,7 +2,7 @@
 //! in the test's network namespace, killed (and their pins removed) when the fixture drops.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -17,15 +17,7 @@ pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// The `reuseport` binary cargo built beside this test.
 pub fn bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("reuseport");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p reuseport-user` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
+    reuseport_user::binary::locate().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Processes of one test, killed on drop; and the test's private directory.

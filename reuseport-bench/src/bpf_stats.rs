@@ -4,7 +4,7 @@
 use std::{fs, os::fd::OwnedFd, time::Duration};
 
 use anyhow::{Context, Result};
-use reuseport_user::Group;
+use reuseport_steer::Group;
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 

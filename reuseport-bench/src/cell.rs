@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use reuseport_user::{Group, GroupOptions, GroupStats, Policy, SlotState};
+use reuseport_steer::{Group, GroupOptions, GroupStats, Policy, SlotState};
 
 use crate::{
     bpf_stats::Runs,

@@ -11,14 +11,12 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use reuseport_user::{
-    control::{ControlClient, GroupStatus, Request},
-    Policy,
-};
+use reuseport_steer::Policy;
+use reuseport_worker::{ControlClient, GroupStatus, Request};
 
-/// The `reuseport` binary (see [`reuseport_user::binary::locate`]).
+/// The `reuseport` binary (see [`reuseport_testing::binary::locate`]).
 pub fn reuseport_bin() -> Result<PathBuf> {
-    Ok(reuseport_user::binary::locate()?)
+    Ok(reuseport_testing::binary::locate()?)
 }
 
 /// How the group is steered.
@@ -155,7 +153,7 @@ impl Cluster {
             .with_context(|| format!("{last} of {n} workers registered"))?;
         }
         wait_for(Duration::from_secs(15), || {
-            reuseport_user::loadgen::request(self.addr, "/", Duration::from_secs(1)).is_ok()
+            reuseport_testing::loadgen::request(self.addr, "/", Duration::from_secs(1)).is_ok()
         })
         .context("the workers do not answer")
     }

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     }
     // Before any thread exists: the namespace belongs to this thread, and only threads started
     // after it inherit it. Every listener and client then lives on the private loopback.
-    if let Err(e) = reuseport_user::netns::enter_new() {
+    if let Err(e) = reuseport_steer::netns::enter_new() {
         eprintln!("reuseport-bench: cannot create a network namespace: {e}");
         return ExitCode::FAILURE;
     }

@@ -9,7 +9,7 @@ use reuseport_bench::{
     clients::{Load, SourcePorts},
     scenario, Options,
 };
-use reuseport_user::{netns, Policy};
+use reuseport_steer::{netns, Policy};
 
 const WEIGHTS: [u32; 8] = [1, 1, 2, 2, 3, 3, 4, 4];
 

@@ -7,17 +7,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reuseport_user::{
-    control::{ControlClient, GroupStatus, Request},
-    loadgen::{tally, Load},
-    netns,
-};
+use reuseport_steer::netns;
+use reuseport_testing::loadgen::{tally, Load};
+use reuseport_worker::{ControlClient, GroupStatus, Request};
 
 pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// The `reuseport` binary cargo built beside this test.
 pub fn bin() -> PathBuf {
-    reuseport_user::binary::locate().unwrap_or_else(|e| panic!("{e}"))
+    reuseport_testing::binary::locate().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Processes of one test, killed on drop; and the test's private directory.

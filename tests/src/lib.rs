@@ -18,6 +18,6 @@ pub mod steer;
 /// Moves the calling test thread into a fresh network namespace (loopback up). Call it first
 /// thing in a test, before creating sockets or threads, which then inherit the namespace.
 pub fn fresh_netns() -> anyhow::Result<()> {
-    reuseport_user::netns::enter_new()?;
+    reuseport_steer::netns::enter_new()?;
     Ok(())
 }

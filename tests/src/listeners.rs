@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use reuseport_user::Family;
+use reuseport_steer::Family;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Accept-queue length of the listeners: large, so a burst never overflows a queue (an overflow

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use reuseport_user::Family;
+use reuseport_steer::Family;
 use socket2::Socket;
 
 use crate::listeners;

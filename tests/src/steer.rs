@@ -1,7 +1,7 @@
 //! A [`Group`] steering a whole [`Pool`]: listener `i` in slot `i`, program attached.
 
 use anyhow::{ensure, Result};
-use reuseport_user::{Group, GroupOptions, GroupStats};
+use reuseport_steer::{Group, GroupOptions, GroupStats};
 
 use crate::pool::Pool;
 

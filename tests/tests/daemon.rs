@@ -14,12 +14,9 @@ use std::{
 };
 
 use integration_tests::fixture::{bin, Fixture, Result};
-use reuseport_user::{
-    control::{ClientError, ControlClient, Reply, Request},
-    loadgen::{tally, Load},
-    netns,
-    worker::{self, WorkerOptions},
-};
+use reuseport_steer::netns;
+use reuseport_testing::loadgen::{tally, Load};
+use reuseport_worker::{self as worker, ClientError, ControlClient, Reply, Request, WorkerOptions};
 use socket2::{Domain, Socket, Type};
 
 fn rejected_code(e: ClientError) -> String {
@@ -37,7 +34,7 @@ fn raw_exchange(control: &Path, bytes: &[u8], fds: &[i32]) -> Result<(Reply, boo
     if fds.is_empty() {
         (&stream).write_all(bytes)?;
     } else {
-        let sent = reuseport_user::control::fdpass::send_with_fds(&stream, bytes, fds)?;
+        let sent = reuseport_worker::fdpass::send_with_fds(&stream, bytes, fds)?;
         (&stream).write_all(&bytes[sent..])?;
     }
     let mut reader = BufReader::new(&stream);

@@ -9,7 +9,7 @@ use integration_tests::{
     pool::Pool,
     steer,
 };
-use reuseport_user::{Family, GroupOptions, OnEmpty, Policy, SlotState};
+use reuseport_steer::{Family, GroupOptions, OnEmpty, Policy, SlotState};
 
 fn options(policy: Policy) -> GroupOptions {
     GroupOptions {

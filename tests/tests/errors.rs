@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Result;
 use integration_tests::{child, fresh_netns, limits, listeners};
-use reuseport_user::{
+use reuseport_steer::{
     AttachMode, Error, Family, Group, GroupOptions, Protocol, MAX_SLOTS, MAX_WEIGHT,
 };
 
@@ -130,7 +130,7 @@ fn slot_errors() -> Result<()> {
         other => panic!("insert_at(1024): {other:?}"),
     }
     assert!(matches!(
-        group.set_state(MAX_SLOTS, reuseport_user::SlotState::Draining),
+        group.set_state(MAX_SLOTS, reuseport_steer::SlotState::Draining),
         Err(Error::SlotOutOfRange { .. })
     ));
     assert!(matches!(
@@ -140,7 +140,7 @@ fn slot_errors() -> Result<()> {
 
     assert!(matches!(group.remove(7), Err(Error::SlotEmpty(7))));
     assert!(matches!(
-        group.set_state(7, reuseport_user::SlotState::Draining),
+        group.set_state(7, reuseport_steer::SlotState::Draining),
         Err(Error::SlotEmpty(7))
     ));
     assert!(matches!(group.set_weight(7, 2), Err(Error::SlotEmpty(7))));

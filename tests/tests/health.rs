@@ -7,10 +7,8 @@ use std::{
 };
 
 use integration_tests::fixture::{wait_until, Fixture, Result};
-use reuseport_user::{
-    control::WorkerStatus,
-    loadgen::{request, tally, Load, Outcome},
-};
+use reuseport_testing::loadgen::{request, tally, Load, Outcome};
+use reuseport_worker::WorkerStatus;
 
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: plain kill(2) on a child of this test.

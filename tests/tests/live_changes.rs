@@ -11,7 +11,7 @@ use integration_tests::{
     pool::Pool,
     steer,
 };
-use reuseport_user::{AttachMode, Error, Family, GroupOptions, Policy};
+use reuseport_steer::{AttachMode, Error, Family, GroupOptions, Policy};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -88,7 +88,7 @@ fn closing_a_listener_mid_load_refuses_and_resets_nothing() -> Result<()> {
 fn close_with_a_queue(
     mode: AttachMode,
     queued: u64,
-) -> Result<(client::Outcome, reuseport_user::GroupStats)> {
+) -> Result<(client::Outcome, reuseport_steer::GroupStats)> {
     let n = 2;
     let mut pool = Pool::bind(Family::Ipv4, n)?;
     let group = steer::group(&pool, options(mode))?;
@@ -179,7 +179,7 @@ fn dropping_the_group_keeps_the_program_steering() -> Result<()> {
     let n = 4;
     let pool = Pool::bind(Family::Ipv4, n)?;
     let mut group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
-    group.set_state(0, reuseport_user::SlotState::Draining)?;
+    group.set_state(0, reuseport_steer::SlotState::Draining)?;
     drop(group);
     let out = client::run(pool.addr(), n, 4, 60);
     assert!(out.is_clean(), "{out}");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use integration_tests::fixture::{wait_until, Fixture, Result};
-use reuseport_user::loadgen::{request, tally, Load};
+use reuseport_testing::loadgen::{request, tally, Load};
 
 #[test]
 fn least_loaded_and_p2c_avoid_a_worker_busy_with_slow_requests() -> Result {

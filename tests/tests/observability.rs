@@ -8,7 +8,7 @@ use std::{
 };
 
 use integration_tests::fixture::{Fixture, Result};
-use reuseport_user::loadgen::Load;
+use reuseport_testing::loadgen::Load;
 
 fn scrape(addr: &str) -> Result<String> {
     let mut stream = TcpStream::connect(addr)?;

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Result;
 use integration_tests::{client, expect, fresh_netns, listeners, pool::Pool, steer};
-use reuseport_user::{AttachMode, Family, Group, GroupOptions, Policy};
+use reuseport_steer::{AttachMode, Family, Group, GroupOptions, Policy};
 
 const THREADS: usize = 8;
 

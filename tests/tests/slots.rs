@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use integration_tests::{client, expect, fresh_netns, listeners, pool::Pool, steer};
-use reuseport_user::{Family, Group, GroupOptions, Policy};
+use reuseport_steer::{Family, Group, GroupOptions, Policy};
 
 #[test]
 fn sync_frees_the_slot_of_a_closed_listener() -> Result<()> {

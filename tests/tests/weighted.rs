@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use integration_tests::{client, expect, fresh_netns, pool::Pool, steer};
-use reuseport_user::{Family, Group, GroupOptions, Policy, SlotState};
+use reuseport_steer::{Family, Group, GroupOptions, Policy, SlotState};
 
 const WEIGHTS: [u64; 4] = [1, 1, 2, 4];
 const PERIOD: usize = 8;

@@ -82,7 +82,7 @@ fn try_main() -> Result<()> {
                 "run",
                 "--release",
                 "-p",
-                "reuseport-user",
+                "reuseport",
                 "--bin",
                 "reuseport",
                 "--",

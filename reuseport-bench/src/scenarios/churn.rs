@@ -11,11 +11,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use reuseport_user::{
-    control::{ControlClient, Request},
-    loadgen::{ClosedLoop, Recording, Target},
-    Policy,
-};
+use reuseport_steer::Policy;
+use reuseport_testing::loadgen::{ClosedLoop, Recording, Target};
+use reuseport_worker::{ControlClient, Request};
 
 use crate::{
     cluster::{self, Cluster, Steering},

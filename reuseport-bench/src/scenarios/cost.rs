@@ -8,7 +8,7 @@
 //! with a no-program cell measured next to it; tables show the median over rounds.
 
 use anyhow::Result;
-use reuseport_user::Policy;
+use reuseport_steer::Policy;
 
 use crate::{
     bpf_stats,

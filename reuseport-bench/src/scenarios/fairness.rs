@@ -2,10 +2,8 @@
 //! program's hash, exact round-robin and smooth weighted round-robin (weights 1,1,2,2,3,3,4,4).
 
 use anyhow::Result;
-use reuseport_user::{
-    distribution::{markdown_table, Distribution},
-    Policy,
-};
+use reuseport_steer::Policy;
+use reuseport_testing::distribution::{markdown_table, Distribution};
 
 use crate::{
     cell::{Measurement, SteeredPool, Steering},

@@ -14,10 +14,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use reuseport_user::{
+use reuseport_steer::Policy;
+use reuseport_testing::{
     distribution::Distribution,
     loadgen::{OpenLoop, Recording, Target},
-    Policy,
 };
 
 use crate::{

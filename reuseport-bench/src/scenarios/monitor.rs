@@ -5,10 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use reuseport_user::{
-    loadgen::{OpenLoop, Target},
-    Policy,
-};
+use reuseport_steer::Policy;
+use reuseport_testing::loadgen::{OpenLoop, Target};
 
 use crate::{
     cluster::{self, Cluster, Steering},

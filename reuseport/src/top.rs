@@ -15,7 +15,9 @@ use crossterm::{
     execute, terminal,
 };
 
-use crate::{cli::fetch_status, control::GroupStatus};
+use reuseport_worker::GroupStatus;
+
+use crate::cli::fetch_status;
 
 /// Width of the share bar, in cells.
 const BAR: usize = 24;
@@ -169,7 +171,7 @@ impl Drop for Screen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::WorkerStatus;
+    use reuseport_worker::WorkerStatus;
 
     fn group(selected: &[u64]) -> GroupStatus {
         GroupStatus {

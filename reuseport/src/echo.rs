@@ -12,7 +12,7 @@ use std::{
 
 use log::{info, warn};
 
-use crate::worker::{self, Registration, WorkerOptions};
+use reuseport_worker::{self as worker, Registration, WorkerOptions};
 
 #[derive(Clone, Debug)]
 pub struct EchoOptions {

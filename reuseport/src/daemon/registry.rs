@@ -11,12 +11,12 @@ use std::{
 use log::{info, warn};
 
 use super::health::{process_stopped, Health, HealthConfig, Mark, OnStuck, Verdict};
-use crate::{
-    control::{EventStatus, GroupStatus, WorkerStatus},
+use reuseport_steer::{
     diag::{ListenerDiag, Queue},
     pin, AttachMode, Error, Family, Group, GroupOptions, OnEmpty, Policy, Protocol, SlotState,
     SocketInfo,
 };
+use reuseport_worker::{EventStatus, GroupStatus, WorkerStatus};
 
 /// How the daemon sets up its groups.
 #[derive(Clone, Debug, Default)]
@@ -314,9 +314,11 @@ impl Registry {
 
     /// Sets the policy of one group, or of all of them when `group` is `None`.
     pub fn set_policy(&mut self, policy: &str, group: Option<&str>) -> Result<(), Refusal> {
-        let policy: Policy = policy.parse().map_err(|e: crate::policy::ParseError| {
-            Refusal::new("unknown_policy", e.to_string())
-        })?;
+        let policy: Policy = policy
+            .parse()
+            .map_err(|e: reuseport_steer::policy::ParseError| {
+                Refusal::new("unknown_policy", e.to_string())
+            })?;
         let targets = match group {
             Some(_) => vec![self.one_group(group)?],
             None => (0..self.groups.len()).collect(),

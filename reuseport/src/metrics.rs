@@ -7,7 +7,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::control::GroupStatus;
+use reuseport_worker::GroupStatus;
 
 type Labels = Vec<(String, String)>;
 
@@ -140,7 +140,7 @@ pub fn render(groups: &[GroupStatus]) -> Result<String, std::fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::WorkerStatus;
+    use reuseport_worker::WorkerStatus;
 
     #[test]
     fn renders_counters_with_their_labels() -> Result<(), std::fmt::Error> {

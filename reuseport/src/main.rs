@@ -3,13 +3,17 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use reuseport_user::{
-    cli,
-    daemon::{self, DaemonConfig, GroupSetup, HealthConfig, OnStuck},
-    demo::{self, DemoOptions},
-    echo::{self, EchoOptions},
-    pin, top, AttachMode, OnEmpty, Policy,
-};
+mod cli;
+mod daemon;
+mod demo;
+mod echo;
+mod metrics;
+mod top;
+
+use daemon::{DaemonConfig, GroupSetup, HealthConfig, OnStuck};
+use demo::DemoOptions;
+use echo::EchoOptions;
+use reuseport_steer::{pin, AttachMode, OnEmpty, Policy};
 
 #[derive(Parser)]
 #[command(

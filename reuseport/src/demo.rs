@@ -15,12 +15,12 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{
-    control::{ControlClient, GroupStatus, Request},
+use reuseport_steer::netns;
+use reuseport_testing::{
     distribution::Distribution,
-    loadgen::{tally, Load},
-    netns,
+    loadgen::{self, tally, Load},
 };
+use reuseport_worker::{ControlClient, GroupStatus, Request};
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -215,7 +215,7 @@ fn wait_for_workers(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             bail!("workers did not come up on {addr} within 10 s");
         }
-        match crate::loadgen::request(addr, "/", Duration::from_secs(1)) {
+        match loadgen::request(addr, "/", Duration::from_secs(1)) {
             Ok(pid) => {
                 seen.insert(pid);
             }
@@ -265,7 +265,7 @@ impl Report {
     fn phase(
         &mut self,
         title: &str,
-        outcomes: &[crate::loadgen::Outcome],
+        outcomes: &[loadgen::Outcome],
         status: Option<&GroupStatus>,
     ) -> anyhow::Result<()> {
         let (counts, errors) = tally(outcomes);

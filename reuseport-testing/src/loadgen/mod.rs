@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn open_loop_latency_counts_from_the_scheduled_time() {
-        crate::netns::enter_new().unwrap();
+        reuseport_steer::netns::enter_new().unwrap();
         // The server accepts nothing for 300 ms: the requests due meanwhile must show that
         // wait in full, the later ones must not.
         let (addr, _) = server(Duration::from_millis(300));
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn closed_loop_keeps_its_connections_and_counts_every_request() {
-        crate::netns::enter_new().unwrap();
+        reuseport_steer::netns::enter_new().unwrap();
         let (addr, accepted) = server(Duration::ZERO);
         let mut target = Target::new(addr);
         target.connections = Connections::KeepAlive;
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_refused_connection_is_a_failure_not_a_latency() {
-        crate::netns::enter_new().unwrap();
+        reuseport_steer::netns::enter_new().unwrap();
         // Nothing listens on this port of the fresh namespace.
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let r = ClosedLoop::new(Target::new(addr), 1, 3)

@@ -18,7 +18,10 @@ use std::{
 use log::{info, warn};
 use socket2::{Domain, Socket, Type};
 
-use crate::control::{control_path, ClientError, ControlClient, Request};
+use crate::{
+    client::{control_path, ClientError, ControlClient},
+    protocol::Request,
+};
 
 /// How a worker joins.
 #[derive(Clone, Debug)]
@@ -68,6 +71,7 @@ pub fn listen(
 }
 
 /// The tokio flavour of [`listen`].
+#[cfg(feature = "tokio")]
 pub fn listen_tokio(
     addr: SocketAddr,
     options: &WorkerOptions,

@@ -8,7 +8,7 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let root = std::path::Path::new(&manifest_dir)
         .parent()
-        .ok_or_else(|| anyhow!("reuseport-user has no parent directory"))?;
+        .ok_or_else(|| anyhow!("reuseport-steer has no parent directory"))?;
     let ebpf_dir = root.join("reuseport-ebpf");
     let common_dir = root.join("reuseport-common");
     println!("cargo:rerun-if-changed={}", common_dir.display());

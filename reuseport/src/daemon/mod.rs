@@ -28,8 +28,8 @@ use log::{info, warn};
 
 pub use health::{HealthConfig, OnStuck};
 
-use crate::diag::ListenerDiag;
 pub use registry::{ConnId, GroupSetup, Peer, Registry};
+use reuseport_steer::diag::ListenerDiag;
 use session::Session;
 
 /// Everything `reuseport run` is told.

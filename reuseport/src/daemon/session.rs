@@ -15,12 +15,10 @@ use tokio::{
 };
 
 use super::registry::{ConnId, Peer, Refusal, Registry};
-use crate::{
-    control::{
-        fdpass,
-        protocol::{Reply, Request, MAX_LINE},
-    },
-    SlotState,
+use reuseport_steer::SlotState;
+use reuseport_worker::{
+    fdpass,
+    protocol::{Reply, Request, MAX_LINE},
 };
 
 /// What a connection may do, decided once from its credentials.

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use super::{
+use crate::{
     fdpass,
     protocol::{Reply, Request, CONTROL_ENV, DEFAULT_CONTROL_PATH, MAX_LINE},
 };

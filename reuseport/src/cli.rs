@@ -6,10 +6,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{
-    control::{control_path, ControlClient, GroupStatus, Request},
-    Policy,
-};
+use reuseport_steer::Policy;
+use reuseport_worker::{control_path, ControlClient, GroupStatus, Request};
 
 /// The control socket path from `--control`, `REUSEPORT_CONTROL` or the default.
 pub fn path(explicit: Option<PathBuf>) -> PathBuf {

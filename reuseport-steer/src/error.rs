@@ -29,7 +29,7 @@ pub enum Error {
     KernelTooOld {
         feature: &'static str,
         have: String,
-        need: &'static str,
+        need: String,
         hint: &'static str,
     },
 

@@ -1,0 +1,101 @@
+//! Defects found by attacking the daemon as a hostile local user would: each test reproduces one
+//! and fails on the code before its fix.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::{fd::AsRawFd, unix::net::UnixStream},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use integration_tests::fixture::{bin, wait_until, Fixture, Result};
+use reuseport_worker::{fdpass, ControlClient, Request};
+
+/// Sends one line with `fds` attached and returns the reply line as JSON.
+fn send_line_with_fds(control: &Path, line: &[u8], fds: &[i32]) -> Result<serde_json::Value> {
+    let stream = UnixStream::connect(control)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let sent = fdpass::send_with_fds(&stream, line, fds)?;
+    // The daemon may close as soon as it sees the descriptors; the rest is best effort.
+    let _ = (&stream).write_all(&line[sent..]);
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    Ok(serde_json::from_str(&reply)?)
+}
+
+fn open_fds(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Issue: a register line with more descriptors than the receive buffer held leaked the ones
+/// that fit, 4 per message, until the daemon hit its open-file limit and refused everyone.
+#[test]
+fn descriptors_sent_with_a_refused_line_are_all_closed() -> Result {
+    let mut f = Fixture::new("fd-flood")?;
+    f.echo("w0")?;
+    f.wait_workers(1)?;
+    let daemon = f.daemon.as_ref().ok_or("no daemon")?.id();
+    let before = open_fds(daemon)?;
+    let listener = reuseport_worker::bind_listener(f.addr, 16)?;
+    let fd = listener.as_raw_fd();
+    for count in [5, 16, 253] {
+        for _ in 0..50 {
+            let reply =
+                send_line_with_fds(&f.control, b"{\"op\":\"register\"}\n", &vec![fd; count])?;
+            assert_eq!(reply["code"], "too_many_fds", "{reply}");
+        }
+    }
+    // Descriptors sent with a line that is not a registration.
+    for _ in 0..50 {
+        let reply = send_line_with_fds(&f.control, b"{\"op\":\"status\"}\n", &[fd, fd])?;
+        assert_eq!(reply["ok"], false, "{reply}");
+    }
+    let mut now = 0;
+    let settled = wait_until(Duration::from_secs(5), || {
+        now = open_fds(daemon).unwrap_or(usize::MAX);
+        now <= before + 2
+    });
+    assert!(
+        settled.is_ok(),
+        "the daemon holds {now} descriptors after the flood, {before} before"
+    );
+    // The copies are gone from the kernel group too, and a good registration still works.
+    let mut client = ControlClient::connect(&f.control)?;
+    let reply = client.request_with_fd(
+        &Request::Register {
+            name: Some("after".into()),
+            weight: None,
+            pid: None,
+        },
+        std::os::fd::AsFd::as_fd(&listener),
+    )?;
+    assert!(reply.slot.is_some());
+    f.wait_workers(2)?;
+    Ok(())
+}
+
+/// Issue: `reuseport run --control FILE` deleted a regular file (connect() said ECONNREFUSED,
+/// which was taken for a stale socket).
+#[test]
+fn the_daemon_refuses_to_replace_a_file_that_is_not_a_socket() -> Result {
+    integration_tests::fresh_netns()?;
+    let dir = std::env::temp_dir().join(format!("reuseport-notsock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("precious.txt");
+    std::fs::write(&file, "keep me")?;
+    let out = Command::new(bin())
+        .args(["run", "--listen", "127.0.0.1:8080", "--no-pin", "--control"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the daemon started: {stderr}");
+    assert!(
+        stderr.contains("is not a socket") && stderr.contains("--control"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&file)?, "keep me");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

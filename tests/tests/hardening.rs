@@ -99,3 +99,59 @@ fn the_daemon_refuses_to_replace_a_file_that_is_not_a_socket() -> Result {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// Issue: the Python worker sent its `load` reports with a blocking `sendall`, so a daemon slow
+/// to read stalled the worker's own requests for up to 2 s at a time. Here a stand-in daemon
+/// accepts the registration and then never reads again: the worker must keep serving promptly.
+#[test]
+fn a_python_worker_never_waits_for_a_slow_daemon() -> Result {
+    integration_tests::fresh_netns()?;
+    let dir = std::env::temp_dir().join(format!("reuseport-slowd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let control = dir.join("control.sock");
+    let daemon = std::os::unix::net::UnixListener::bind(&control)?;
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/worker.py");
+    let worker = Command::new("python3")
+        .arg(&script)
+        .args(["--listen", &addr.to_string(), "--name", "py", "--control"])
+        .arg(&control)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Killed on every way out, a failed assertion included.
+    let _worker = KillOnDrop(worker);
+    let outcome = (|| -> Result {
+        let (conn, _) = daemon.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = String::new();
+        let mut reader = BufReader::new(&conn);
+        reader.read_line(&mut line)?;
+        assert!(line.contains("\"register\""), "{line}");
+        (&conn).write_all(b"{\"ok\":true,\"slot\":0,\"group\":\"127.0.0.1:8080\"}\n")?;
+        // From here on nobody reads: the worker's reports fill the socket buffer.
+        for i in 0..1500 {
+            let start = std::time::Instant::now();
+            reuseport_testing::loadgen::request(addr, "/", Duration::from_secs(2))?;
+            let took = start.elapsed();
+            assert!(
+                took < Duration::from_millis(500),
+                "request {i} waited {took:?} for the worker's reports to the daemon"
+            );
+        }
+        drop(conn);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

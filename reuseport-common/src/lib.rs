@@ -1,8 +1,16 @@
-//! Types shared by the kernel program (`reuseport-ebpf`) and userspace (`reuseport-user`).
+//! Types shared by the kernel program (`reuseport-ebpf`) and userspace (`reuseport-steer`).
 //!
 //! Everything a map holds is defined here once, `#[repr(C)]`, with its size pinned at compile
 //! time so the two sides cannot drift apart.
-#![no_std]
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+
+mod named;
+#[cfg(any(test, feature = "std"))]
+mod parse;
+
+pub use named::{AttachMode, Family, OnEmpty, Policy, Protocol, SlotState};
+#[cfg(any(test, feature = "std"))]
+pub use parse::ParseError;
 
 /// Slots in the socket array: the most listeners one group can steer between.
 pub const MAX_SLOTS: u32 = 1024;
@@ -27,40 +35,6 @@ pub mod names {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const PROG_SELECT: &str = "reuseport_select";
     pub const PROG_MIGRATE: &str = "reuseport_migrate";
-}
-
-/// Balancing policy, stored as `Config::policy`.
-pub mod policy {
-    /// The packet's flow hash over the active slots.
-    pub const HASH: u32 = 0;
-    /// Exact round-robin over the active slots (one shared atomic ticket).
-    pub const ROUND_ROBIN: u32 = 1;
-    /// Smooth weighted round-robin, driven by the precomputed schedule.
-    pub const WEIGHTED: u32 = 2;
-    /// Round-robin over the active slots with the lowest load (the `LEAST` list).
-    pub const LEAST_LOADED: u32 = 3;
-    /// The less loaded of two random active slots.
-    pub const P2C: u32 = 4;
-}
-
-/// What the program does when no active slot can take the connection (`Config::on_empty`).
-pub mod on_empty {
-    /// `SK_PASS` without a selection: the kernel hashes over the whole group.
-    pub const PASS: u32 = 0;
-    /// `SK_DROP`: the client sees a refused connection.
-    pub const DROP: u32 = 1;
-}
-
-/// Per-slot state, as kept in `SlotConfig::state`.
-pub mod slot_state {
-    /// No socket in this slot.
-    pub const EMPTY: u32 = 0;
-    /// Receives new connections.
-    pub const ACTIVE: u32 = 1;
-    /// Keeps its socket (and queue) but receives nothing new.
-    pub const DRAINING: u32 = 2;
-    /// Taken out of the active set by the daemon: its worker stopped accepting.
-    pub const STUCK: u32 = 3;
 }
 
 /// Index of the cursor each ticket-based policy advances in the `CURSORS` map.
@@ -100,9 +74,10 @@ impl ListRef {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// One of [`policy`].
+    /// A [`Policy`] as `u32`: the program compares it against `Policy::X as u32`, and an
+    /// unknown value behaves as `hash`.
     pub policy: u32,
-    /// One of [`on_empty`].
+    /// An [`OnEmpty`] as `u32`.
     pub on_empty: u32,
     /// Bumped by userspace on every change, so observers can tell two states apart.
     pub generation: u32,
@@ -118,12 +93,25 @@ pub struct Config {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotConfig {
-    /// One of [`slot_state`].
+    /// A [`SlotState`] as `u32`, or [`SlotConfig::EMPTY`].
     pub state: u32,
     /// Weight for the `weighted` policy (1..=MAX_WEIGHT).
     pub weight: u32,
     /// SO_COOKIE of the socket in the slot, 0 when empty.
     pub cookie: u64,
+}
+
+impl SlotConfig {
+    /// `state` of a slot with no socket: no [`SlotState`] has this value.
+    pub const EMPTY: u32 = 0;
+
+    pub const fn is_empty(&self) -> bool {
+        self.state == Self::EMPTY
+    }
+    /// The slot's state; `None` when it is empty (or holds a value this version does not know).
+    pub const fn state(&self) -> Option<SlotState> {
+        SlotState::from_raw(self.state)
+    }
 }
 
 /// `BPF_F_MMAPABLE`: userspace maps the array into memory and reads or writes it with no

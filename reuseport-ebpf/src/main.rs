@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use reuseport_common::{
-    cursor, on_empty, policy, select_error, Config, GlobalStats, ListRef, SlotConfig, SlotStats,
+    cursor, select_error, Config, GlobalStats, ListRef, OnEmpty, Policy, SlotConfig, SlotStats,
     BPF_F_MMAPABLE, MAX_SCHEDULE, MAX_SLOTS, MAX_TRIES,
 };
 
@@ -120,7 +120,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
         }
     }
 
-    if config.on_empty == on_empty::DROP {
+    if config.on_empty == OnEmpty::Drop as u32 {
         global.drops += 1;
         SK_DROP
     } else {
@@ -143,11 +143,17 @@ fn first_candidate(
     count: u32,
     base: u32,
 ) -> (Option<u32>, u32) {
+    // The policy stays a `u32` in the map; comparing it against each variant's value keeps an
+    // unknown value harmless (it falls through to the hash).
+    const LEAST_LOADED: u32 = Policy::LeastLoaded as u32;
+    const P2C: u32 = Policy::P2c as u32;
+    const ROUND_ROBIN: u32 = Policy::RoundRobin as u32;
+    const WEIGHTED: u32 = Policy::Weighted as u32;
     match config.policy {
-        policy::LEAST_LOADED => least_loaded(count),
-        policy::P2C => two_choices(count, base),
-        policy::ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
-        policy::WEIGHTED => {
+        LEAST_LOADED => least_loaded(count),
+        P2C => two_choices(count, base),
+        ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
+        WEIGHTED => {
             let schedule = config.schedule;
             let len = if schedule.len() > MAX_SCHEDULE {
                 MAX_SCHEDULE
@@ -162,7 +168,7 @@ fn first_candidate(
             let slot = SCHEDULE.get(index).copied();
             (slot, (t % count as u64) as u32)
         }
-        // policy::HASH and anything unknown: the flow hash, scaled onto the active list.
+        // Policy::Hash and anything unknown: the flow hash, scaled onto the active list.
         _ => (None, ((ctx.hash() as u64 * count as u64) >> 32) as u32),
     }
 }

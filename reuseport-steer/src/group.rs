@@ -12,8 +12,7 @@ use aya::{
 };
 use log::debug;
 use reuseport_common::{
-    names, slot_state, Config, GlobalStats, ListRef, SlotConfig, MAX_SCHEDULE, MAX_SLOTS,
-    MAX_WEIGHT,
+    names, Config, GlobalStats, ListRef, SlotConfig, MAX_SCHEDULE, MAX_SLOTS, MAX_WEIGHT,
 };
 
 use crate::{
@@ -171,8 +170,8 @@ impl Group {
             _mapped_maps: mapped_maps,
             global_stats,
             config: Config {
-                policy: options.policy.to_raw(),
-                on_empty: options.on_empty.to_raw(),
+                policy: options.policy as u32,
+                on_empty: options.on_empty as u32,
                 ..Config::default()
             },
             slots: vec![SlotConfig::default(); MAX_SLOTS as usize],
@@ -211,8 +210,8 @@ impl Group {
             sys::sockarray_clear(fd, slot)
                 .map_err(|e| Error::io(format!("clearing slot {slot}"), e))?;
         }
-        self.config.policy = policy.to_raw();
-        self.config.on_empty = on_empty.to_raw();
+        self.config.policy = policy as u32;
+        self.config.on_empty = on_empty as u32;
         self.adopted = false;
         self.publish()
     }
@@ -310,7 +309,7 @@ impl Group {
     fn free_slot(&self) -> Result<u32> {
         self.slots
             .iter()
-            .position(|s| s.state == slot_state::EMPTY)
+            .position(|s| s.is_empty())
             .map(|i| i as u32)
             .ok_or(Error::SlotsFull { max: MAX_SLOTS })
     }
@@ -322,7 +321,7 @@ impl Group {
         if let Some(existing) = self.slot_of_cookie(info.cookie) {
             return Err(Error::AlreadyInGroup(existing));
         }
-        if self.slots[slot as usize].state != slot_state::EMPTY {
+        if !self.slots[slot as usize].is_empty() {
             return Err(Error::SlotTaken(slot));
         }
         sys::sockarray_insert(self.sockets_fd()?, slot, socket).map_err(|e| {
@@ -336,7 +335,7 @@ impl Group {
         self.identity.get_or_insert(info);
         self.reset_slot_stats(slot)?;
         self.slots[slot as usize] = SlotConfig {
-            state: slot_state::ACTIVE,
+            state: SlotState::Active as u32,
             weight: 1,
             cookie: info.cookie,
         };
@@ -368,7 +367,7 @@ impl Group {
             self.occupied(slot)?;
         }
         for &(slot, state) in changes {
-            self.slots[slot as usize].state = state.to_raw();
+            self.slots[slot as usize].state = state as u32;
             self.write_slot(slot)?;
         }
         self.publish()
@@ -406,7 +405,7 @@ impl Group {
 
     /// Switches the policy live: one map update, no re-attach, no connection lost.
     pub fn set_policy(&mut self, policy: Policy) -> Result<()> {
-        self.config.policy = policy.to_raw();
+        self.config.policy = policy as u32;
         self.write_config()
     }
 
@@ -415,12 +414,12 @@ impl Group {
     }
 
     pub fn set_on_empty(&mut self, on_empty: OnEmpty) -> Result<()> {
-        self.config.on_empty = on_empty.to_raw();
+        self.config.on_empty = on_empty as u32;
         self.write_config()
     }
 
     pub fn on_empty(&self) -> OnEmpty {
-        OnEmpty::from_raw(self.config.on_empty)
+        OnEmpty::from_raw(self.config.on_empty).unwrap_or_default()
     }
 
     /// Changes whenever what the program sees changes.
@@ -436,7 +435,7 @@ impl Group {
             .filter_map(|(i, s)| {
                 Some(Slot {
                     index: i as u32,
-                    state: SlotState::from_raw(s.state)?,
+                    state: s.state()?,
                     weight: s.weight,
                     cookie: s.cookie,
                 })
@@ -446,7 +445,7 @@ impl Group {
 
     /// A slot's state, `None` when empty.
     pub fn slot_state(&self, slot: u32) -> Option<SlotState> {
-        SlotState::from_raw(self.slots.get(slot as usize)?.state)
+        self.slots.get(slot as usize)?.state()
     }
 
     pub fn slot(&self, slot: u32) -> Option<Slot> {
@@ -516,10 +515,7 @@ impl Group {
 
     /// How many slots hold a socket (no allocation, unlike [`Group::slots`]).
     pub fn occupied_count(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.state != slot_state::EMPTY)
-            .count()
+        self.slots.iter().filter(|s| !s.is_empty()).count()
     }
 
     /// The load as the program sees it now.
@@ -614,13 +610,13 @@ impl Group {
     fn slot_of_cookie(&self, cookie: u64) -> Option<u32> {
         self.slots
             .iter()
-            .position(|s| s.state != slot_state::EMPTY && s.cookie == cookie)
+            .position(|s| !s.is_empty() && s.cookie == cookie)
             .map(|i| i as u32)
     }
 
     fn occupied(&self, slot: u32) -> Result<()> {
         check_range(slot)?;
-        if self.slots[slot as usize].state == slot_state::EMPTY {
+        if self.slots[slot as usize].is_empty() {
             return Err(Error::SlotEmpty(slot));
         }
         Ok(())
@@ -633,7 +629,7 @@ impl Group {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state == slot_state::ACTIVE)
+            .filter(|(_, s)| s.state() == Some(SlotState::Active))
             .map(|(i, s)| (i as u32, s.weight))
             .collect();
         let schedule = schedule::smooth_weighted(&active)?;

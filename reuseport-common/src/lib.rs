@@ -1,9 +1,12 @@
 //! Types shared by the kernel program (`reuseport-ebpf`) and userspace (`reuseport-steer`).
 //!
 //! Everything a map holds is defined here once, `#[repr(C)]`, with its size pinned at compile
-//! time so the two sides cannot drift apart.
+//! time, and [`maps`] states each map's name, value type and length, so the two sides cannot
+//! drift apart. The enums the maps store as `u32` (a [`Policy`], an [`OnEmpty`], a
+//! [`SlotState`]) are here too, with the names the command line and the control socket use.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
+pub mod maps;
 mod named;
 #[cfg(any(test, feature = "std"))]
 mod parse;
@@ -21,18 +24,8 @@ pub const MAX_TRIES: u32 = 32;
 /// Largest weight a slot can have.
 pub const MAX_WEIGHT: u32 = 1000;
 
-/// Names of the maps and programs in the object, so userspace never spells them twice.
+/// Names of the programs in the object (the maps' are in [`maps`]).
 pub mod names {
-    pub const SOCKETS: &str = "SOCKETS";
-    pub const CONFIG: &str = "CONFIG";
-    pub const ACTIVE: &str = "ACTIVE";
-    pub const SCHEDULE: &str = "SCHEDULE";
-    pub const SLOTS: &str = "SLOTS";
-    pub const CURSORS: &str = "CURSORS";
-    pub const SLOT_STATS: &str = "SLOT_STATS";
-    pub const LOAD: &str = "LOAD";
-    pub const LEAST: &str = "LEAST";
-    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const PROG_SELECT: &str = "reuseport_select";
     pub const PROG_MIGRATE: &str = "reuseport_migrate";
 }
@@ -44,8 +37,8 @@ pub mod cursor {
     pub const COUNT: u32 = 2;
 }
 
-/// A dense list published by userspace: which half of its double-buffered map is live and how
-/// many entries it has, packed in one `u32` so the program reads both with one load and never
+/// A dense list published by userspace: which half of its double-buffered map
+/// ([`maps::TwoHalves`]) is live and how many entries it has, packed in one `u32` so the program reads both with one load and never
 /// sees a half from one update with a length from another.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,9 +74,9 @@ pub struct Config {
     pub on_empty: u32,
     /// Bumped by userspace on every change, so observers can tell two states apart.
     pub generation: u32,
-    /// The live list of active slots in the `ACTIVE` map (halves of `MAX_SLOTS` entries).
+    /// The live list of active slots in the `ACTIVE` map ([`maps::ACTIVE_LIST`]).
     pub active: ListRef,
-    /// The live weighted schedule in the `SCHEDULE` map (halves of `MAX_SCHEDULE` entries).
+    /// The live weighted schedule in the `SCHEDULE` map ([`maps::SCHEDULE_LIST`]).
     pub schedule: ListRef,
     pub _reserved: u32,
 }
@@ -120,13 +113,40 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Per-slot counters (`SLOT_STATS`, shared by all CPUs, updated atomically, memory-mapped by
 /// userspace).
+///
+/// `C` is the counter cell: `u64` in the program (which adds with an atomic instruction) and
+/// `AtomicU64` in userspace's view of the mapping; one layout for both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlotStats {
+pub struct SlotStats<C = u64> {
     /// New connections the program sent to this slot.
-    pub selected: u64,
+    pub selected: C,
     /// Queued connections moved to this slot from a closing listener.
-    pub migrated: u64,
+    pub migrated: C,
+}
+
+/// What the `LEAST` map holds: the least-loaded active slots, which `least-loaded` takes in turn.
+/// The daemon rewrites the half that is not live through its memory mapping, then flips `head`.
+///
+/// The map is declared as `u64` entries (see [`maps::LEAST`]) so the program reads each word
+/// with a bounds-checked lookup at [`LeastList::HEAD`] and [`LeastList::entry`]; `C` is the word
+/// cell, `u64` there and `AtomicU64` in userspace's view.
+#[repr(C)]
+pub struct LeastList<C = u64> {
+    /// A [`ListRef`] in the low 32 bits: the live half and its length.
+    pub head: C,
+    /// Slot numbers, in two halves ([`maps::LEAST_LIST`]).
+    pub halves: [[C; MAX_SLOTS as usize]; 2],
+}
+
+impl LeastList {
+    /// Entry of the `LEAST` map that holds [`LeastList::head`].
+    pub const HEAD: u32 = (core::mem::offset_of!(LeastList, head) / 8) as u32;
+
+    /// Entry of the `LEAST` map that holds entry `i` of `half`.
+    pub const fn entry(half: u32, i: u32) -> u32 {
+        (core::mem::offset_of!(LeastList, halves) / 8) as u32 + maps::LEAST_LIST.index(half, i)
+    }
 }
 
 /// `bpf_sk_select_reuseport` failures, by errno, as counted in [`GlobalStats::errors`].
@@ -188,6 +208,9 @@ const _: () = {
     assert!(core::mem::align_of::<Config>() == 4);
     assert!(core::mem::size_of::<SlotConfig>() == 16);
     assert!(core::mem::size_of::<SlotStats>() == 16);
+    assert!(LeastList::HEAD == 0 && LeastList::entry(0, 0) == 1);
+    assert!(LeastList::entry(1, MAX_SLOTS - 1) == 2 * MAX_SLOTS);
+    assert!(core::mem::size_of::<LeastList>() == 8 * (1 + maps::LEAST_LIST.entries() as usize));
     assert!(core::mem::size_of::<GlobalStats>() == 8 * (4 + select_error::COUNT));
     assert!(MAX_SLOTS.is_power_of_two() && MAX_SLOTS < ListRef::HALF_BIT);
     assert!(MAX_SCHEDULE.is_power_of_two() && MAX_SCHEDULE < ListRef::HALF_BIT);

@@ -3,6 +3,7 @@
 use std::{
     os::fd::{AsFd, BorrowedFd},
     path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
 use aya::{
@@ -12,12 +13,13 @@ use aya::{
 };
 use log::debug;
 use reuseport_common::{
-    names, Config, GlobalStats, ListRef, SlotConfig, MAX_SCHEDULE, MAX_SLOTS, MAX_WEIGHT,
+    maps::{self, MapSpec, ACTIVE_LIST, SCHEDULE_LIST},
+    names, Config, GlobalStats, LeastList, ListRef, SlotConfig, SlotStats, MAX_SLOTS, MAX_WEIGHT,
 };
 
 use crate::{
     error::{errno_in, Error, Result},
-    mmap::MappedWords,
+    mmap::{MappedArray, Shared},
     object::OBJECT,
     pin,
     policy::{AttachMode, OnEmpty, Policy, SlotState},
@@ -62,12 +64,12 @@ pub struct Group {
     active_map: Array<MapData, u32>,
     schedule_map: Array<MapData, u32>,
     slots_map: Array<MapData, SlotConfig>,
-    /// `SLOT_STATS`, two words per slot: selected, migrated.
-    slot_stats: MappedWords,
+    /// `SLOT_STATS`, one entry per slot.
+    slot_stats: MappedArray<SlotStats<AtomicU64>>,
     /// `LOAD`, one word per slot.
-    loads: MappedWords,
-    /// `LEAST`: the least-loaded active slots (a `ListRef` word, then two halves).
-    least: MappedWords,
+    loads: MappedArray<AtomicU64>,
+    /// `LEAST`: the least-loaded active slots, one struct over the map's words.
+    least: MappedArray<LeastList<AtomicU64>>,
     /// What `LEAST`'s live half holds.
     least_written: Vec<u32>,
     /// Reused buffer for the next least-loaded set (published every sample).
@@ -99,9 +101,9 @@ impl Group {
             Some(dir) => {
                 pin::ensure_bpffs(dir)?;
                 pin::check_compatible(dir)?;
-                pin::state_maps()
+                maps::STATE
                     .iter()
-                    .map(|&(name, _, _)| (name, dir.join(name)))
+                    .map(|shape| (shape.name, dir.join(shape.name)))
                     .collect()
             }
             None => Vec::new(),
@@ -122,22 +124,22 @@ impl Group {
                 cause: "object built from other sources".into(),
             })
         };
-        let sockets = take(names::SOCKETS)?;
-        let config_map = typed(take(names::CONFIG)?, names::CONFIG)?;
-        let active_map = typed(take(names::ACTIVE)?, names::ACTIVE)?;
-        let schedule_map = typed(take(names::SCHEDULE)?, names::SCHEDULE)?;
-        let slots_map = typed(take(names::SLOTS)?, names::SLOTS)?;
+        let sockets = take(maps::SOCKETS.name)?;
+        let config_map = typed(take(maps::CONFIG.name)?, maps::CONFIG.name)?;
+        let active_map = typed(take(maps::ACTIVE.name)?, maps::ACTIVE.name)?;
+        let schedule_map = typed(take(maps::SCHEDULE.name)?, maps::SCHEDULE.name)?;
+        let slots_map = typed(take(maps::SLOTS.name)?, maps::SLOTS.name)?;
         // The maps stay open (the program is loaded against their fds); reads and writes go
         // through the mappings.
         let mapped_maps = [
-            take(names::SLOT_STATS)?,
-            take(names::LOAD)?,
-            take(names::LEAST)?,
+            take(maps::SLOT_STATS.name)?,
+            take(maps::LOAD.name)?,
+            take(maps::LEAST.name)?,
         ];
-        let slot_stats = mapped(&mapped_maps[0], names::SLOT_STATS, 2 * MAX_SLOTS as usize)?;
-        let loads = mapped(&mapped_maps[1], names::LOAD, MAX_SLOTS as usize)?;
-        let least = mapped(&mapped_maps[2], names::LEAST, 1 + 2 * MAX_SLOTS as usize)?;
-        let global_stats = typed(take(names::GLOBAL_STATS)?, names::GLOBAL_STATS)?;
+        let slot_stats = mapped(&mapped_maps[0], &maps::SLOT_STATS)?;
+        let loads = mapped(&mapped_maps[1], &maps::LOAD)?;
+        let least = mapped(&mapped_maps[2], &maps::LEAST)?;
+        let global_stats = typed(take(maps::GLOBAL_STATS.name)?, maps::GLOBAL_STATS.name)?;
 
         let prog_name = program_name(options.mode);
         let program: &mut SkReuseport = ebpf
@@ -483,31 +485,33 @@ impl Group {
     /// Sets the load `least-loaded` and `p2c` see for a slot. `least-loaded` sees it once
     /// [`Group::publish_least_loaded`] runs.
     pub fn set_load(&self, slot: u32, load: u64) {
-        self.loads.set(slot as usize, load);
+        if let Some(cell) = self.loads.get(slot as usize) {
+            cell.store(load, Relaxed);
+        }
     }
 
     /// Republishes the active slots that share the lowest load, which `least-loaded` takes in
     /// turn. Writes only when the set changed, through the memory mapping (no system call).
     pub fn publish_least_loaded(&mut self) {
-        let loads = &self.loads;
-        let min = self.active.iter().map(|&s| loads.get(s as usize)).min();
+        let min = self.active.iter().map(|&s| self.slot_load(s)).min();
         let mut least = std::mem::take(&mut self.least_scratch);
         least.clear();
         least.extend(
             self.active
                 .iter()
                 .copied()
-                .filter(|&s| Some(loads.get(s as usize)) == min),
+                .filter(|&s| Some(self.slot_load(s)) == min),
         );
         if least != self.least_written {
-            let live = ListRef(self.least.get(0) as u32);
-            let half = 1 - live.half();
-            for (i, &slot) in least.iter().enumerate() {
-                self.least
-                    .set(1 + (half * MAX_SLOTS) as usize + i, u64::from(slot));
+            if let Some(list) = self.least.get(0) {
+                let live = ListRef(list.head.load(Relaxed) as u32);
+                let half = 1 - live.half();
+                for (cell, &slot) in list.halves[half as usize].iter().zip(&least) {
+                    cell.store(u64::from(slot), Relaxed);
+                }
+                let head = ListRef::new(half, least.len() as u32);
+                list.head.store(u64::from(head.0), Relaxed);
             }
-            self.least
-                .set(0, u64::from(ListRef::new(half, least.len() as u32).0));
             std::mem::swap(&mut least, &mut self.least_written);
         }
         self.least_scratch = least;
@@ -520,12 +524,16 @@ impl Group {
 
     /// The load as the program sees it now.
     pub fn slot_load(&self, slot: u32) -> u64 {
-        self.loads.get(slot as usize)
+        self.loads
+            .get(slot as usize)
+            .map_or(0, |cell| cell.load(Relaxed))
     }
 
     /// Connections sent to a slot so far, new and migrated: read from memory, no system call.
     pub fn dispatched(&self, slot: u32) -> u64 {
-        self.slot_stats.get(2 * slot as usize) + self.slot_stats.get(2 * slot as usize + 1)
+        self.slot_stats.get(slot as usize).map_or(0, |stats| {
+            stats.selected.load(Relaxed) + stats.migrated.load(Relaxed)
+        })
     }
 
     /// Reads the counters (per-slot from memory, group-wide summed over CPUs).
@@ -533,10 +541,14 @@ impl Group {
         let slots = self
             .slots()
             .iter()
-            .map(|slot| SlotCounters {
-                slot: slot.index,
-                selected: self.slot_stats.get(2 * slot.index as usize),
-                migrated: self.slot_stats.get(2 * slot.index as usize + 1),
+            .map(|slot| {
+                let stats = self.slot_stats.get(slot.index as usize);
+                let read = |cell: Option<&AtomicU64>| cell.map_or(0, |c| c.load(Relaxed));
+                SlotCounters {
+                    slot: slot.index,
+                    selected: read(stats.map(|s| &s.selected)),
+                    migrated: read(stats.map(|s| &s.migrated)),
+                }
             })
             .collect();
         let per_cpu = self
@@ -641,14 +653,14 @@ impl Group {
         write_changed(
             &mut self.active_map,
             &mut self.written[0][half as usize],
-            half * MAX_SLOTS,
+            ACTIVE_LIST.start(half),
             &slots,
         )
         .map_err(|e| Error::ebpf("writing the active list", e))?;
         write_changed(
             &mut self.schedule_map,
             &mut self.written[1][sched_half as usize],
-            sched_half * MAX_SCHEDULE,
+            SCHEDULE_LIST.start(sched_half),
             &schedule,
         )
         .map_err(|e| Error::ebpf("writing the weighted schedule", e))?;
@@ -673,9 +685,11 @@ impl Group {
     }
 
     fn reset_slot_stats(&mut self, slot: u32) -> Result<()> {
-        self.slot_stats.set(2 * slot as usize, 0);
-        self.slot_stats.set(2 * slot as usize + 1, 0);
-        self.loads.set(slot as usize, 0);
+        if let Some(stats) = self.slot_stats.get(slot as usize) {
+            stats.selected.store(0, Relaxed);
+            stats.migrated.store(0, Relaxed);
+        }
+        self.set_load(slot, 0);
         Ok(())
     }
 
@@ -683,7 +697,7 @@ impl Group {
         match &self.sockets {
             Map::ReusePortSockArray(data) => Ok(data.fd().as_fd()),
             _ => Err(Error::Ebpf {
-                what: format!("map {} has the wrong type", names::SOCKETS),
+                what: format!("map {} has the wrong type", maps::SOCKETS.name),
                 cause: "object built from other sources".into(),
             }),
         }
@@ -726,15 +740,16 @@ fn write_changed(
     Ok(())
 }
 
-/// Maps an array map of `words` u64 values.
-fn mapped(map: &Map, name: &str, words: usize) -> Result<MappedWords> {
+/// Maps the array map `spec` describes into memory, viewed as `T`s.
+fn mapped<T: Shared, V>(map: &Map, spec: &MapSpec<V>) -> Result<MappedArray<T>> {
+    let name = spec.name;
     let Map::Array(data) = map else {
         return Err(Error::Ebpf {
             what: format!("map {name} has the wrong type"),
             cause: "object built from other sources".into(),
         });
     };
-    MappedWords::new(data.fd().as_fd(), words)
+    MappedArray::new(data.fd().as_fd(), spec)
         .map_err(|e| Error::io(format!("mapping {name} into memory"), e))
 }
 

@@ -234,4 +234,23 @@ mod tests {
             )
         );
     }
+
+    /// On the control socket the enums are their names (`cargo test --features serde`).
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_uses_the_names() -> Result<(), serde_json::Error> {
+        assert_eq!(
+            serde_json::to_string(&Policy::LeastLoaded)?,
+            "\"least-loaded\""
+        );
+        let mode: AttachMode = serde_json::from_str("\"select-or-migrate\"")?;
+        assert_eq!(mode, AttachMode::SelectOrMigrate);
+        let err = serde_json::from_str::<OnEmpty>("\"reject\"").err();
+        let err = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("unknown variant `reject`, expected `pass` or `drop`"),
+            "{err}"
+        );
+        Ok(())
+    }
 }

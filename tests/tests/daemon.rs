@@ -6,16 +6,16 @@ use std::{
     net::{TcpListener, UdpSocket},
     os::{
         fd::AsFd,
-        unix::{fs::PermissionsExt, net::UnixStream, process::CommandExt},
+        unix::{fs::PermissionsExt, net::UnixStream},
     },
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use integration_tests::fixture::{bin, Fixture, Result};
 use reuseport_steer::netns;
 use reuseport_testing::loadgen::{tally, Load};
+use reuseport_testing::{child::NOBODY, daemon::Fixture, TestResult as Result};
 use reuseport_worker::{self as worker, ClientError, ControlClient, Reply, Request, WorkerOptions};
 use socket2::{Domain, Socket, Type};
 
@@ -209,10 +209,11 @@ fn bad_registrations_are_refused_and_serving_goes_on() -> Result {
 /// (it must fail).
 fn mode_and_nobody_status(f: &Fixture) -> Result<(u32, String)> {
     let mode = std::fs::metadata(&f.control)?.permissions().mode() & 0o777;
-    let out = Command::new(bin())
+    // From a copy uid 65534 can reach, wherever the checkout lives (issue 9, item 9).
+    let out = f
+        .command_as(NOBODY)?
         .args(["status", "--control"])
         .arg(&f.control)
-        .uid(65534)
         .output()?;
     assert!(!out.status.success());
     Ok((mode, String::from_utf8_lossy(&out.stderr).into_owned()))
@@ -246,7 +247,7 @@ fn control_socket_is_owner_only_and_others_get_a_clear_error() -> Result {
 #[test]
 fn cli_without_daemon_says_so() -> Result {
     netns::enter_new()?;
-    let out = Command::new(bin())
+    let out = Command::new(reuseport_testing::binary::locate()?)
         .args(["status", "--control", "/nonexistent/reuseport.sock"])
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);

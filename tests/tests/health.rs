@@ -6,13 +6,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::fixture::{wait_until, Fixture, Result};
 use reuseport_testing::loadgen::{request, tally, Load, Outcome};
+use reuseport_testing::{
+    daemon::{self, Fixture},
+    wait, TestResult as Result,
+};
 use reuseport_worker::WorkerStatus;
 
 fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: plain kill(2) on a child of this test.
-    unsafe { libc::kill(pid as i32, sig) };
+    // A failure shows in what the test then asserts about the worker.
+    let _ = daemon::signal(pid, sig);
 }
 
 fn max_latency(outcomes: &[Outcome]) -> Duration {
@@ -31,7 +34,7 @@ fn slot_of(f: &Fixture, pid: u32) -> Result<Option<(u32, String)>> {
 fn workers(f: &mut Fixture, n: usize) -> Result<Vec<u32>> {
     let pids = (0..n)
         .map(|i| f.echo(&format!("w{i}")))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<anyhow::Result<Vec<_>>>()?;
     f.wait_workers(n)?;
     Ok(pids)
 }
@@ -58,12 +61,16 @@ fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
         std::thread::sleep(Duration::from_millis(50));
         signal(victim, libc::SIGSTOP);
         let stopped = Instant::now();
-        wait_until(Duration::from_secs(2), || {
-            slot_of(&f, victim)
-                .ok()
-                .flatten()
-                .is_some_and(|(_, s)| s == "stuck")
-        })?;
+        wait::until(
+            Duration::from_secs(2),
+            "the stopped worker marked stuck",
+            || {
+                slot_of(&f, victim)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(_, s)| s == "stuck")
+            },
+        )?;
         detected = Some(stopped.elapsed());
         // Its queued clients wait for it: resume well within their second.
         std::thread::sleep(Duration::from_millis(300));
@@ -81,12 +88,16 @@ fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
     );
     let worst = max_latency(&outcomes);
     assert!(worst < Duration::from_secs(1), "a client waited {worst:?}");
-    wait_until(Duration::from_secs(2), || {
-        slot_of(&f, victim)
-            .ok()
-            .flatten()
-            .is_some_and(|(_, s)| s == "active")
-    })?;
+    wait::until(
+        Duration::from_secs(2),
+        "the resumed worker active again",
+        || {
+            slot_of(&f, victim)
+                .ok()
+                .flatten()
+                .is_some_and(|(_, s)| s == "active")
+        },
+    )?;
     let status = f.status()?;
     assert!(status.stuck_events >= 1);
     assert!(status
@@ -106,7 +117,7 @@ fn an_evicted_worker_hands_its_queue_to_the_others_and_rejoins() -> Result {
     let outcomes = under_load(&load, || {
         std::thread::sleep(Duration::from_millis(30));
         signal(victim, libc::SIGSTOP);
-        wait_until(Duration::from_secs(2), || {
+        wait::until(Duration::from_secs(2), "the stopped worker evicted", || {
             f.status().is_ok_and(|s| {
                 s.workers
                     .iter()
@@ -128,12 +139,16 @@ fn an_evicted_worker_hands_its_queue_to_the_others_and_rejoins() -> Result {
     let migrated: u64 = status.workers.iter().map(|w| w.migrated).sum();
     assert!(migrated > 0, "nothing migrated: {status:?}");
     // Resumed, the worker sees its listener shut and joins again with a new one.
-    wait_until(Duration::from_secs(3), || {
-        slot_of(&f, victim)
-            .ok()
-            .flatten()
-            .is_some_and(|(_, s)| s == "active")
-    })?;
+    wait::until(
+        Duration::from_secs(3),
+        "the evicted worker active again",
+        || {
+            slot_of(&f, victim)
+                .ok()
+                .flatten()
+                .is_some_and(|(_, s)| s == "active")
+        },
+    )?;
     let counts = f.load_ok(400);
     assert_eq!(counts.get(&victim), Some(&100));
     Ok(())
@@ -151,25 +166,33 @@ fn queue_on_busy_worker(
     std::thread::scope(|s| {
         let blocker = s.spawn(move || request(addr, "/sleep?ms=1500", Duration::from_secs(5)));
         let mut busy = None;
-        wait_until(Duration::from_secs(2), || {
-            busy = f
-                .status()
-                .ok()
-                .and_then(|s| s.workers.into_iter().find(|w| w.inflight > 0));
-            busy.is_some()
-        })?;
+        wait::until(
+            Duration::from_secs(2),
+            "a worker busy with the long request",
+            || {
+                busy = f
+                    .status()
+                    .ok()
+                    .and_then(|s| s.workers.into_iter().find(|w| w.inflight > 0));
+                busy.is_some()
+            },
+        )?;
         let busy = busy.ok_or("no busy worker")?;
         let mut load = Load::new(addr, 2 * n, 2 * n);
         load.per_thread = 1;
         load.timeout = Duration::from_secs(5);
         let clients = s.spawn(move || load.run());
-        wait_until(Duration::from_secs(2), || {
-            f.status().is_ok_and(|s| {
-                s.workers
-                    .iter()
-                    .any(|w| w.pid == busy.pid && w.queue as usize >= n)
-            })
-        })?;
+        wait::until(
+            Duration::from_secs(2),
+            "the busy worker's queue filled",
+            || {
+                f.status().is_ok_and(|s| {
+                    s.workers
+                        .iter()
+                        .any(|w| w.pid == busy.pid && w.queue as usize >= n)
+                })
+            },
+        )?;
         act(f, &busy)?;
         let outcomes = clients.join().map_err(|_| "clients panicked")?;
         // The long request itself is lost if its worker is killed: only the queue counts.
@@ -251,15 +274,19 @@ fn killing_the_daemon_under_load_fails_nothing_and_the_restart_takes_over() -> R
     assert_eq!(counts.values().sum::<u64>(), 4000);
     // Taken-over slots show pid 0 until their worker registers again.
     let mut status = f.status()?;
-    wait_until(Duration::from_secs(5), || {
-        f.status().is_ok_and(|s| {
-            let back = s.workers.len() == 4 && s.workers.iter().all(|w| w.pid != 0);
-            if back {
-                status = s;
-            }
-            back
-        })
-    })?;
+    wait::until(
+        Duration::from_secs(5),
+        "the four workers registered again",
+        || {
+            f.status().is_ok_and(|s| {
+                let back = s.workers.len() == 4 && s.workers.iter().all(|w| w.pid != 0);
+                if back {
+                    status = s;
+                }
+                back
+            })
+        },
+    )?;
     let after: BTreeMap<u32, u32> = status.workers.iter().map(|w| (w.pid, w.slot)).collect();
     assert_eq!(before, after, "workers keep their slots");
     // Counters were not reset: the program counted every connection.

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use integration_tests::{
-    client::{self, Failure, Load},
+use reuseport_steer::{AttachMode, Error, Family, GroupOptions, Policy};
+use reuseport_testing::{
+    clients::{self, Failure},
     fresh_netns,
-    pool::Pool,
+    listeners::Pool,
     steer,
 };
-use reuseport_steer::{AttachMode, Error, Family, GroupOptions, Policy};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -33,7 +33,7 @@ fn policy_swaps_under_load_lose_no_connection() -> Result<()> {
         group.set_weight(slot, w)?;
     }
 
-    let load = Load::start(pool.addr(), n, 8, 250);
+    let load = clients::start(pool.addr(), n, 8, 250);
     let cycle = [Policy::Hash, Policy::RoundRobin, Policy::Weighted];
     let mut swaps = 0usize;
     // Bounded: the load ends within its timeouts, and so does this loop.
@@ -62,7 +62,7 @@ fn closing_a_listener_mid_load_refuses_and_resets_nothing() -> Result<()> {
     let mut pool = Pool::bind(Family::Ipv4, n)?;
     let mut group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
 
-    let load = Load::start(pool.addr(), n, 8, 250);
+    let load = clients::start(pool.addr(), n, 8, 250);
     assert!(load.wait_for(500, WAIT), "the load made no progress");
     // Its accept thread stops, then the listener closes while the clients keep connecting.
     pool.close(3)?;
@@ -88,7 +88,7 @@ fn closing_a_listener_mid_load_refuses_and_resets_nothing() -> Result<()> {
 fn close_with_a_queue(
     mode: AttachMode,
     queued: u64,
-) -> Result<(client::Outcome, reuseport_steer::GroupStats)> {
+) -> Result<(clients::Outcome, reuseport_steer::GroupStats)> {
     let n = 2;
     let mut pool = Pool::bind(Family::Ipv4, n)?;
     let group = steer::group(&pool, options(mode))?;
@@ -96,7 +96,7 @@ fn close_with_a_queue(
 
     // Round-robin over two slots: of 2*queued concurrent connections, exactly `queued` land
     // in listener 1's accept queue.
-    let load = Load::start(pool.addr(), n, 2 * queued as usize, 1);
+    let load = clients::start(pool.addr(), n, 2 * queued as usize, 1);
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let stats = group.stats()?;
@@ -145,13 +145,13 @@ fn detach_returns_the_group_to_kernel_hashing() -> Result<()> {
     let n = 4;
     let pool = Pool::bind(Family::Ipv4, n)?;
     let mut group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
-    let steered = client::run(pool.addr(), n, 4, 25);
+    let steered = clients::run(pool.addr(), n, 4, 25);
     assert!(steered.is_clean(), "{steered}");
     assert_eq!(group.stats()?.global.runs, 100);
 
     group.detach(pool.socket(2)?)?;
     assert!(!group.is_attached());
-    let hashed = client::run(pool.addr(), n, 4, 50);
+    let hashed = clients::run(pool.addr(), n, 4, 50);
     assert!(hashed.is_clean(), "{hashed}");
     assert_eq!(
         group.stats()?.global.runs,
@@ -165,7 +165,7 @@ fn detach_returns_the_group_to_kernel_hashing() -> Result<()> {
     }
 
     group.attach(pool.socket(1)?)?;
-    let again = client::run(pool.addr(), n, 4, 25);
+    let again = clients::run(pool.addr(), n, 4, 25);
     assert!(again.is_clean(), "{again}");
     assert_eq!(group.stats()?.global.runs, 200);
     Ok(())
@@ -181,7 +181,7 @@ fn dropping_the_group_keeps_the_program_steering() -> Result<()> {
     let mut group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
     group.set_state(0, reuseport_steer::SlotState::Draining)?;
     drop(group);
-    let out = client::run(pool.addr(), n, 4, 60);
+    let out = clients::run(pool.addr(), n, 4, 60);
     assert!(out.is_clean(), "{out}");
     assert_eq!(out.counts, vec![0, 80, 80, 80], "{out}");
     Ok(())

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use integration_tests::fixture::{wait_until, Fixture, Result};
 use reuseport_testing::loadgen::{request, tally, Load};
+use reuseport_testing::{daemon::Fixture, wait, TestResult as Result};
 
 #[test]
 fn least_loaded_and_p2c_avoid_a_worker_busy_with_slow_requests() -> Result {
@@ -24,7 +24,7 @@ fn least_loaded_and_p2c_avoid_a_worker_busy_with_slow_requests() -> Result {
         assert!(out.status.success());
         let addr = f.addr;
         // In-flight reports trail by up to one poll of the workers: start from all idle.
-        wait_until(Duration::from_secs(2), || {
+        wait::until(Duration::from_secs(2), "every worker idle", || {
             f.status()
                 .is_ok_and(|s| s.workers.iter().all(|w| w.load == 0))
         })?;
@@ -32,13 +32,17 @@ fn least_loaded_and_p2c_avoid_a_worker_busy_with_slow_requests() -> Result {
             let blocker = s.spawn(move || request(addr, "/sleep?ms=2000", Duration::from_secs(5)));
             // Wait until the busy worker has been busy ~10 samples: "busy with a slow request".
             let mut busy = None;
-            wait_until(Duration::from_secs(2), || {
-                busy = f
-                    .status()
-                    .ok()
-                    .and_then(|s| s.workers.into_iter().find(|w| w.load >= 10));
-                busy.is_some()
-            })?;
+            wait::until(
+                Duration::from_secs(2),
+                "a worker busy for 10 samples",
+                || {
+                    busy = f
+                        .status()
+                        .ok()
+                        .and_then(|s| s.workers.into_iter().find(|w| w.load >= 10));
+                    busy.is_some()
+                },
+            )?;
             let busy = busy.ok_or("no busy worker")?;
             // Several clients, so one stuck behind the busy worker stalls little.
             let load = Load::new(addr, 128, 8);

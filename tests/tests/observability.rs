@@ -7,8 +7,8 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::fixture::{Fixture, Result};
 use reuseport_testing::loadgen::Load;
+use reuseport_testing::{daemon::Fixture, TestResult as Result};
 
 fn scrape(addr: &str) -> Result<String> {
     let mut stream = TcpStream::connect(addr)?;
@@ -73,7 +73,7 @@ fn top_once_shows_the_shares_of_known_traffic() -> Result {
     let control = f.control.clone();
     // `top --once` measures over its interval: make 400 connections during it.
     let top = std::thread::spawn(move || {
-        std::process::Command::new(integration_tests::fixture::bin())
+        std::process::Command::new(reuseport_testing::binary::locate()?)
             .args(["top", "--once", "--interval-ms", "1500", "--control"])
             .arg(control)
             .output()

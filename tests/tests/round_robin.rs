@@ -8,8 +8,8 @@ use std::{
 };
 
 use anyhow::Result;
-use integration_tests::{client, expect, fresh_netns, listeners, pool::Pool, steer};
 use reuseport_steer::{AttachMode, Family, Group, GroupOptions, Policy};
+use reuseport_testing::{clients, expect, fresh_netns, listeners, listeners::Pool, steer};
 
 const THREADS: usize = 8;
 
@@ -26,7 +26,7 @@ fn options(mode: AttachMode) -> GroupOptions {
 fn exact_round_robin(family: Family, mode: AttachMode, n: usize, per_thread: u64) -> Result<()> {
     let pool = Pool::bind(family, n)?;
     let _group = steer::group(&pool, options(mode))?;
-    let out = client::run(pool.addr(), n, THREADS, per_thread);
+    let out = clients::run(pool.addr(), n, THREADS, per_thread);
     assert!(out.is_clean(), "{out}");
     assert_eq!(out.served(), THREADS as u64 * per_thread, "{out}");
     assert!(
@@ -71,7 +71,7 @@ fn counters_equal_what_the_clients_observed() -> Result<()> {
         let n = 4;
         let pool = Pool::bind(family, n)?;
         let group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
-        let out = client::run(pool.addr(), n, THREADS, 50);
+        let out = clients::run(pool.addr(), n, THREADS, 50);
         assert!(out.is_clean(), "{family}: {out}");
 
         let stats = group.stats()?;
@@ -110,7 +110,7 @@ fn udp_datagrams_are_round_robined() -> Result<()> {
         client.send_to(&i.to_le_bytes(), addr)?;
     }
     let mut counts = vec![0u64; n];
-    let deadline = Instant::now() + client::TIMEOUT;
+    let deadline = Instant::now() + clients::TIMEOUT;
     let mut buf = [0u8; 64];
     while counts.iter().sum::<u64>() < sent && Instant::now() < deadline {
         for (i, s) in servers.iter().enumerate() {

@@ -3,7 +3,7 @@
 use anyhow::{ensure, Result};
 use reuseport_steer::{Group, GroupOptions, GroupStats};
 
-use crate::pool::Pool;
+use crate::listeners::Pool;
 
 /// Loads a group, puts every listener of `pool` in the slot of its index, then attaches.
 pub fn group(pool: &Pool, options: GroupOptions) -> Result<Group> {

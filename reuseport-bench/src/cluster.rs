@@ -35,9 +35,7 @@ pub fn start(
         args.extend_from_slice(flags);
         cluster.start_daemon(&args)?;
     }
-    for i in 0..workers {
-        cluster.echo(&format!("w{i}"))?;
-    }
+    cluster.echo_workers(workers)?;
     wait_ready(&cluster, workers)?;
     Ok(cluster)
 }

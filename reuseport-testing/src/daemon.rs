@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use reuseport_steer::Policy;
-use reuseport_worker::{ControlClient, GroupStatus, Reply, Request};
+use reuseport_worker::{ControlClient, GroupStatus, Reply, Request, WorkerStatus};
 
 use crate::{
     binary,
@@ -151,6 +151,11 @@ impl Fixture {
         Ok(pid)
     }
 
+    /// Starts `n` echo workers named `w0`, `w1`, ...; returns their pids in that order.
+    pub fn echo_workers(&mut self, n: usize) -> Result<Vec<u32>> {
+        (0..n).map(|i| self.echo(&format!("w{i}"))).collect()
+    }
+
     pub fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(Child::id).collect()
     }
@@ -205,20 +210,44 @@ impl Fixture {
 
     /// Waits until the daemon lists `n` workers; returns that status.
     pub fn wait_workers(&self, n: usize) -> Result<GroupStatus> {
-        self.wait_status(&format!("{n} workers registered"), |s| s.workers.len() == n)
+        self.wait_status(START_LIMIT, &format!("{n} workers registered"), |s| {
+            s.workers.len() == n
+        })
     }
 
     /// Waits until `n` workers are registered and active; returns that status.
     pub fn wait_active(&self, n: usize) -> Result<GroupStatus> {
-        self.wait_status(&format!("{n} workers active"), |s| {
+        self.wait_status(START_LIMIT, &format!("{n} workers active"), |s| {
             s.workers.iter().filter(|w| w.state == "active").count() == n
         })
     }
 
-    /// Waits until the status satisfies `done`; the last status seen is in the error.
-    fn wait_status(&self, what: &str, done: impl Fn(&GroupStatus) -> bool) -> Result<GroupStatus> {
+    /// Waits (at most `limit`) until a worker satisfies `found` (`what` names it in the
+    /// error); returns it.
+    pub fn wait_worker(
+        &self,
+        limit: Duration,
+        what: &str,
+        found: impl Fn(&WorkerStatus) -> bool,
+    ) -> Result<WorkerStatus> {
+        let status = self.wait_status(limit, what, |s| s.workers.iter().any(&found))?;
+        status
+            .workers
+            .into_iter()
+            .find(found)
+            .context("the worker went away")
+    }
+
+    /// Waits (at most `limit`) until the status satisfies `done`; returns that status. The last
+    /// status seen is in the error.
+    pub fn wait_status(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&GroupStatus) -> bool,
+    ) -> Result<GroupStatus> {
         let mut last = None;
-        wait::until(START_LIMIT, what, || {
+        wait::until(limit, what, || {
             last = self.status().ok();
             last.as_ref().is_some_and(&done)
         })

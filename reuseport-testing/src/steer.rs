@@ -1,9 +1,16 @@
 //! A [`Group`] steering a whole [`Pool`]: listener `i` in slot `i`, program attached.
 
 use anyhow::{ensure, Result};
-use reuseport_steer::{Group, GroupOptions, GroupStats};
+use reuseport_steer::{Family, Group, GroupOptions, GroupStats};
 
 use crate::listeners::Pool;
+
+/// A [`Pool`] of `n` listeners of `family` and a group steering it as [`group`] makes it.
+pub fn pool(family: Family, n: usize, options: GroupOptions) -> Result<(Pool, Group)> {
+    let pool = Pool::bind(family, n)?;
+    let group = group(&pool, options)?;
+    Ok((pool, group))
+}
 
 /// Loads a group, puts every listener of `pool` in the slot of its index, then attaches.
 pub fn group(pool: &Pool, options: GroupOptions) -> Result<Group> {

@@ -57,11 +57,9 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
 
 fn story(options: &DemoOptions, fixture: &mut Fixture) -> anyhow::Result<()> {
     let addr = fixture.addr;
-    let mut workers = Vec::new();
-    for i in 0..options.workers {
-        let name = format!("w{i}");
-        workers.push((fixture.echo(&name)?, name));
-    }
+    let workers: Vec<(u32, String)> = (fixture.echo_workers(options.workers)?.into_iter())
+        .zip((0..).map(|i| format!("w{i}")))
+        .collect();
     println!(
         "reuseport demo: {} single-process echo workers share {addr} (private network namespace)\n",
         options.workers

@@ -6,9 +6,7 @@ use anyhow::Result;
 use reuseport_steer::{Family, GroupOptions, OnEmpty, Policy, SlotState};
 use reuseport_testing::{
     clients::{self, Failure},
-    expect, fresh_netns,
-    listeners::Pool,
-    steer,
+    expect, fresh_netns, steer,
 };
 
 fn options(policy: Policy) -> GroupOptions {
@@ -22,8 +20,7 @@ fn options(policy: Policy) -> GroupOptions {
 fn hash_never_selects_a_draining_slot() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(&pool, options(Policy::Hash))?;
+    let (pool, mut group) = steer::pool(Family::Ipv4, n, options(Policy::Hash))?;
     group.set_state(1, SlotState::Draining)?;
     group.set_state(3, SlotState::Draining)?;
     assert_eq!(group.active_slots(), vec![0, 2]);
@@ -44,8 +41,7 @@ fn hash_never_selects_a_draining_slot() -> Result<()> {
 fn draining_then_active_again_restores_traffic() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(&pool, options(Policy::RoundRobin))?;
+    let (pool, mut group) = steer::pool(Family::Ipv4, n, options(Policy::RoundRobin))?;
 
     group.set_state(2, SlotState::Draining)?;
     let drained = clients::run(pool.addr(), n, 8, 45);
@@ -66,9 +62,9 @@ fn draining_then_active_again_restores_traffic() -> Result<()> {
 fn all_draining_with_drop_refuses_and_with_pass_serves() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(
-        &pool,
+    let (pool, mut group) = steer::pool(
+        Family::Ipv4,
+        n,
         GroupOptions {
             on_empty: OnEmpty::Drop,
             ..options(Policy::RoundRobin)

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use reuseport_steer::{Family, Group, GroupOptions, Policy};
-use reuseport_testing::{clients, expect, fresh_netns, listeners, listeners::Pool, steer};
+use reuseport_testing::{clients, expect, fresh_netns, listeners, steer};
 
 #[test]
 fn sync_frees_the_slot_of_a_closed_listener() -> Result<()> {
@@ -30,9 +30,9 @@ fn sync_frees_the_slot_of_a_closed_listener() -> Result<()> {
 fn a_removed_slot_gets_nothing_until_put_back() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(
-        &pool,
+    let (pool, mut group) = steer::pool(
+        Family::Ipv4,
+        n,
         GroupOptions {
             policy: Policy::RoundRobin,
             ..GroupOptions::default()

@@ -9,9 +9,9 @@ const WEIGHTS: [u64; 4] = [1, 1, 2, 4];
 const PERIOD: usize = 8;
 
 fn weighted_pool() -> Result<(Pool, Group)> {
-    let pool = Pool::bind(Family::Ipv4, WEIGHTS.len())?;
-    let mut group = steer::group(
-        &pool,
+    let (pool, mut group) = steer::pool(
+        Family::Ipv4,
+        WEIGHTS.len(),
         GroupOptions {
             policy: Policy::Weighted,
             ..GroupOptions::default()

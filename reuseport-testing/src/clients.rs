@@ -18,6 +18,8 @@ use std::{
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::wait;
+
 /// Connect and read timeout of every client socket.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -198,19 +200,6 @@ impl Outcome {
     pub fn is_clean(&self) -> bool {
         self.failures.is_empty() && self.served() == self.attempted
     }
-
-    fn merge(&mut self, other: Outcome) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; other.counts.len()];
-        }
-        for (sum, n) in self.counts.iter_mut().zip(other.counts) {
-            *sum += n;
-        }
-        self.attempted += other.attempted;
-        self.connected += other.connected;
-        self.failures.extend(other.failures);
-        self.timed_out |= other.timed_out;
-    }
 }
 
 impl fmt::Display for Outcome {
@@ -253,32 +242,32 @@ impl Load {
 
     /// Starts the load in the background. Connection i goes to thread i % threads.
     pub fn start(self, addr: SocketAddr) -> Running {
-        let threads = self.threads.max(1);
         let done = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
-        let handles = (0..threads)
-            .map(|t| {
-                let done = done.clone();
-                thread::spawn(move || {
-                    let mut outcome = Outcome::new(self.listeners());
-                    for i in (t as u64..self.connections).step_by(threads) {
-                        if start.elapsed() > self.time_limit {
-                            outcome.timed_out = true;
-                            break;
-                        }
-                        outcome.record(connect(addr, self.exchange, self.source_ports.port(i)));
-                        done.fetch_add(1, Ordering::AcqRel);
-                    }
-                    outcome
-                })
-            })
-            .collect();
+        let counter = done.clone();
+        let driver = thread::spawn(move || {
+            let start = Instant::now();
+            let mut total = Outcome::new(self.listeners());
+            let results = spread(self.threads, self.connections, |i| {
+                if start.elapsed() > self.time_limit {
+                    return None;
+                }
+                let result = connect(addr, self.exchange, self.source_ports.port(i));
+                counter.fetch_add(1, Ordering::AcqRel);
+                Some(result)
+            });
+            for result in results {
+                match result {
+                    Some(r) => total.record(r),
+                    None => total.timed_out = true,
+                }
+            }
+            total.elapsed = start.elapsed();
+            total
+        });
         Running {
-            threads: handles,
+            driver,
             done,
             total: self.connections,
-            listeners: self.listeners(),
-            start,
         }
     }
 
@@ -295,13 +284,36 @@ impl Load {
     }
 }
 
+/// Runs `one(i)` for every i in `0..count` from `threads` threads, i on thread i % threads,
+/// each thread in order; returns the results thread by thread. What every client driver of
+/// the harness (these connections, the blocking HTTP load) runs on. A panicking `one` panics
+/// the caller.
+pub fn spread<T: Send>(threads: usize, count: u64, one: impl Fn(u64) -> T + Sync) -> Vec<T> {
+    let threads = threads.max(1);
+    thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let one = &one;
+                scope.spawn(move || {
+                    (t as u64..count)
+                        .step_by(threads)
+                        .map(one)
+                        .collect::<Vec<T>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 /// A load running in the background.
 pub struct Running {
-    threads: Vec<JoinHandle<Outcome>>,
+    driver: JoinHandle<Outcome>,
     done: Arc<AtomicU64>,
     total: u64,
-    listeners: usize,
-    start: Instant,
 }
 
 impl Running {
@@ -316,32 +328,22 @@ impl Running {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(|t| t.is_finished())
+        self.driver.is_finished()
     }
 
     /// Waits (at most `limit`) until `count` connections finished; returns whether they did.
     pub fn wait_for(&self, count: u64, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while self.done() < count {
-            if Instant::now() >= deadline || self.is_finished() {
-                return self.done() >= count;
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        true
+        let _ = wait::until_every(Duration::from_millis(1), limit, "connections", || {
+            self.done() >= count || self.is_finished()
+        });
+        self.done() >= count
     }
 
     /// Waits for every thread and merges what they saw.
     pub fn join(self) -> Outcome {
-        let mut total = Outcome::new(self.listeners);
-        for thread in self.threads {
-            match thread.join() {
-                Ok(outcome) => total.merge(outcome),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        total.elapsed = self.start.elapsed();
-        total
+        self.driver
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 }
 

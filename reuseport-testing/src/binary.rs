@@ -37,8 +37,8 @@ pub fn locate() -> io::Result<PathBuf> {
     ))
 }
 
-/// A path to `binary` that every uid can execute: a hard link (a copy across file systems) in
-/// `dir`, which is created with mode 0755. A checkout under a private directory (a clone under
+/// A path to `binary` that every uid can execute: a hard link (a copy across file systems, or
+/// when the binary is not executable by others) in `dir`, which is created with mode 0755. A checkout under a private directory (a clone under
 /// /root is mode 0700) cannot be traversed by the uid a test drops to, so a binary is run as
 /// another uid only from such a place. `dir` must itself be reachable (under /tmp); the caller
 /// removes it.
@@ -49,7 +49,14 @@ pub fn runnable_by_all(binary: &Path, dir: &Path) -> io::Result<PathBuf> {
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
     let exposed = dir.join(name);
-    if !exposed.exists() && fs::hard_link(binary, &exposed).is_err() {
+    if exposed.exists() {
+        return Ok(exposed);
+    }
+    // A link shares the binary's mode: enough unless it was built under a umask like 077.
+    let linked = fs::hard_link(binary, &exposed).is_ok()
+        && fs::metadata(&exposed)?.permissions().mode() & 0o005 == 0o005;
+    if !linked {
+        let _ = fs::remove_file(&exposed);
         fs::copy(binary, &exposed)?;
         fs::set_permissions(&exposed, fs::Permissions::from_mode(0o755))?;
     }
@@ -75,6 +82,8 @@ mod tests {
         fs::set_permissions(&private, fs::Permissions::from_mode(0o700))?;
         let binary = private.join("true");
         fs::copy("/bin/true", &binary)?;
+        // As built under umask 077: a link alone would not do.
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o700))?;
         let as_nobody = |path: &Path| Command::new(path).uid(NOBODY).gid(NOBODY).status();
 
         let denied = as_nobody(&binary).err().map(|e| e.kind());

@@ -8,7 +8,7 @@ use std::{
     fmt::Write as _,
     fs,
     net::SocketAddr,
-    os::unix::process::CommandExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::Duration,
@@ -73,6 +73,8 @@ impl Fixture {
         let dir = std::env::temp_dir().join(&id);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Whatever the umask: another uid must reach the binaries exposed in it.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
         Ok(Self {
             addr,
             control: dir.join("ctl/control.sock"),

@@ -8,6 +8,7 @@ use reuseport_steer::{Family, Group, GroupOptions, GroupStats, SlotState};
 use reuseport_testing::{
     clients::Load,
     listeners::{Answer, Pool, PoolOptions},
+    steer,
 };
 
 use crate::{
@@ -48,15 +49,9 @@ impl SteeredPool {
             sweep: false,
         };
         let pool = Pool::bind_with(Family::Ipv4, weights.len(), options)?;
-        let mut group = Group::load(GroupOptions::default()).context("loading the program")?;
         // One publication for all the sockets and one for all the weights.
-        let slots = group
-            .insert_all(pool.sockets())
-            .context("inserting the listeners")?;
-        anyhow::ensure!(
-            slots.iter().enumerate().all(|(i, &s)| s == i as u32),
-            "listener i must be in slot i"
-        );
+        let mut group = steer::slots(&pool, GroupOptions::default())
+            .context("loading the program for the listeners")?;
         let weighted: Vec<(u32, u32)> = (0..)
             .zip(weights.iter().copied())
             .filter(|&(_, w)| w != 1)

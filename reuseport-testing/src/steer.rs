@@ -14,12 +14,19 @@ pub fn pool(family: Family, n: usize, options: GroupOptions) -> Result<(Pool, Gr
 
 /// Loads a group, puts every listener of `pool` in the slot of its index, then attaches.
 pub fn group(pool: &Pool, options: GroupOptions) -> Result<Group> {
+    let mut group = slots(pool, options)?;
+    group.attach(pool.socket(0)?)?;
+    Ok(group)
+}
+
+/// Loads a group and puts every listener of `pool` in the slot of its index, in one
+/// publication (what a thousand listeners need); nothing attached yet.
+pub fn slots(pool: &Pool, options: GroupOptions) -> Result<Group> {
     let mut group = Group::load(options)?;
-    for i in 0..pool.len() {
-        let slot = group.insert(pool.socket(i)?)?;
+    let slots = group.insert_all(pool.sockets())?;
+    for (i, &slot) in slots.iter().enumerate() {
         ensure!(slot == i as u32, "listener {i} went to slot {slot}");
     }
-    group.attach(pool.socket(0)?)?;
     Ok(group)
 }
 

@@ -175,7 +175,7 @@ fn replace(cluster: &mut Fixture, old: usize, with_daemon: bool) -> Result<()> {
             .find(|w| w.pid == pid)
             .map(|w| w.slot)
             .context("the old worker is not registered")?;
-        ControlClient::connect(&cluster.control)?.request(&Request::Drain {
+        cluster.request(&Request::Drain {
             slot,
             group: None,
             close: None,

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::fixture::{bin, wait_until, Fixture, Result};
+use reuseport_testing::{binary, daemon::Fixture, fresh_netns, wait, TestResult as Result};
 use reuseport_worker::{fdpass, ControlClient, Request};
 
 /// Sends one line with `fds` attached and returns the reply line as JSON.
@@ -35,7 +35,7 @@ fn descriptors_sent_with_a_refused_line_are_all_closed() -> Result {
     let mut f = Fixture::new("fd-flood")?;
     f.echo("w0")?;
     f.wait_workers(1)?;
-    let daemon = f.daemon.as_ref().ok_or("no daemon")?.id();
+    let daemon = f.daemon_pid().ok_or("no daemon")?;
     let before = open_fds(daemon)?;
     let listener = reuseport_worker::bind_listener(f.addr, 16)?;
     let fd = listener.as_raw_fd();
@@ -52,10 +52,14 @@ fn descriptors_sent_with_a_refused_line_are_all_closed() -> Result {
         assert_eq!(reply["ok"], false, "{reply}");
     }
     let mut now = 0;
-    let settled = wait_until(Duration::from_secs(5), || {
-        now = open_fds(daemon).unwrap_or(usize::MAX);
-        now <= before + 2
-    });
+    let settled = wait::until(
+        Duration::from_secs(5),
+        "the flood's descriptors closed",
+        || {
+            now = open_fds(daemon).unwrap_or(usize::MAX);
+            now <= before + 2
+        },
+    );
     assert!(
         settled.is_ok(),
         "the daemon holds {now} descriptors after the flood, {before} before"
@@ -79,12 +83,12 @@ fn descriptors_sent_with_a_refused_line_are_all_closed() -> Result {
 /// which was taken for a stale socket).
 #[test]
 fn the_daemon_refuses_to_replace_a_file_that_is_not_a_socket() -> Result {
-    integration_tests::fresh_netns()?;
+    fresh_netns()?;
     let dir = std::env::temp_dir().join(format!("reuseport-notsock-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("precious.txt");
     std::fs::write(&file, "keep me")?;
-    let out = Command::new(bin())
+    let out = Command::new(binary::locate()?)
         .args(["run", "--listen", "127.0.0.1:8080", "--no-pin", "--control"])
         .arg(&file)
         .stdin(Stdio::null())
@@ -105,7 +109,7 @@ fn the_daemon_refuses_to_replace_a_file_that_is_not_a_socket() -> Result {
 /// accepts the registration and then never reads again: the worker must keep serving promptly.
 #[test]
 fn a_python_worker_never_waits_for_a_slow_daemon() -> Result {
-    integration_tests::fresh_netns()?;
+    fresh_netns()?;
     let dir = std::env::temp_dir().join(format!("reuseport-slowd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

@@ -56,12 +56,17 @@ impl Fixture {
 
     /// [`Fixture::new`] with extra flags for `reuseport run`.
     pub fn with_daemon_args(name: &str, extra: &[&str]) -> Result<Self> {
+        Self::start(name, "127.0.0.1:8080".parse()?, extra)
+    }
+
+    /// [`Fixture::new`] for a group on another address.
+    pub fn new_on(name: &str, addr: SocketAddr) -> Result<Self> {
+        Self::start(name, addr, &[])
+    }
+
+    fn start(name: &str, addr: SocketAddr, extra: &[&str]) -> Result<Self> {
         netns::fresh()?;
-        let mut f = Self::on(
-            "127.0.0.1:8080".parse()?,
-            &format!("test-{name}"),
-            binary::locate()?,
-        )?;
+        let mut f = Self::on(addr, &format!("test-{name}"), binary::locate()?)?;
         f.start_daemon(extra)?;
         Ok(f)
     }

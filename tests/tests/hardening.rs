@@ -159,3 +159,87 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A TCP listener on `addr` with SO_REUSEPORT and the given IPV6_V6ONLY.
+fn v6_listener(addr: std::net::SocketAddr, v6only: bool) -> Result<socket2::Socket> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+    sock.set_only_v6(v6only)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(64)?;
+    Ok(sock)
+}
+
+/// Issue: with `--listen [::]:8090`, a v6-only worker and a dual-stack worker both registered,
+/// though the kernel keeps them in different reuseport groups: every selection of the other
+/// kind failed with EBADFD and round-robin over three workers became 200/100/0.
+#[test]
+fn a_socket_of_the_other_ipv6_kind_is_refused_naming_the_flag() -> Result {
+    let f = Fixture::new_on("v6only", "[::]:8090".parse()?)?;
+    let first = v6_listener(f.addr, false)?;
+    let mut client = ControlClient::connect(&f.control)?;
+    let register = Request::Register {
+        name: Some("dual".into()),
+        weight: None,
+        pid: None,
+    };
+    client.request_with_fd(&register, std::os::fd::AsFd::as_fd(&first))?;
+    let v6only = v6_listener(f.addr, true)?;
+    let refused = ControlClient::connect(&f.control)?
+        .request_with_fd(&register, std::os::fd::AsFd::as_fd(&v6only))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        refused.contains("IPV6_V6ONLY to 0") && refused.contains("separate reuseport groups"),
+        "{refused}"
+    );
+    f.wait_workers(1)?;
+    // Only the dual-stack socket is in the group: every connection selects it, none errs.
+    for _ in 0..10 {
+        std::net::TcpStream::connect("[::1]:8090")?;
+        std::net::TcpStream::connect("127.0.0.1:8090")?;
+    }
+    let status = f.status()?;
+    assert_eq!(status.select_errors.values().sum::<u64>(), 0, "{status:?}");
+    assert_eq!(status.workers[0].selected, 20, "{status:?}");
+    drop(client);
+    Ok(())
+}
+
+/// Issue: a user in another network namespace (`unshare -Urn`) registered listeners bound to
+/// the group's address of its own namespace; they caused EBADFD selection errors and fallbacks.
+#[test]
+fn a_socket_of_another_network_namespace_is_refused() -> Result {
+    let mut f = Fixture::new("other-netns")?;
+    f.echo("w0")?;
+    f.wait_workers(1)?;
+    let addr = f.addr;
+    // A listener on the same address, made in a namespace of its own.
+    let foreign = std::thread::spawn(move || -> std::result::Result<socket2::Socket, String> {
+        fresh_netns().map_err(|e| e.to_string())?;
+        let sock = reuseport_testing::listeners::listener(addr, true).map_err(|e| e.to_string())?;
+        Ok(sock)
+    })
+    .join()
+    .map_err(|_| "thread panicked")??;
+    let refused = ControlClient::connect(&f.control)?
+        .request_with_fd(
+            &Request::Register {
+                name: Some("intruder".into()),
+                weight: None,
+                pid: None,
+            },
+            std::os::fd::AsFd::as_fd(&foreign),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("another network namespace"), "{refused}");
+    let counts = f.load_ok(40);
+    assert_eq!(counts.values().sum::<u64>(), 40);
+    let status = f.wait_workers(1)?;
+    assert_eq!(status.select_errors.values().sum::<u64>(), 0, "{status:?}");
+    assert_eq!(status.fallbacks, 0, "{status:?}");
+    Ok(())
+}

@@ -44,6 +44,16 @@ pub enum Error {
     },
 
     #[error(
+        "pin directory {}: /sys/fs/bpf has no bpffs in this process's own mount namespace \
+         (`ip netns exec` gives its command one, with a fresh /sys), and a bpffs mounted here \
+         would die with the daemon, taking the pinned state with it. Mount bpffs on the host \
+         (`mount -t bpf bpf /sys/fs/bpf`), run the daemon with `nsenter --net=/run/netns/NAME` \
+         instead of `ip netns exec`, or pass --no-pin",
+        path.display()
+    )]
+    PrivateBpffs { path: std::path::PathBuf },
+
+    #[error(
         "the pinned state in {0} was written by a build with another map layout: stop the \
          workers of that group, remove the directory (rm -r {0}) and start again",
         path.display()
@@ -153,6 +163,7 @@ impl Error {
             Self::BpfUnavailable(_) => "bpf_unavailable",
             Self::KernelTooOld { .. } => "kernel_too_old",
             Self::BpffsMissing { .. } => "bpffs_missing",
+            Self::PrivateBpffs { .. } => "private_bpffs",
             Self::IncompatiblePin { .. } => "incompatible_pin",
             Self::NoReuseport => "no_reuseport",
             Self::NotBound => "not_bound",

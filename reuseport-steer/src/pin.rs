@@ -17,14 +17,42 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// The default pin directory of the daemon: one per network namespace, since groups (and
-/// their ports) are per namespace while bpffs is not.
+/// their ports) are per namespace while bpffs is not. See [`bpffs_base`] for where it lives.
 pub fn default_root() -> PathBuf {
     let ns = std::fs::metadata("/proc/thread-self/ns/net")
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .unwrap_or(0);
-    Path::new(BPFFS)
-        .join("reuseport")
-        .join(format!("netns-{ns}"))
+    bpffs_base().join("reuseport").join(format!("netns-{ns}"))
+}
+
+/// The bpffs the default pins go to: /sys/fs/bpf, unless that is not a bpffs here and this
+/// process has a mount namespace of its own (`ip netns exec` gives its command one, with a
+/// fresh /sys): a bpffs mounted there would die with the daemon and the next daemon would find
+/// nothing. Then the bpffs of the namespace the daemon was started from, reached through its
+/// parent's root (or PID 1's), when that has one.
+pub fn bpffs_base() -> PathBuf {
+    let own = Path::new(BPFFS);
+    if !is_bpffs(own) && private_mount_namespace() {
+        let parent = std::os::unix::process::parent_id();
+        for pid in [parent.to_string(), "1".to_owned()] {
+            let outer = Path::new("/proc")
+                .join(pid)
+                .join("root")
+                .join(BPFFS.trim_start_matches('/'));
+            if is_bpffs(&outer) {
+                return outer;
+            }
+        }
+    }
+    own.to_path_buf()
+}
+
+/// Whether this process's mount namespace differs from its parent's: mounts made in it are
+/// gone once it and its children exit.
+fn private_mount_namespace() -> bool {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let parent = std::os::unix::process::parent_id().to_string();
+    matches!((ns("self"), ns(&parent)), (Some(own), Some(theirs)) if own != theirs)
 }
 
 /// The directory of one group under `root`, named after its address (`127-0-0-1_8080`;
@@ -39,10 +67,16 @@ pub fn group_dir(root: &Path, listen: SocketAddr) -> PathBuf {
     root.join(format!("{ip}_{}", listen.port()))
 }
 
-/// Makes sure `dir` is on a bpffs, mounting one at /sys/fs/bpf when nothing is mounted there.
+/// Makes sure `dir` is on a bpffs, mounting one at /sys/fs/bpf when nothing is mounted there
+/// (but not in a mount namespace private to this process, where it would not outlive it).
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     let bpffs = Path::new(BPFFS);
     if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        if private_mount_namespace() {
+            return Err(Error::PrivateBpffs {
+                path: dir.to_path_buf(),
+            });
+        }
         let ret = nix::mount::mount(
             Some("bpf"),
             bpffs,

@@ -243,3 +243,87 @@ fn a_socket_of_another_network_namespace_is_refused() -> Result {
     assert_eq!(status.fallbacks, 0, "{status:?}");
     Ok(())
 }
+
+/// Issue: under `ip netns exec` the daemon mounted a bpffs on the private /sys that command
+/// gives it, so the pins died with the daemon: policy, weights and drains reset on a restart.
+#[test]
+fn pinned_state_survives_a_restart_under_ip_netns_exec() -> Result {
+    let name = format!("reuseport-pins-{}", std::process::id());
+    let netns = NamedNetns::add(&name)?;
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir)?;
+    let control = dir.join("control.sock");
+    let bin = binary::locate()?;
+    let run = |extra: &[&str]| -> Result<KillOnDrop> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &name])
+            .arg(&bin)
+            .args(["run", "--listen", "127.0.0.1:8080", "--control"])
+            .arg(&control)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log"))?)
+            .spawn()?;
+        let daemon = KillOnDrop(child);
+        wait::until(Duration::from_secs(10), "the daemon answers", || {
+            ControlClient::connect(&control).is_ok()
+        })?;
+        Ok(daemon)
+    };
+    let policy = || -> Result<String> {
+        let out = Command::new(&bin)
+            .args(["policy", "get", "--control"])
+            .arg(&control)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let outcome = (|| -> Result {
+        let first = run(&["--policy", "weighted"])?;
+        assert_eq!(policy()?, "127.0.0.1:8080 weighted");
+        stop(first)?;
+        // No --policy: a daemon that found nothing would start with round-robin.
+        let second = run(&[])?;
+        let log = std::fs::read_to_string(dir.join("daemon.log"))?;
+        assert_eq!(policy()?, "127.0.0.1:8080 weighted", "{log}");
+        assert!(log.contains("took over the pinned state"), "{log}");
+        stop(second)?;
+        Ok(())
+    })();
+    // The pins went to the default directory of that namespace, on the host's bpffs.
+    let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/reuseport/netns-{}", netns.inode()?));
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+/// Stops a daemon with SIGTERM and waits for it.
+fn stop(mut daemon: KillOnDrop) -> Result {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    daemon.0.wait()?;
+    Ok(())
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+struct NamedNetns(String);
+
+impl NamedNetns {
+    fn add(name: &str) -> Result<Self> {
+        let status = Command::new("ip").args(["netns", "add", name]).status()?;
+        if !status.success() {
+            return Err(format!("ip netns add {name}: {status}").into());
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    fn inode(&self) -> Result<u64> {
+        Ok(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(
+            format!("/run/netns/{}", self.0),
+        )?))
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

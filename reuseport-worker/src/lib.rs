@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod fdpass;
+pub mod names;
 pub mod protocol;
 pub mod registration;
 

@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     fdpass,
-    protocol::{Reply, Request, CONTROL_ENV, DEFAULT_CONTROL_PATH, MAX_LINE},
+    protocol::{ErrorCode, Reply, Request, CONTROL_ENV, DEFAULT_CONTROL_PATH, MAX_LINE},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub enum ClientError {
     #[error("unreadable reply from the daemon: {0}")]
     BadReply(String),
     #[error("{message}")]
-    Rejected { code: String, message: String },
+    Rejected { code: ErrorCode, message: String },
 }
 
 /// Where the control socket is: the explicit path, else `REUSEPORT_CONTROL`, else the default.
@@ -142,7 +142,7 @@ impl ControlClient {
             serde_json::from_str(&line).map_err(|e| ClientError::BadReply(e.to_string()))?;
         if !reply.ok {
             return Err(ClientError::Rejected {
-                code: reply.code.unwrap_or_default(),
+                code: reply.code.unwrap_or(ErrorCode::Other(String::new())),
                 message: reply.error.unwrap_or_default(),
             });
         }

@@ -64,6 +64,78 @@ pub enum Request {
     },
 }
 
+/// Why a request was refused: the `code` of a refusal, stable and meant for programs (the
+/// `error` beside it is for people). docs/protocol.md lists when each is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // The connection broke the protocol; the daemon closes it after the reply.
+    Forbidden,
+    BadRequest,
+    TooLarge,
+    Truncated,
+    FdMissing,
+    TooManyFds,
+    UnexpectedFd,
+    // Refusals of the daemon's registry.
+    NoGroup,
+    UnknownGroup,
+    AmbiguousGroup,
+    UnknownPolicy,
+    NotRegistered,
+    // The socket a worker sent.
+    NoReuseport,
+    NotBound,
+    NotListening,
+    WrongProtocol,
+    WrongFamily,
+    WrongAddress,
+    UnsupportedSocket,
+    AlreadyInGroup,
+    HeldElsewhere,
+    // Slots, weights and the schedule.
+    SlotOutOfRange,
+    SlotsFull,
+    SlotTaken,
+    SlotEmpty,
+    InvalidWeight,
+    ScheduleTooLong,
+    // The kernel and the program.
+    NotPermitted,
+    BpfUnavailable,
+    KernelTooOld,
+    BpffsMissing,
+    IncompatiblePin,
+    NotAttached,
+    NothingToDetach,
+    Ebpf,
+    Io,
+    /// A code this build does not know (from a newer daemon): still a refusal, shown by its
+    /// `error`.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The code as it is written on the wire.
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::Other(code) => code.as_str().into(),
+            known => serde_json::to_value(known)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+                .into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
 /// A reply line. `ok` says whether the request was carried out; `error` and `code` say why
 /// not; the other fields depend on the request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -71,7 +143,7 @@ pub struct Reply {
     pub ok: bool,
     /// Stable machine-readable reason (see docs/protocol.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<ErrorCode>,
     /// Human-readable reason, with the fix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -94,10 +166,10 @@ impl Reply {
         }
     }
 
-    pub fn error(code: &str, message: impl Into<String>) -> Self {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             ok: false,
-            code: Some(code.to_owned()),
+            code: Some(code),
             error: Some(message.into()),
             ..Self::default()
         }
@@ -203,6 +275,19 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
         let r: Request = serde_json::from_str(r#"{"op":"status","x":1}"#)?;
         assert_eq!(r, Request::Status);
+        Ok(())
+    }
+
+    #[test]
+    fn error_codes_are_snake_case_and_unknown_ones_still_parse() -> Result<(), serde_json::Error> {
+        let line = serde_json::to_string(&Reply::error(ErrorCode::TooManyFds, "x"))?;
+        assert_eq!(line, r#"{"ok":false,"code":"too_many_fds","error":"x"}"#);
+        let reply: Reply = serde_json::from_str(r#"{"ok":false,"code":"no_group","error":"x"}"#)?;
+        assert_eq!(reply.code, Some(ErrorCode::NoGroup));
+        let reply: Reply = serde_json::from_str(r#"{"ok":false,"code":"on_fire","error":"x"}"#)?;
+        assert_eq!(reply.code, Some(ErrorCode::Other("on_fire".into())));
+        assert_eq!(ErrorCode::Other("on_fire".into()).to_string(), "on_fire");
+        assert_eq!(ErrorCode::UnexpectedFd.to_string(), "unexpected_fd");
         Ok(())
     }
 

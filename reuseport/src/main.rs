@@ -220,7 +220,13 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 },
                 metrics,
             };
-            tokio::runtime::Builder::new_current_thread()
+            // Two threads: the owner of the daemon's state makes system calls (map updates,
+            // sock_diag) that would otherwise hold up every session's reading and writing, and
+            // a client flooding its connection would share one thread with everyone else.
+            // With two, sessions keep answering beside the owner; more buys nothing, as all
+            // state changes go through the one owner anyway.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()?
                 .block_on(daemon::run(config, daemon::termination()))

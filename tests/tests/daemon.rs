@@ -16,12 +16,14 @@ use std::{
 use integration_tests::fixture::{bin, Fixture, Result};
 use reuseport_steer::netns;
 use reuseport_testing::loadgen::{tally, Load};
-use reuseport_worker::{self as worker, ClientError, ControlClient, Reply, Request, WorkerOptions};
+use reuseport_worker::{
+    self as worker, ClientError, ControlClient, ErrorCode, Reply, Request, WorkerOptions,
+};
 use socket2::{Domain, Socket, Type};
 
 fn rejected_code(e: ClientError) -> String {
     match e {
-        ClientError::Rejected { code, .. } => code,
+        ClientError::Rejected { code, .. } => code.to_string(),
         other => format!("not a refusal: {other}"),
     }
 }
@@ -166,28 +168,22 @@ fn bad_registrations_are_refused_and_serving_goes_on() -> Result {
 
     // Protocol violations: an error line, then the daemon closes the connection.
     let (reply, closed) = raw_exchange(&f.control, b"hello there\n", &[])?;
-    assert_eq!((reply.code.as_deref(), closed), (Some("bad_request"), true));
+    assert_eq!((reply.code, closed), (Some(ErrorCode::BadRequest), true));
     let (reply, closed) = raw_exchange(&f.control, b"{\"op\":\"register\"}\n", &[])?;
-    assert_eq!((reply.code.as_deref(), closed), (Some("fd_missing"), true));
+    assert_eq!((reply.code, closed), (Some(ErrorCode::FdMissing), true));
     let huge = vec![b'x'; 100 * 1024];
     let (reply, closed) = raw_exchange(&f.control, &huge, &[])?;
-    assert_eq!((reply.code.as_deref(), closed), (Some("too_large"), true));
+    assert_eq!((reply.code, closed), (Some(ErrorCode::TooLarge), true));
     let fd = plain.as_fd();
     use std::os::fd::AsRawFd;
     let (reply, closed) = raw_exchange(&f.control, b"{\"op\":\"status\"}\n", &[fd.as_raw_fd()])?;
-    assert_eq!(
-        (reply.code.as_deref(), closed),
-        (Some("unexpected_fd"), true)
-    );
+    assert_eq!((reply.code, closed), (Some(ErrorCode::UnexpectedFd), true));
     let (reply, closed) = raw_exchange(
         &f.control,
         b"{\"op\":\"register\"}\n",
         &[fd.as_raw_fd(), fd.as_raw_fd()],
     )?;
-    assert_eq!(
-        (reply.code.as_deref(), closed),
-        (Some("too_many_fds"), true)
-    );
+    assert_eq!((reply.code, closed), (Some(ErrorCode::TooManyFds), true));
     // Truncated: half a line, then end of stream.
     let stream = UnixStream::connect(&f.control)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -196,7 +192,7 @@ fn bad_registrations_are_refused_and_serving_goes_on() -> Result {
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     let reply: Reply = serde_json::from_str(&line)?;
-    assert_eq!(reply.code.as_deref(), Some("truncated"));
+    assert_eq!(reply.code, Some(ErrorCode::Truncated));
 
     // The daemon is still there and still steering.
     assert_eq!(f.wait_workers(2)?.workers.len(), 2);

@@ -12,8 +12,12 @@ use std::{
 
 use crate::{
     fdpass,
-    protocol::{ErrorCode, Reply, Request, CONTROL_ENV, DEFAULT_CONTROL_PATH, MAX_LINE},
+    protocol::{ErrorCode, Reply, Request, CONTROL_ENV, DEFAULT_CONTROL_PATH},
 };
+
+/// Longest reply read. Requests are limited to `MAX_LINE`; replies are not (a `status` of a
+/// thousand workers is several hundred KiB), this only bounds the memory a broken peer costs.
+const MAX_REPLY: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -132,7 +136,7 @@ impl ControlClient {
     fn reply(&mut self) -> Result<Reply, ClientError> {
         let mut line = String::new();
         let n = Read::by_ref(&mut self.reader)
-            .take(MAX_LINE as u64)
+            .take(MAX_REPLY)
             .read_line(&mut line)
             .map_err(|e| io_err(&self.path, e))?;
         if n == 0 {

@@ -220,11 +220,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 },
                 metrics,
             };
-            // Two threads: the owner of the daemon's state makes system calls (map updates,
-            // sock_diag) that would otherwise hold up every session's reading and writing, and
-            // a client flooding its connection would share one thread with everyone else.
-            // With two, sessions keep answering beside the owner; more buys nothing, as all
-            // state changes go through the one owner anyway.
+            // The sessions' runtime (the owner of the daemon's state has a thread of its own).
+            // Two threads: a session busy with a big reply (`status` of a thousand workers) or
+            // a client flooding its connection then holds up no other session. More buy
+            // nothing: every state change goes through the one owner anyway.
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -51,7 +51,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
     let registry = Registry::new(&config.listen, &config.setup, config.health)
         .context("loading the steering program")?;
     let diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
-    let (owner, owner_task) = owner::spawn(registry, diag, config.health);
+    let (owner, owner_thread) = owner::spawn(registry, diag, config.health)
+        .context("starting the thread that owns the daemon's state")?;
     let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
     let metrics = match config.metrics {
         Some(addr) => Some(tokio::spawn(metrics_http::serve(
@@ -108,7 +109,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
             }
         }
     }
-    owner_task.abort();
+    owner_thread.stop().await;
     if let Some(m) = metrics {
         m.abort();
     }

@@ -1,4 +1,4 @@
-//! The one task that owns the daemon's state ([`Registry`]: groups, workers, health, the
+//! The one task, on a thread of its own, that owns the daemon's state ([`Registry`]: groups, workers, health, the
 //! sock_diag socket). Sessions and the metrics endpoint send it [`Command`]s through a
 //! [`Handle`] and wait for the reply on a oneshot channel, so there is no lock: a slow step
 //! delays only the commands queued behind it, never a client's reading or writing.
@@ -82,15 +82,47 @@ impl Handle {
     }
 }
 
-/// Starts the owner task; it runs until every [`Handle`] is dropped or it is aborted.
+/// The running owner: its thread, and how to stop it.
+pub struct Owner {
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Owner {
+    /// Stops the owner and waits for its thread (the state is dropped: the programs stay
+    /// attached with their last state).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+/// Starts the owner on a thread of its own, with a single-threaded runtime for its timers.
+/// Its system calls (map updates, sock_diag) then never take a turn from a session, and a
+/// session flooding its connection never takes one from the owner: a thread shared with the
+/// sessions would make either wait for the other.
 pub fn spawn(
     registry: Registry,
     diag: ListenerDiag,
     health: HealthConfig,
-) -> (Handle, tokio::task::JoinHandle<()>) {
+) -> std::io::Result<(Handle, Owner)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     let (tx, rx) = mpsc::channel(QUEUE);
-    let task = tokio::spawn(own(registry, diag, health, rx));
-    (Handle { tx }, task)
+    let (stop, stopped) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("registry-owner".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = own(registry, diag, health, rx) => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+    Ok((Handle { tx }, Owner { stop, thread }))
 }
 
 /// Registrations waiting for a take-over, with their reply channels.

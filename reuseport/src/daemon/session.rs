@@ -122,6 +122,9 @@ impl Session {
                 }
             }
             buf.drain(..start);
+            // Let the other connections have their turn: a client that floods its connection
+            // (`load` lines need no await) holds up nobody but itself.
+            tokio::task::yield_now().await;
             if buf.len() >= MAX_LINE {
                 return Err(fatal(
                     ErrorCode::TooLarge,

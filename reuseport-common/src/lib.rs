@@ -1,8 +1,19 @@
-//! Types shared by the kernel program (`reuseport-ebpf`) and userspace (`reuseport-user`).
+//! Types shared by the kernel program (`reuseport-ebpf`) and userspace (`reuseport-steer`).
 //!
 //! Everything a map holds is defined here once, `#[repr(C)]`, with its size pinned at compile
-//! time so the two sides cannot drift apart.
-#![no_std]
+//! time, and [`maps`] states each map's name, value type and length, so the two sides cannot
+//! drift apart. The enums the maps store as `u32` (a [`Policy`], an [`OnEmpty`], a
+//! [`SlotState`]) are here too, with the names the command line and the control socket use.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+
+pub mod maps;
+mod named;
+#[cfg(any(test, feature = "std"))]
+mod parse;
+
+pub use named::{AttachMode, Family, OnEmpty, Policy, Protocol, SlotState};
+#[cfg(any(test, feature = "std"))]
+pub use parse::ParseError;
 
 /// Slots in the socket array: the most listeners one group can steer between.
 pub const MAX_SLOTS: u32 = 1024;
@@ -13,54 +24,10 @@ pub const MAX_TRIES: u32 = 32;
 /// Largest weight a slot can have.
 pub const MAX_WEIGHT: u32 = 1000;
 
-/// Names of the maps and programs in the object, so userspace never spells them twice.
+/// Names of the programs in the object (the maps' are in [`maps`]).
 pub mod names {
-    pub const SOCKETS: &str = "SOCKETS";
-    pub const CONFIG: &str = "CONFIG";
-    pub const ACTIVE: &str = "ACTIVE";
-    pub const SCHEDULE: &str = "SCHEDULE";
-    pub const SLOTS: &str = "SLOTS";
-    pub const CURSORS: &str = "CURSORS";
-    pub const SLOT_STATS: &str = "SLOT_STATS";
-    pub const LOAD: &str = "LOAD";
-    pub const LEAST: &str = "LEAST";
-    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const PROG_SELECT: &str = "reuseport_select";
     pub const PROG_MIGRATE: &str = "reuseport_migrate";
-}
-
-/// Balancing policy, stored as `Config::policy`.
-pub mod policy {
-    /// The packet's flow hash over the active slots.
-    pub const HASH: u32 = 0;
-    /// Exact round-robin over the active slots (one shared atomic ticket).
-    pub const ROUND_ROBIN: u32 = 1;
-    /// Smooth weighted round-robin, driven by the precomputed schedule.
-    pub const WEIGHTED: u32 = 2;
-    /// Round-robin over the active slots with the lowest load (the `LEAST` list).
-    pub const LEAST_LOADED: u32 = 3;
-    /// The less loaded of two random active slots.
-    pub const P2C: u32 = 4;
-}
-
-/// What the program does when no active slot can take the connection (`Config::on_empty`).
-pub mod on_empty {
-    /// `SK_PASS` without a selection: the kernel hashes over the whole group.
-    pub const PASS: u32 = 0;
-    /// `SK_DROP`: the client sees a refused connection.
-    pub const DROP: u32 = 1;
-}
-
-/// Per-slot state, as kept in `SlotConfig::state`.
-pub mod slot_state {
-    /// No socket in this slot.
-    pub const EMPTY: u32 = 0;
-    /// Receives new connections.
-    pub const ACTIVE: u32 = 1;
-    /// Keeps its socket (and queue) but receives nothing new.
-    pub const DRAINING: u32 = 2;
-    /// Taken out of the active set by the daemon: its worker stopped accepting.
-    pub const STUCK: u32 = 3;
 }
 
 /// Index of the cursor each ticket-based policy advances in the `CURSORS` map.
@@ -70,8 +37,8 @@ pub mod cursor {
     pub const COUNT: u32 = 2;
 }
 
-/// A dense list published by userspace: which half of its double-buffered map is live and how
-/// many entries it has, packed in one `u32` so the program reads both with one load and never
+/// A dense list published by userspace: which half of its double-buffered map
+/// ([`maps::TwoHalves`]) is live and how many entries it has, packed in one `u32` so the program reads both with one load and never
 /// sees a half from one update with a length from another.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,15 +67,16 @@ impl ListRef {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// One of [`policy`].
+    /// A [`Policy`] as `u32`: the program compares it against `Policy::X as u32`, and an
+    /// unknown value behaves as `hash`.
     pub policy: u32,
-    /// One of [`on_empty`].
+    /// An [`OnEmpty`] as `u32`.
     pub on_empty: u32,
     /// Bumped by userspace on every change, so observers can tell two states apart.
     pub generation: u32,
-    /// The live list of active slots in the `ACTIVE` map (halves of `MAX_SLOTS` entries).
+    /// The live list of active slots in the `ACTIVE` map ([`maps::ACTIVE_LIST`]).
     pub active: ListRef,
-    /// The live weighted schedule in the `SCHEDULE` map (halves of `MAX_SCHEDULE` entries).
+    /// The live weighted schedule in the `SCHEDULE` map ([`maps::SCHEDULE_LIST`]).
     pub schedule: ListRef,
     pub _reserved: u32,
 }
@@ -118,12 +86,25 @@ pub struct Config {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotConfig {
-    /// One of [`slot_state`].
+    /// A [`SlotState`] as `u32`, or [`SlotConfig::EMPTY`].
     pub state: u32,
     /// Weight for the `weighted` policy (1..=MAX_WEIGHT).
     pub weight: u32,
     /// SO_COOKIE of the socket in the slot, 0 when empty.
     pub cookie: u64,
+}
+
+impl SlotConfig {
+    /// `state` of a slot with no socket: no [`SlotState`] has this value.
+    pub const EMPTY: u32 = 0;
+
+    pub const fn is_empty(&self) -> bool {
+        self.state == Self::EMPTY
+    }
+    /// The slot's state; `None` when it is empty (or holds a value this version does not know).
+    pub const fn state(&self) -> Option<SlotState> {
+        SlotState::from_raw(self.state)
+    }
 }
 
 /// `BPF_F_MMAPABLE`: userspace maps the array into memory and reads or writes it with no
@@ -132,13 +113,40 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Per-slot counters (`SLOT_STATS`, shared by all CPUs, updated atomically, memory-mapped by
 /// userspace).
+///
+/// `C` is the counter cell: `u64` in the program (which adds with an atomic instruction) and
+/// `AtomicU64` in userspace's view of the mapping; one layout for both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlotStats {
+pub struct SlotStats<C = u64> {
     /// New connections the program sent to this slot.
-    pub selected: u64,
+    pub selected: C,
     /// Queued connections moved to this slot from a closing listener.
-    pub migrated: u64,
+    pub migrated: C,
+}
+
+/// What the `LEAST` map holds: the least-loaded active slots, which `least-loaded` takes in turn.
+/// The daemon rewrites the half that is not live through its memory mapping, then flips `head`.
+///
+/// The map is declared as `u64` entries (see [`maps::LEAST`]) so the program reads each word
+/// with a bounds-checked lookup at [`LeastList::HEAD`] and [`LeastList::entry`]; `C` is the word
+/// cell, `u64` there and `AtomicU64` in userspace's view.
+#[repr(C)]
+pub struct LeastList<C = u64> {
+    /// A [`ListRef`] in the low 32 bits: the live half and its length.
+    pub head: C,
+    /// Slot numbers, in two halves ([`maps::LEAST_LIST`]).
+    pub halves: [[C; MAX_SLOTS as usize]; 2],
+}
+
+impl LeastList {
+    /// Entry of the `LEAST` map that holds [`LeastList::head`].
+    pub const HEAD: u32 = (core::mem::offset_of!(LeastList, head) / 8) as u32;
+
+    /// Entry of the `LEAST` map that holds entry `i` of `half`.
+    pub const fn entry(half: u32, i: u32) -> u32 {
+        (core::mem::offset_of!(LeastList, halves) / 8) as u32 + maps::LEAST_LIST.index(half, i)
+    }
 }
 
 /// `bpf_sk_select_reuseport` failures, by errno, as counted in [`GlobalStats::errors`].
@@ -200,6 +208,9 @@ const _: () = {
     assert!(core::mem::align_of::<Config>() == 4);
     assert!(core::mem::size_of::<SlotConfig>() == 16);
     assert!(core::mem::size_of::<SlotStats>() == 16);
+    assert!(LeastList::HEAD == 0 && LeastList::entry(0, 0) == 1);
+    assert!(LeastList::entry(1, MAX_SLOTS - 1) == 2 * MAX_SLOTS);
+    assert!(core::mem::size_of::<LeastList>() == 8 * (1 + maps::LEAST_LIST.entries() as usize));
     assert!(core::mem::size_of::<GlobalStats>() == 8 * (4 + select_error::COUNT));
     assert!(MAX_SLOTS.is_power_of_two() && MAX_SLOTS < ListRef::HALF_BIT);
     assert!(MAX_SCHEDULE.is_power_of_two() && MAX_SCHEDULE < ListRef::HALF_BIT);

@@ -25,43 +25,52 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use reuseport_common::{
-    cursor, on_empty, policy, select_error, Config, GlobalStats, ListRef, SlotConfig, SlotStats,
-    BPF_F_MMAPABLE, MAX_SCHEDULE, MAX_SLOTS, MAX_TRIES,
+    cursor,
+    maps::{self, MapSpec, ACTIVE_LIST, LEAST_LIST, SCHEDULE_LIST},
+    select_error, Config, GlobalStats, LeastList, ListRef, OnEmpty, Policy, SlotConfig, SlotStats,
+    MAX_TRIES,
 };
 
 /// The group's sockets by slot. 8-byte values, so userspace can read a slot back (the kernel
 /// answers a lookup with the socket's cookie only then) and tell a closed socket from a live one.
 #[btf_map]
-static SOCKETS: ReusePortSockArrayImpl<u64, { MAX_SLOTS as usize }> = ReusePortSockArrayImpl::new();
+static SOCKETS: ReusePortSockArrayImpl<u64, { maps::SOCKETS.max_entries as usize }> =
+    ReusePortSockArrayImpl::new();
 #[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-/// Two halves of `MAX_SLOTS` entries; `Config::active` says which one is live.
+static CONFIG: Array<Config> = array(&maps::CONFIG);
+/// Two halves of active slots; `Config::active` says which one is live.
 #[map]
-static ACTIVE: Array<u32> = Array::with_max_entries(2 * MAX_SLOTS, 0);
-/// Two halves of `MAX_SCHEDULE` entries; `Config::schedule` says which one is live.
+static ACTIVE: Array<u32> = array(&maps::ACTIVE);
+/// Two halves of the weighted schedule; `Config::schedule` says which one is live.
 #[map]
-static SCHEDULE: Array<u32> = Array::with_max_entries(2 * MAX_SCHEDULE, 0);
+static SCHEDULE: Array<u32> = array(&maps::SCHEDULE);
 /// Userspace's record of each slot; the program does not need it on the hot path.
 #[map]
-static SLOTS: Array<SlotConfig> = Array::with_max_entries(MAX_SLOTS, 0);
+static SLOTS: Array<SlotConfig> = array(&maps::SLOTS);
 /// Shared tickets of the round-robin and weighted policies, advanced atomically.
 #[map]
-static CURSORS: Array<u64> = Array::with_max_entries(cursor::COUNT, 0);
+static CURSORS: Array<u64> = array(&maps::CURSORS);
 /// Per-slot counters; shared and memory-mapped, so the daemon reads them every sample with no
 /// system call.
 #[map]
-static SLOT_STATS: Array<SlotStats> = Array::with_max_entries(MAX_SLOTS, BPF_F_MMAPABLE);
+static SLOT_STATS: Array<SlotStats> = array(&maps::SLOT_STATS);
 /// Per-slot load for `least-loaded` and `p2c`, written by the daemon every sample: the accept
 /// queue plus the requests in flight. The program only reads it; between two samples, equally
 /// loaded slots take turns (least-loaded) or two random picks spread the choices (p2c).
 #[map]
-static LOAD: Array<u64> = Array::with_max_entries(MAX_SLOTS, BPF_F_MMAPABLE);
-/// The least-loaded active slots: word 0 is a `ListRef` (which half, how many), then two halves
-/// of `MAX_SLOTS` slot numbers. Written by the daemon through its memory mapping.
+static LOAD: Array<u64> = array(&maps::LOAD);
+/// The least-loaded active slots, a [`LeastList`] read word by word. Written by the daemon
+/// through its memory mapping.
 #[map]
-static LEAST: Array<u64> = Array::with_max_entries(1 + 2 * MAX_SLOTS, BPF_F_MMAPABLE);
+static LEAST: Array<u64> = array(&maps::LEAST);
 #[map]
-static GLOBAL_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
+static GLOBAL_STATS: PerCpuArray<GlobalStats> =
+    PerCpuArray::with_max_entries(maps::GLOBAL_STATS.max_entries, maps::GLOBAL_STATS.flags);
+
+/// Declares an array as its spec says; the spec's value type must be the map's.
+const fn array<V>(spec: &MapSpec<V>) -> Array<V> {
+    Array::with_max_entries(spec.max_entries, spec.flags)
+}
 
 #[sk_reuseport]
 pub fn reuseport_select(ctx: SkReuseportContext) -> u32 {
@@ -93,13 +102,9 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
     let config = *config;
 
     let active = config.active;
-    let count = if active.len() > MAX_SLOTS {
-        MAX_SLOTS
-    } else {
-        active.len()
-    };
+    let count = ACTIVE_LIST.clamp(active.len());
     if count > 0 {
-        let base = active.half() * MAX_SLOTS;
+        let base = ACTIVE_LIST.start(active.half());
         let (first, start) = first_candidate(ctx, &config, count, base);
         if let Some(slot) = first {
             if try_slot(ctx, slot, migrating, global) {
@@ -120,7 +125,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
         }
     }
 
-    if config.on_empty == on_empty::DROP {
+    if config.on_empty == OnEmpty::Drop as u32 {
         global.drops += 1;
         SK_DROP
     } else {
@@ -143,26 +148,28 @@ fn first_candidate(
     count: u32,
     base: u32,
 ) -> (Option<u32>, u32) {
+    // The policy stays a `u32` in the map; comparing it against each variant's value keeps an
+    // unknown value harmless (it falls through to the hash).
+    const LEAST_LOADED: u32 = Policy::LeastLoaded as u32;
+    const P2C: u32 = Policy::P2c as u32;
+    const ROUND_ROBIN: u32 = Policy::RoundRobin as u32;
+    const WEIGHTED: u32 = Policy::Weighted as u32;
     match config.policy {
-        policy::LEAST_LOADED => least_loaded(count),
-        policy::P2C => two_choices(count, base),
-        policy::ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
-        policy::WEIGHTED => {
+        LEAST_LOADED => least_loaded(count),
+        P2C => two_choices(count, base),
+        ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
+        WEIGHTED => {
             let schedule = config.schedule;
-            let len = if schedule.len() > MAX_SCHEDULE {
-                MAX_SCHEDULE
-            } else {
-                schedule.len()
-            };
+            let len = SCHEDULE_LIST.clamp(schedule.len());
             if len == 0 {
                 return (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32);
             }
             let t = ticket(cursor::WEIGHTED);
-            let index = schedule.half() * MAX_SCHEDULE + (t % len as u64) as u32;
+            let index = SCHEDULE_LIST.index(schedule.half(), (t % len as u64) as u32);
             let slot = SCHEDULE.get(index).copied();
             (slot, (t % count as u64) as u32)
         }
-        // policy::HASH and anything unknown: the flow hash, scaled onto the active list.
+        // Policy::Hash and anything unknown: the flow hash, scaled onto the active list.
         _ => (None, ((ctx.hash() as u64 * count as u64) >> 32) as u32),
     }
 }
@@ -173,15 +180,15 @@ fn first_candidate(
 fn least_loaded(count: u32) -> (Option<u32>, u32) {
     let t = ticket(cursor::ROUND_ROBIN);
     let start = (t % count as u64) as u32;
-    let Some(&desc) = LEAST.get(0) else {
+    let Some(&head) = LEAST.get(LeastList::HEAD) else {
         return (None, start);
     };
-    let list = ListRef(desc as u32);
+    let list = ListRef(head as u32);
     let len = list.len();
-    if len == 0 || len > MAX_SLOTS {
+    if len == 0 || len > LEAST_LIST.half_len {
         return (None, start);
     }
-    let index = 1 + list.half() * MAX_SLOTS + (t % len as u64) as u32;
+    let index = LeastList::entry(list.half(), (t % len as u64) as u32);
     (LEAST.get(index).map(|&slot| slot as u32), start)
 }
 

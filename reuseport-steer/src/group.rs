@@ -3,6 +3,7 @@
 use std::{
     os::fd::{AsFd, BorrowedFd},
     path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
 use aya::{
@@ -12,13 +13,13 @@ use aya::{
 };
 use log::debug;
 use reuseport_common::{
-    names, slot_state, Config, GlobalStats, ListRef, SlotConfig, MAX_SCHEDULE, MAX_SLOTS,
-    MAX_WEIGHT,
+    maps::{self, MapSpec, ACTIVE_LIST, SCHEDULE_LIST},
+    names, Config, GlobalStats, LeastList, ListRef, SlotConfig, SlotStats, MAX_SLOTS, MAX_WEIGHT,
 };
 
 use crate::{
     error::{errno_in, Error, Result},
-    mmap::MappedWords,
+    mmap::{MappedArray, Shared},
     object::OBJECT,
     pin,
     policy::{AttachMode, OnEmpty, Policy, SlotState},
@@ -63,12 +64,12 @@ pub struct Group {
     active_map: Array<MapData, u32>,
     schedule_map: Array<MapData, u32>,
     slots_map: Array<MapData, SlotConfig>,
-    /// `SLOT_STATS`, two words per slot: selected, migrated.
-    slot_stats: MappedWords,
+    /// `SLOT_STATS`, one entry per slot.
+    slot_stats: MappedArray<SlotStats<AtomicU64>>,
     /// `LOAD`, one word per slot.
-    loads: MappedWords,
-    /// `LEAST`: the least-loaded active slots (a `ListRef` word, then two halves).
-    least: MappedWords,
+    loads: MappedArray<AtomicU64>,
+    /// `LEAST`: the least-loaded active slots, one struct over the map's words.
+    least: MappedArray<LeastList<AtomicU64>>,
     /// What `LEAST`'s live half holds.
     least_written: Vec<u32>,
     /// Reused buffer for the next least-loaded set (published every sample).
@@ -100,9 +101,9 @@ impl Group {
             Some(dir) => {
                 pin::ensure_bpffs(dir)?;
                 pin::check_compatible(dir)?;
-                pin::state_maps()
+                maps::STATE
                     .iter()
-                    .map(|&(name, _, _)| (name, dir.join(name)))
+                    .map(|shape| (shape.name, dir.join(shape.name)))
                     .collect()
             }
             None => Vec::new(),
@@ -123,22 +124,22 @@ impl Group {
                 cause: "object built from other sources".into(),
             })
         };
-        let sockets = take(names::SOCKETS)?;
-        let config_map = typed(take(names::CONFIG)?, names::CONFIG)?;
-        let active_map = typed(take(names::ACTIVE)?, names::ACTIVE)?;
-        let schedule_map = typed(take(names::SCHEDULE)?, names::SCHEDULE)?;
-        let slots_map = typed(take(names::SLOTS)?, names::SLOTS)?;
+        let sockets = take(maps::SOCKETS.name)?;
+        let config_map = typed(take(maps::CONFIG.name)?, maps::CONFIG.name)?;
+        let active_map = typed(take(maps::ACTIVE.name)?, maps::ACTIVE.name)?;
+        let schedule_map = typed(take(maps::SCHEDULE.name)?, maps::SCHEDULE.name)?;
+        let slots_map = typed(take(maps::SLOTS.name)?, maps::SLOTS.name)?;
         // The maps stay open (the program is loaded against their fds); reads and writes go
         // through the mappings.
         let mapped_maps = [
-            take(names::SLOT_STATS)?,
-            take(names::LOAD)?,
-            take(names::LEAST)?,
+            take(maps::SLOT_STATS.name)?,
+            take(maps::LOAD.name)?,
+            take(maps::LEAST.name)?,
         ];
-        let slot_stats = mapped(&mapped_maps[0], names::SLOT_STATS, 2 * MAX_SLOTS as usize)?;
-        let loads = mapped(&mapped_maps[1], names::LOAD, MAX_SLOTS as usize)?;
-        let least = mapped(&mapped_maps[2], names::LEAST, 1 + 2 * MAX_SLOTS as usize)?;
-        let global_stats = typed(take(names::GLOBAL_STATS)?, names::GLOBAL_STATS)?;
+        let slot_stats = mapped(&mapped_maps[0], &maps::SLOT_STATS)?;
+        let loads = mapped(&mapped_maps[1], &maps::LOAD)?;
+        let least = mapped(&mapped_maps[2], &maps::LEAST)?;
+        let global_stats = typed(take(maps::GLOBAL_STATS.name)?, maps::GLOBAL_STATS.name)?;
 
         let prog_name = program_name(options.mode);
         let program: &mut SkReuseport = ebpf
@@ -171,8 +172,8 @@ impl Group {
             _mapped_maps: mapped_maps,
             global_stats,
             config: Config {
-                policy: options.policy.to_raw(),
-                on_empty: options.on_empty.to_raw(),
+                policy: options.policy as u32,
+                on_empty: options.on_empty as u32,
                 ..Config::default()
             },
             slots: vec![SlotConfig::default(); MAX_SLOTS as usize],
@@ -211,8 +212,8 @@ impl Group {
             sys::sockarray_clear(fd, slot)
                 .map_err(|e| Error::io(format!("clearing slot {slot}"), e))?;
         }
-        self.config.policy = policy.to_raw();
-        self.config.on_empty = on_empty.to_raw();
+        self.config.policy = policy as u32;
+        self.config.on_empty = on_empty as u32;
         self.adopted = false;
         self.publish()
     }
@@ -336,7 +337,7 @@ impl Group {
     fn free_slot(&self) -> Result<u32> {
         self.slots
             .iter()
-            .position(|s| s.state == slot_state::EMPTY)
+            .position(|s| s.is_empty())
             .map(|i| i as u32)
             .ok_or(Error::SlotsFull { max: MAX_SLOTS })
     }
@@ -347,7 +348,7 @@ impl Group {
         if let Some(existing) = self.slot_of_cookie(info.cookie) {
             return Err(Error::AlreadyInGroup(existing));
         }
-        if self.slots[slot as usize].state != slot_state::EMPTY {
+        if !self.slots[slot as usize].is_empty() {
             return Err(Error::SlotTaken(slot));
         }
         sys::sockarray_insert(self.sockets_fd()?, slot, socket).map_err(|e| {
@@ -361,7 +362,7 @@ impl Group {
         self.identity.get_or_insert(info);
         self.reset_slot_stats(slot)?;
         self.slots[slot as usize] = SlotConfig {
-            state: slot_state::ACTIVE,
+            state: SlotState::Active as u32,
             weight: 1,
             cookie: info.cookie,
         };
@@ -410,7 +411,7 @@ impl Group {
     pub fn slot_of_cookie(&self, cookie: u64) -> Option<u32> {
         self.slots
             .iter()
-            .position(|s| s.state != slot_state::EMPTY && s.cookie == cookie)
+            .position(|s| !s.is_empty() && s.cookie == cookie)
             .map(|i| i as u32)
     }
 
@@ -426,7 +427,7 @@ impl Group {
             self.occupied(slot)?;
         }
         for &(slot, state) in changes {
-            self.slots[slot as usize].state = state.to_raw();
+            self.slots[slot as usize].state = state as u32;
             self.write_slot(slot)?;
         }
         self.publish()
@@ -464,7 +465,7 @@ impl Group {
 
     /// Switches the policy live: one map update, no re-attach, no connection lost.
     pub fn set_policy(&mut self, policy: Policy) -> Result<()> {
-        self.config.policy = policy.to_raw();
+        self.config.policy = policy as u32;
         self.write_config()
     }
 
@@ -473,12 +474,12 @@ impl Group {
     }
 
     pub fn set_on_empty(&mut self, on_empty: OnEmpty) -> Result<()> {
-        self.config.on_empty = on_empty.to_raw();
+        self.config.on_empty = on_empty as u32;
         self.write_config()
     }
 
     pub fn on_empty(&self) -> OnEmpty {
-        OnEmpty::from_raw(self.config.on_empty)
+        OnEmpty::from_raw(self.config.on_empty).unwrap_or_default()
     }
 
     /// Changes whenever what the program sees changes.
@@ -494,7 +495,7 @@ impl Group {
             .filter_map(|(i, s)| {
                 Some(Slot {
                     index: i as u32,
-                    state: SlotState::from_raw(s.state)?,
+                    state: s.state()?,
                     weight: s.weight,
                     cookie: s.cookie,
                 })
@@ -504,7 +505,7 @@ impl Group {
 
     /// A slot's state, `None` when empty.
     pub fn slot_state(&self, slot: u32) -> Option<SlotState> {
-        SlotState::from_raw(self.slots.get(slot as usize)?.state)
+        self.slots.get(slot as usize)?.state()
     }
 
     pub fn slot(&self, slot: u32) -> Option<Slot> {
@@ -542,31 +543,33 @@ impl Group {
     /// Sets the load `least-loaded` and `p2c` see for a slot. `least-loaded` sees it once
     /// [`Group::publish_least_loaded`] runs.
     pub fn set_load(&self, slot: u32, load: u64) {
-        self.loads.set(slot as usize, load);
+        if let Some(cell) = self.loads.get(slot as usize) {
+            cell.store(load, Relaxed);
+        }
     }
 
     /// Republishes the active slots that share the lowest load, which `least-loaded` takes in
     /// turn. Writes only when the set changed, through the memory mapping (no system call).
     pub fn publish_least_loaded(&mut self) {
-        let loads = &self.loads;
-        let min = self.active.iter().map(|&s| loads.get(s as usize)).min();
+        let min = self.active.iter().map(|&s| self.slot_load(s)).min();
         let mut least = std::mem::take(&mut self.least_scratch);
         least.clear();
         least.extend(
             self.active
                 .iter()
                 .copied()
-                .filter(|&s| Some(loads.get(s as usize)) == min),
+                .filter(|&s| Some(self.slot_load(s)) == min),
         );
         if least != self.least_written {
-            let live = ListRef(self.least.get(0) as u32);
-            let half = 1 - live.half();
-            for (i, &slot) in least.iter().enumerate() {
-                self.least
-                    .set(1 + (half * MAX_SLOTS) as usize + i, u64::from(slot));
+            if let Some(list) = self.least.get(0) {
+                let live = ListRef(list.head.load(Relaxed) as u32);
+                let half = 1 - live.half();
+                for (cell, &slot) in list.halves[half as usize].iter().zip(&least) {
+                    cell.store(u64::from(slot), Relaxed);
+                }
+                let head = ListRef::new(half, least.len() as u32);
+                list.head.store(u64::from(head.0), Relaxed);
             }
-            self.least
-                .set(0, u64::from(ListRef::new(half, least.len() as u32).0));
             std::mem::swap(&mut least, &mut self.least_written);
         }
         self.least_scratch = least;
@@ -574,20 +577,21 @@ impl Group {
 
     /// How many slots hold a socket (no allocation, unlike [`Group::slots`]).
     pub fn occupied_count(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.state != slot_state::EMPTY)
-            .count()
+        self.slots.iter().filter(|s| !s.is_empty()).count()
     }
 
     /// The load as the program sees it now.
     pub fn slot_load(&self, slot: u32) -> u64 {
-        self.loads.get(slot as usize)
+        self.loads
+            .get(slot as usize)
+            .map_or(0, |cell| cell.load(Relaxed))
     }
 
     /// Connections sent to a slot so far, new and migrated: read from memory, no system call.
     pub fn dispatched(&self, slot: u32) -> u64 {
-        self.slot_stats.get(2 * slot as usize) + self.slot_stats.get(2 * slot as usize + 1)
+        self.slot_stats.get(slot as usize).map_or(0, |stats| {
+            stats.selected.load(Relaxed) + stats.migrated.load(Relaxed)
+        })
     }
 
     /// Reads the counters (per-slot from memory, group-wide summed over CPUs).
@@ -595,10 +599,14 @@ impl Group {
         let slots = self
             .slots()
             .iter()
-            .map(|slot| SlotCounters {
-                slot: slot.index,
-                selected: self.slot_stats.get(2 * slot.index as usize),
-                migrated: self.slot_stats.get(2 * slot.index as usize + 1),
+            .map(|slot| {
+                let stats = self.slot_stats.get(slot.index as usize);
+                let read = |cell: Option<&AtomicU64>| cell.map_or(0, |c| c.load(Relaxed));
+                SlotCounters {
+                    slot: slot.index,
+                    selected: read(stats.map(|s| &s.selected)),
+                    migrated: read(stats.map(|s| &s.migrated)),
+                }
             })
             .collect();
         let per_cpu = self
@@ -676,7 +684,7 @@ impl Group {
 
     fn occupied(&self, slot: u32) -> Result<()> {
         check_range(slot)?;
-        if self.slots[slot as usize].state == slot_state::EMPTY {
+        if self.slots[slot as usize].is_empty() {
             return Err(Error::SlotEmpty(slot));
         }
         Ok(())
@@ -689,7 +697,7 @@ impl Group {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state == slot_state::ACTIVE)
+            .filter(|(_, s)| s.state() == Some(SlotState::Active))
             .map(|(i, s)| (i as u32, s.weight))
             .collect();
         let schedule = schedule::smooth_weighted(&active)?;
@@ -701,14 +709,14 @@ impl Group {
         write_changed(
             &mut self.active_map,
             &mut self.written[0][half as usize],
-            half * MAX_SLOTS,
+            ACTIVE_LIST.start(half),
             &slots,
         )
         .map_err(|e| Error::ebpf("writing the active list", e))?;
         write_changed(
             &mut self.schedule_map,
             &mut self.written[1][sched_half as usize],
-            sched_half * MAX_SCHEDULE,
+            SCHEDULE_LIST.start(sched_half),
             &schedule,
         )
         .map_err(|e| Error::ebpf("writing the weighted schedule", e))?;
@@ -733,9 +741,11 @@ impl Group {
     }
 
     fn reset_slot_stats(&mut self, slot: u32) -> Result<()> {
-        self.slot_stats.set(2 * slot as usize, 0);
-        self.slot_stats.set(2 * slot as usize + 1, 0);
-        self.loads.set(slot as usize, 0);
+        if let Some(stats) = self.slot_stats.get(slot as usize) {
+            stats.selected.store(0, Relaxed);
+            stats.migrated.store(0, Relaxed);
+        }
+        self.set_load(slot, 0);
         Ok(())
     }
 
@@ -743,7 +753,7 @@ impl Group {
         match &self.sockets {
             Map::ReusePortSockArray(data) => Ok(data.fd().as_fd()),
             _ => Err(Error::Ebpf {
-                what: format!("map {} has the wrong type", names::SOCKETS),
+                what: format!("map {} has the wrong type", maps::SOCKETS.name),
                 cause: "object built from other sources".into(),
             }),
         }
@@ -786,15 +796,16 @@ fn write_changed(
     Ok(())
 }
 
-/// Maps an array map of `words` u64 values.
-fn mapped(map: &Map, name: &str, words: usize) -> Result<MappedWords> {
+/// Maps the array map `spec` describes into memory, viewed as `T`s.
+fn mapped<T: Shared, V>(map: &Map, spec: &MapSpec<V>) -> Result<MappedArray<T>> {
+    let name = spec.name;
     let Map::Array(data) = map else {
         return Err(Error::Ebpf {
             what: format!("map {name} has the wrong type"),
             cause: "object built from other sources".into(),
         });
     };
-    MappedWords::new(data.fd().as_fd(), words)
+    MappedArray::new(data.fd().as_fd(), spec)
         .map_err(|e| Error::io(format!("mapping {name} into memory"), e))
 }
 

@@ -7,8 +7,37 @@ pub(crate) static OBJECT: &[u8] =
 #[cfg(test)]
 mod tests {
     use object::{Object as _, ObjectSection as _};
+    use reuseport_common::maps;
 
     use super::OBJECT;
+
+    /// The program declares its maps from the specs in `reuseport-common`; this checks the
+    /// object agrees with them, the shapes pinned maps are compared against.
+    #[test]
+    fn the_objects_maps_have_the_shapes_of_the_specs() -> Result<(), Box<dyn std::error::Error>> {
+        let object = aya_obj::Object::parse(OBJECT)?;
+        for shape in maps::STATE {
+            let map = object
+                .maps
+                .get(shape.name)
+                .ok_or(format!("map {} missing", shape.name))?;
+            assert_eq!(
+                (map.value_size(), map.max_entries()),
+                (shape.value_size, shape.max_entries),
+                "{}",
+                shape.name
+            );
+        }
+        for (name, flags) in [
+            (maps::SLOT_STATS.name, maps::SLOT_STATS.flags),
+            (maps::LOAD.name, maps::LOAD.flags),
+            (maps::LEAST.name, maps::LEAST.flags),
+        ] {
+            let map = object.maps.get(name).ok_or(format!("map {name} missing"))?;
+            assert_eq!(map.map_flags(), flags, "{name}");
+        }
+        Ok(())
+    }
 
     /// BPF_STX | BPF_ATOMIC | BPF_DW: a 64-bit atomic read-modify-write.
     const ATOMIC_DW: u8 = 0xdb;

@@ -2,15 +2,12 @@
 //! while no daemon runs, and a restarted daemon picks up exactly where the last one stopped.
 
 use std::{
-    mem::size_of,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use aya::maps::MapInfo;
-use reuseport_common::{
-    cursor, names, Config, GlobalStats, SlotConfig, SlotStats, MAX_SCHEDULE, MAX_SLOTS,
-};
+use reuseport_common::maps;
 
 use crate::error::{Error, Result};
 
@@ -18,22 +15,6 @@ use crate::error::{Error, Result};
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where bpffs is normally mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
-
-/// Every map of the object that holds state, with the (value size, max entries) it must have.
-pub(crate) fn state_maps() -> [(&'static str, u32, u32); 10] {
-    [
-        (names::SOCKETS, size_of::<u64>() as u32, MAX_SLOTS),
-        (names::CONFIG, size_of::<Config>() as u32, 1),
-        (names::ACTIVE, size_of::<u32>() as u32, 2 * MAX_SLOTS),
-        (names::SCHEDULE, size_of::<u32>() as u32, 2 * MAX_SCHEDULE),
-        (names::SLOTS, size_of::<SlotConfig>() as u32, MAX_SLOTS),
-        (names::CURSORS, size_of::<u64>() as u32, cursor::COUNT),
-        (names::SLOT_STATS, size_of::<SlotStats>() as u32, MAX_SLOTS),
-        (names::GLOBAL_STATS, size_of::<GlobalStats>() as u32, 1),
-        (names::LOAD, size_of::<u64>() as u32, MAX_SLOTS),
-        (names::LEAST, size_of::<u64>() as u32, 1 + 2 * MAX_SLOTS),
-    ]
-}
 
 /// The default pin directory of the daemon: one per network namespace, since groups (and
 /// their ports) are per namespace while bpffs is not.
@@ -96,14 +77,14 @@ fn is_bpffs(path: &Path) -> bool {
 
 /// Refuses pinned maps left by a build with another layout: reusing them would corrupt state.
 pub(crate) fn check_compatible(dir: &Path) -> Result<()> {
-    for (name, value_size, max_entries) in state_maps() {
-        let path = dir.join(name);
+    for shape in maps::STATE {
+        let path = dir.join(shape.name);
         if !path.exists() {
             continue;
         }
         let info = MapInfo::from_pin(&path)
             .map_err(|e| Error::ebpf(format!("reading {}", path.display()), e))?;
-        if info.value_size() != value_size || info.max_entries() != max_entries {
+        if info.value_size() != shape.value_size || info.max_entries() != shape.max_entries {
             return Err(Error::IncompatiblePin {
                 path: dir.to_path_buf(),
             });

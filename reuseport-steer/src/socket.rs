@@ -2,7 +2,6 @@
 //! read with getsockopt/getsockname so it works on any fd, whoever created it.
 
 use std::{
-    fmt,
     mem::size_of,
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
@@ -10,37 +9,9 @@ use std::{
 
 use socket2::SockRef;
 
+pub use reuseport_common::{Family, Protocol};
+
 use crate::error::{Error, Result};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Ipv4 => "IPv4",
-            Self::Ipv6 => "IPv6",
-        })
-    }
-}
 
 /// A socket as seen by the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -42,13 +42,13 @@ enum Command {
         #[arg(long, required = true, value_name = "ADDR:PORT")]
         listen: Vec<SocketAddr>,
         /// Balancing policy [default: the pinned group's, else round-robin]
-        #[arg(long)]
+        #[arg(long, value_enum)]
         policy: Option<Policy>,
-        /// select, or select-or-migrate (queued connections of closing listeners move over)
-        #[arg(long, default_value = "select-or-migrate")]
+        /// Which program: select-or-migrate also moves the queued connections of closing listeners
+        #[arg(long, value_enum, default_value_t = AttachMode::SelectOrMigrate)]
         mode: AttachMode,
         /// When no active worker can take a connection: pass (kernel hash) or drop
-        #[arg(long, default_value = "pass")]
+        #[arg(long, value_enum, default_value_t = OnEmpty::Pass)]
         on_empty: OnEmpty,
         /// Another uid allowed on the control socket (repeatable)
         #[arg(long, value_name = "UID")]
@@ -165,6 +165,7 @@ enum PolicyAction {
     },
     /// Switch the policy live (all groups unless --group).
     Set {
+        #[arg(value_enum)]
         policy: Policy,
         #[arg(long, value_name = "ADDR:PORT")]
         group: Option<String>,

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Result;
 use integration_tests::{child, fresh_netns, limits, listeners};
 use reuseport_steer::{
-    AttachMode, Error, Family, Group, GroupOptions, Protocol, MAX_SLOTS, MAX_WEIGHT,
+    pin, AttachMode, Error, Family, Group, GroupOptions, Protocol, MAX_SLOTS, MAX_WEIGHT,
 };
 
 fn load() -> Result<Group> {
@@ -289,4 +289,42 @@ fn loading_without_the_bpf_syscall_is_bpf_unavailable() -> Result<()> {
         "{ran}"
     );
     Ok(())
+}
+
+/// Pinned maps of another shape (a build with another layout) are refused before anything is
+/// loaded against them, with the directory named; pins of this layout are taken over.
+#[test]
+fn pins_of_another_map_layout_are_refused() -> Result<()> {
+    fresh_netns()?;
+    let dir = std::path::Path::new(pin::BPFFS)
+        .join(format!("reuseport-test-layout-{}", std::process::id()));
+    let options = || GroupOptions {
+        pin: Some(dir.clone()),
+        ..GroupOptions::default()
+    };
+    let outcome = (|| -> Result<()> {
+        drop(Group::load(options())?);
+        anyhow::ensure!(
+            Group::load(options())?.adopted(),
+            "pins of this layout not taken over"
+        );
+        // A map of another shape where LEAST should be: CONFIG's 24-byte single entry.
+        std::fs::remove_file(dir.join("LEAST"))?;
+        std::fs::rename(dir.join("CONFIG"), dir.join("LEAST"))?;
+        // Errors rather than panics, so the pins are removed whatever happens.
+        match Group::load(options()) {
+            Err(e @ Error::IncompatiblePin { .. })
+                if e.to_string().contains(&*dir.to_string_lossy()) =>
+            {
+                Ok(())
+            }
+            Err(e) => anyhow::bail!(
+                "expected IncompatiblePin naming {}, got {e:?}",
+                dir.display()
+            ),
+            Ok(_) => anyhow::bail!("pins of another layout were taken over"),
+        }
+    })();
+    pin::unpin(&dir)?;
+    outcome
 }

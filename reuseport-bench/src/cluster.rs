@@ -146,7 +146,10 @@ impl Cluster {
             let mut last = 0;
             wait_for(Duration::from_secs(15), || {
                 last = self.status().map_or(0, |s| {
-                    s.workers.iter().filter(|w| w.state == "active").count()
+                    s.workers
+                        .iter()
+                        .filter(|w| w.state == reuseport_worker::protocol::WorkerState::Active)
+                        .count()
                 });
                 last == n
             })
@@ -176,7 +179,7 @@ impl Cluster {
 
     pub fn set_policy(&self, policy: Policy) -> Result<()> {
         ControlClient::connect(&self.control)?.request(&Request::PolicySet {
-            policy: policy.name().into(),
+            policy: policy.into(),
             group: None,
         })?;
         Ok(())

@@ -20,7 +20,7 @@ use reuseport_testing::{
     distribution::Distribution,
     loadgen::{self, tally, Load},
 };
-use reuseport_worker::{ControlClient, GroupStatus, Request};
+use reuseport_worker::{protocol::Policy, ControlClient, GroupStatus, Request};
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -191,7 +191,7 @@ fn story(
         })?;
     }
     client.request(&Request::PolicySet {
-        policy: "weighted".into(),
+        policy: Policy::Weighted.into(),
         group: None,
     })?;
     let status = current_status(control)?;

@@ -14,6 +14,7 @@ use daemon::{DaemonConfig, GroupSetup, HealthConfig, OnStuck};
 use demo::DemoOptions;
 use echo::EchoOptions;
 use reuseport_steer::{pin, AttachMode, OnEmpty, Policy};
+use reuseport_worker::protocol::GroupRef;
 
 #[derive(Parser)]
 #[command(
@@ -96,7 +97,7 @@ enum Command {
         slot: u32,
         weight: u32,
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },
@@ -107,7 +108,7 @@ enum Command {
         #[arg(long)]
         close: bool,
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },
@@ -115,7 +116,7 @@ enum Command {
     Undrain {
         slot: u32,
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },
@@ -159,7 +160,7 @@ enum PolicyAction {
     /// Print the policy of each group.
     Get {
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },
@@ -168,7 +169,7 @@ enum PolicyAction {
         #[arg(value_enum)]
         policy: Policy,
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },

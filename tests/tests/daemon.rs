@@ -17,7 +17,8 @@ use integration_tests::fixture::{bin, Fixture, Result};
 use reuseport_steer::netns;
 use reuseport_testing::loadgen::{tally, Load};
 use reuseport_worker::{
-    self as worker, ClientError, ControlClient, ErrorCode, Reply, Request, WorkerOptions,
+    self as worker, protocol::WorkerState, ClientError, ControlClient, ErrorCode, Reply, Request,
+    WorkerOptions,
 };
 use socket2::{Domain, Socket, Type};
 
@@ -301,7 +302,7 @@ fn drain_and_undrain_from_the_cli() -> Result {
         String::from_utf8_lossy(&out.stderr)
     );
     let status = f.status()?;
-    assert_eq!(status.workers[0].state, "draining");
+    assert_eq!(status.workers[0].state, WorkerState::Draining);
     let counts = f.load_ok(200);
     assert!(!counts.contains_key(&target.pid), "{counts:?}");
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100, 100]);
@@ -416,7 +417,10 @@ fn restart_round_trip(name: &str, daemon_args: &[&str]) -> Result {
 
     f.start_daemon(daemon_args)?;
     let status = f.wait_workers(4)?;
-    assert!(status.workers.iter().all(|w| w.state == "active"));
+    assert!(status
+        .workers
+        .iter()
+        .all(|w| w.state == WorkerState::Active));
     let counts = f.load_ok(400);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 4]);
     Ok(())

@@ -8,7 +8,10 @@ use std::{
 
 use integration_tests::fixture::{wait_until, Fixture, Result};
 use reuseport_testing::loadgen::{request, tally, Load, Outcome};
-use reuseport_worker::WorkerStatus;
+use reuseport_worker::{
+    protocol::{EventKind, WorkerState},
+    WorkerStatus,
+};
 
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: plain kill(2) on a child of this test.
@@ -19,7 +22,7 @@ fn max_latency(outcomes: &[Outcome]) -> Duration {
     outcomes.iter().map(|o| o.latency).max().unwrap_or_default()
 }
 
-fn slot_of(f: &Fixture, pid: u32) -> Result<Option<(u32, String)>> {
+fn slot_of(f: &Fixture, pid: u32) -> Result<Option<(u32, WorkerState)>> {
     Ok(f.status()?
         .workers
         .into_iter()
@@ -62,7 +65,7 @@ fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
             slot_of(&f, victim)
                 .ok()
                 .flatten()
-                .is_some_and(|(_, s)| s == "stuck")
+                .is_some_and(|(_, s)| s == WorkerState::Stuck)
         })?;
         detected = Some(stopped.elapsed());
         // Its queued clients wait for it: resume well within their second.
@@ -85,14 +88,14 @@ fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
         slot_of(&f, victim)
             .ok()
             .flatten()
-            .is_some_and(|(_, s)| s == "active")
+            .is_some_and(|(_, s)| s == WorkerState::Active)
     })?;
     let status = f.status()?;
     assert!(status.stuck_events >= 1);
     assert!(status
         .events
         .iter()
-        .any(|e| e.what == "recovered" && e.pid == victim));
+        .any(|e| e.what == EventKind::Recovered && e.pid == victim));
     Ok(())
 }
 
@@ -110,7 +113,7 @@ fn an_evicted_worker_hands_its_queue_to_the_others_and_rejoins() -> Result {
             f.status().is_ok_and(|s| {
                 s.workers
                     .iter()
-                    .any(|w| w.pid == victim && w.state == "evicted")
+                    .any(|w| w.pid == victim && w.state == WorkerState::Evicted)
             })
         })?;
         // Stopped well past the detection; resumed within the second its one accepted (and
@@ -132,7 +135,7 @@ fn an_evicted_worker_hands_its_queue_to_the_others_and_rejoins() -> Result {
         slot_of(&f, victim)
             .ok()
             .flatten()
-            .is_some_and(|(_, s)| s == "active")
+            .is_some_and(|(_, s)| s == WorkerState::Active)
     })?;
     let counts = f.load_ok(400);
     assert_eq!(counts.get(&victim), Some(&100));

@@ -22,7 +22,7 @@ use super::{
 use reuseport_steer::{Policy, SlotState, SocketInfo};
 use reuseport_worker::{
     fdpass,
-    protocol::{ErrorCode, Reply, Request, MAX_LINE},
+    protocol::{ErrorCode, Lenient, Reply, Request, MAX_LINE},
 };
 
 /// What a connection may do, decided once from its credentials.
@@ -177,7 +177,7 @@ impl Session {
                         self.owner.register(worker).await?.map(|joined| {
                             connection.registered = true;
                             Reply {
-                                group: Some(joined.group.to_string()),
+                                group: Some(joined.group),
                                 slot: Some(joined.slot),
                                 ..Reply::ok()
                             }
@@ -203,18 +203,24 @@ impl Session {
             })?,
             Request::PolicyGet { group } => self
                 .owner
-                .call(move |r| r.policy(group.as_deref()))
+                .call(move |r| r.policy(group.as_ref()))
                 .await?
                 .map(|(group, policy)| Reply {
-                    group: Some(group.to_string()),
-                    policy: Some(policy.to_string()),
+                    group: Some(group),
+                    policy: Some(policy),
                     ..Reply::ok()
                 }),
-            Request::PolicySet { policy, group } => match policy.parse::<Policy>() {
-                Err(e) => Err(Refusal::new(ErrorCode::UnknownPolicy, e.to_string())),
-                Ok(policy) => self
+            Request::PolicySet { policy, group } => match policy {
+                // The message of the parse error, which lists the policies.
+                Lenient::Unknown(text) => Err(Refusal::new(
+                    ErrorCode::UnknownPolicy,
+                    text.parse::<Policy>()
+                        .err()
+                        .map_or_else(|| format!("unknown policy {text:?}"), |e| e.to_string()),
+                )),
+                Lenient::Known(policy) => self
                     .owner
-                    .call(move |r| r.set_policy(policy, group.as_deref()))
+                    .call(move |r| r.set_policy(policy, group.as_ref()))
                     .await?
                     .map(|()| Reply::ok()),
             },
@@ -224,23 +230,23 @@ impl Session {
                 group,
             } => self
                 .owner
-                .call(move |r| r.set_weight(slot, weight, group.as_deref()))
+                .call(move |r| r.set_weight(slot, weight, group.as_ref()))
                 .await?
                 .map(|()| Reply::ok()),
             Request::Drain { slot, group, close } => self
                 .owner
                 .call(move |r| {
                     if close.unwrap_or(false) {
-                        r.drain_and_close(slot, group.as_deref())
+                        r.drain_and_close(slot, group.as_ref())
                     } else {
-                        r.set_state(slot, SlotState::Draining, group.as_deref())
+                        r.set_state(slot, SlotState::Draining, group.as_ref())
                     }
                 })
                 .await?
                 .map(|()| Reply::ok()),
             Request::Undrain { slot, group } => self
                 .owner
-                .call(move |r| r.set_state(slot, SlotState::Active, group.as_deref()))
+                .call(move |r| r.set_state(slot, SlotState::Active, group.as_ref()))
                 .await?
                 .map(|()| Reply::ok()),
         };

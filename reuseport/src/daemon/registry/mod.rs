@@ -21,6 +21,7 @@ use log::{info, warn};
 
 use super::{health::HealthConfig, refusal::Refusal};
 use reuseport_steer::{pin, AttachMode, Error, Group, GroupOptions, OnEmpty, Policy, SlotState};
+use reuseport_worker::protocol::GroupRef;
 
 pub use load::LoadCell;
 pub use workers::{ConnId, Joined, NewWorker, Peer, Registered, TakeOver};
@@ -140,13 +141,13 @@ impl Registry {
         }
     }
 
-    pub fn policy(&self, group: Option<&str>) -> Result<(SocketAddr, Policy), Refusal> {
+    pub fn policy(&self, group: Option<&GroupRef>) -> Result<(SocketAddr, Policy), Refusal> {
         let entry = &self.groups[self.one_group(group)?];
         Ok((entry.listen, entry.group.policy()))
     }
 
     /// Sets the policy of one group, or of all of them when `group` is `None`.
-    pub fn set_policy(&mut self, policy: Policy, group: Option<&str>) -> Result<(), Refusal> {
+    pub fn set_policy(&mut self, policy: Policy, group: Option<&GroupRef>) -> Result<(), Refusal> {
         let targets = match group {
             Some(_) => vec![self.one_group(group)?],
             None => (0..self.groups.len()).collect(),
@@ -163,7 +164,7 @@ impl Registry {
         &mut self,
         slot: u32,
         weight: u32,
-        group: Option<&str>,
+        group: Option<&GroupRef>,
     ) -> Result<(), Refusal> {
         let i = self.one_group(group)?;
         let entry = &mut self.groups[i];
@@ -176,7 +177,7 @@ impl Registry {
         &mut self,
         slot: u32,
         state: SlotState,
-        group: Option<&str>,
+        group: Option<&GroupRef>,
     ) -> Result<(), Refusal> {
         let i = self.one_group(group)?;
         let entry = &mut self.groups[i];

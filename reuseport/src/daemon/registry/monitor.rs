@@ -17,6 +17,7 @@ use reuseport_steer::{
     diag::{ListenerDiag, Queue},
     Family, SlotState,
 };
+use reuseport_worker::protocol::EventKind;
 
 /// Something that happened to a slot, kept for `status`.
 #[derive(Clone, Debug)]
@@ -24,7 +25,7 @@ pub(super) struct Event {
     pub slot: u32,
     pub pid: u32,
     pub name: String,
-    pub what: &'static str,
+    pub what: EventKind,
     pub mark: Mark,
 }
 
@@ -140,7 +141,7 @@ impl Registry {
                             entry.listen, worker.name, mark.why
                         );
                         entry.stuck_events += 1;
-                        push_event(&mut entry.events, slot, worker, "stuck", &mark);
+                        push_event(&mut entry.events, slot, worker, EventKind::Stuck, &mark);
                         worker.health.stuck = Some(mark);
                         if state == Some(SlotState::Active) {
                             if let Err(e) = entry.group.set_state(slot, SlotState::Stuck) {
@@ -160,7 +161,7 @@ impl Registry {
                             "{}: worker {} (pid {pid}, slot {slot}) recovered",
                             entry.listen, worker.name
                         );
-                        push_event(&mut entry.events, slot, worker, "recovered", &mark);
+                        push_event(&mut entry.events, slot, worker, EventKind::Recovered, &mark);
                         worker.health.stuck = None;
                         if state == Some(SlotState::Stuck) {
                             if let Err(e) = entry.group.set_state(slot, SlotState::Active) {
@@ -189,7 +190,7 @@ impl Registry {
                     .get(&slot)
                     .and_then(|w| w.health.stuck.as_ref())
                     .map_or_else(|| "stuck".to_owned(), |m| m.why.clone());
-                entry.shut_down(slot, "evicted", why);
+                entry.shut_down(slot, EventKind::Evicted, why);
             }
             for slot in gone {
                 if let Some(w) = entry.workers.remove(&slot) {
@@ -214,7 +215,7 @@ pub(super) fn push_event(
     events: &mut VecDeque<Event>,
     slot: u32,
     worker: &Worker,
-    what: &'static str,
+    what: EventKind,
     mark: &Mark,
 ) {
     if events.len() == EVENTS {

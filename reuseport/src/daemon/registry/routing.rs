@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 
 use super::{Refusal, Registry};
 use reuseport_steer::{Error, Family, Protocol, SocketInfo};
-use reuseport_worker::ErrorCode;
+use reuseport_worker::{
+    protocol::{GroupRef, Lenient},
+    ErrorCode,
+};
 
 impl Registry {
     /// The index of the group a socket may join, or why none fits.
@@ -48,28 +51,25 @@ impl Registry {
     }
 
     /// The group a request acts on: the one it names, or the only one.
-    pub(super) fn one_group(&self, group: Option<&str>) -> Result<usize, Refusal> {
+    pub(super) fn one_group(&self, group: Option<&GroupRef>) -> Result<usize, Refusal> {
         match group {
-            Some(text) => {
-                let addr: SocketAddr = text.parse().map_err(|_| {
+            Some(Lenient::Unknown(text)) => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{text:?} is not an ADDR:PORT; groups: {}",
+                    self.listen_list()
+                ),
+            )),
+            Some(&Lenient::Known(addr)) => self
+                .groups
+                .iter()
+                .position(|g| g.listen == addr)
+                .ok_or_else(|| {
                     Refusal::new(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "{text:?} is not an ADDR:PORT; groups: {}",
-                            self.listen_list()
-                        ),
+                        ErrorCode::UnknownGroup,
+                        format!("no group {addr}; groups: {}", self.listen_list()),
                     )
-                })?;
-                self.groups
-                    .iter()
-                    .position(|g| g.listen == addr)
-                    .ok_or_else(|| {
-                        Refusal::new(
-                            ErrorCode::UnknownGroup,
-                            format!("no group {addr}; groups: {}", self.listen_list()),
-                        )
-                    })
-            }
+                }),
             None if self.groups.len() == 1 => Ok(0),
             None => Err(Refusal::new(
                 ErrorCode::AmbiguousGroup,

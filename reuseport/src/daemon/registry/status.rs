@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use log::warn;
 
 use super::{GroupEntry, Registry};
-use reuseport_worker::{EventStatus, GroupStatus, WorkerStatus};
+use reuseport_worker::{protocol::WorkerState, EventStatus, GroupStatus, WorkerStatus};
 
 impl Registry {
     pub fn status(&self) -> Vec<GroupStatus> {
@@ -40,7 +40,7 @@ impl GroupEntry {
                     pid: worker.map_or(0, |w| w.peer.pid),
                     uid: worker.map_or(0, |w| w.peer.uid),
                     name: worker.map_or_else(String::new, |w| w.name.clone()),
-                    state: slot.state.to_string(),
+                    state: slot.state.into(),
                     weight: slot.weight,
                     selected: counters.map_or(0, |c| c.selected),
                     migrated: counters.map_or(0, |c| c.migrated),
@@ -57,7 +57,7 @@ impl GroupEntry {
             pid: e.peer.pid,
             uid: e.peer.uid,
             name: e.name.clone(),
-            state: "evicted".into(),
+            state: WorkerState::Evicted,
             since: Some(unix_seconds(e.mark.at)),
             reason: Some(e.mark.why.clone()),
             ..WorkerStatus::default()
@@ -70,16 +70,11 @@ impl GroupEntry {
                 slot: e.slot,
                 pid: e.pid,
                 name: e.name.clone(),
-                what: e.what.to_owned(),
+                what: e.what,
                 why: e.mark.why.clone(),
             })
             .collect();
         GroupStatus {
-            listen: self.listen.to_string(),
-            proto: "tcp".into(),
-            policy: self.group.policy().to_string(),
-            on_empty: self.group.on_empty().to_string(),
-            mode: self.group.mode().to_string(),
             workers,
             fallbacks: stats.global.fallbacks,
             drops: stats.global.drops,
@@ -92,6 +87,12 @@ impl GroupEntry {
                 .errors_by_name()
                 .map(|(n, c)| (n.to_owned(), c))
                 .collect(),
+            ..GroupStatus::new(
+                self.listen,
+                self.group.policy(),
+                self.group.on_empty(),
+                self.group.mode(),
+            )
         }
     }
 }

@@ -13,7 +13,10 @@ use log::{info, warn};
 use super::{monitor::push_event, GroupEntry, LoadCell, Refusal, Registry};
 use crate::daemon::health::{Health, Mark};
 use reuseport_steer::{Error, SlotState, SocketInfo};
-use reuseport_worker::ErrorCode;
+use reuseport_worker::{
+    protocol::{EventKind, GroupRef},
+    ErrorCode,
+};
 
 /// Identifies one control connection.
 pub type ConnId = u64;
@@ -235,7 +238,7 @@ impl Registry {
 
     /// `drain --close`: stop sending new connections to a slot and shut its listener down, so
     /// what waits in its queue moves to the other workers now.
-    pub fn drain_and_close(&mut self, slot: u32, group: Option<&str>) -> Result<(), Refusal> {
+    pub fn drain_and_close(&mut self, slot: u32, group: Option<&GroupRef>) -> Result<(), Refusal> {
         let i = self.one_group(group)?;
         let entry = &mut self.groups[i];
         entry.group.set_state(slot, SlotState::Draining)?;
@@ -250,7 +253,7 @@ impl Registry {
         };
         let pid = worker.peer.pid;
         entry.closed_pids.push(pid);
-        entry.shut_down(slot, "closed", "reuseport drain --close".into());
+        entry.shut_down(slot, EventKind::Closed, "reuseport drain --close".into());
         Ok(())
     }
 }
@@ -259,7 +262,7 @@ impl GroupEntry {
     /// Shuts a worker's listener down: the kernel hands its queued connections to the
     /// migrate program, which moves them to active slots. The slot is freed at the next
     /// flush; the worker is listed as `what` until it registers a new listener or leaves.
-    pub(super) fn shut_down(&mut self, slot: u32, what: &'static str, why: String) {
+    pub(super) fn shut_down(&mut self, slot: u32, what: EventKind, why: String) {
         let Some(worker) = self.workers.remove(&slot) else {
             return;
         };

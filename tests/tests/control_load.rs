@@ -4,8 +4,8 @@
 //!
 //! Bounds are for the binary under test: a release build (`REUSEPORT_BIN=target/release/
 //! reuseport`) must meet the targets of the design; a debug build, several times slower, gets
-//! looser ones so that `cargo test` passes. Measured on a 2-core VM (Linux 6.18):
-//! see each test.
+//! looser ones so that `cargo test` passes on a busy machine. Measured figures: see each
+//! test.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -49,8 +49,9 @@ fn status_time(client: &mut ControlClient) -> Result<Duration> {
 /// close together): all are gone from `status` within 1 s with a release build, and a
 /// `status` sent meanwhile is answered within 100 ms.
 ///
-/// Measured (release, 2 cores): all gone in 0.13 s, `status` answered in 4 ms; debug: 0.5 s
-/// and 40 ms. Before the owner task (one lock, one publication per departure): 13 s, and
+/// Measured on a 2-core VM, three runs: release 11-14 ms until all were gone, the `status`
+/// sent meanwhile answered in 7-10 ms; debug 44-109 ms and 24-91 ms. Before the owner task
+/// (one lock, one publication per departure), as the structure issue reports: 13 s, and the
 /// `status` timed out after 10 s.
 #[test]
 fn a_thousand_workers_leaving_at_once_are_gone_within_a_second() -> Result {
@@ -88,8 +89,8 @@ fn a_thousand_workers_leaving_at_once_are_gone_within_a_second() -> Result {
         "{WORKERS} workers gone in {gone:?}; status meanwhile in {status_during:?} (release: {})",
         release()
     );
-    let gone_bound = bound(Duration::from_secs(1), Duration::from_secs(5));
-    let status_bound = bound(Duration::from_millis(100), Duration::from_millis(500));
+    let gone_bound = bound(Duration::from_secs(1), Duration::from_secs(10));
+    let status_bound = bound(Duration::from_millis(100), Duration::from_secs(2));
     assert!(gone <= gone_bound, "gone in {gone:?}, bound {gone_bound:?}");
     assert!(
         status_during <= status_bound,
@@ -188,15 +189,16 @@ fn slowest_reply_during(f: &Fixture, kind: Flood, n: usize) -> Result<(Duration,
 /// A client flooding the control socket, with `load` lines or with `status` requests, delays
 /// another client's reply by at most 50 ms with a release build.
 ///
-/// Measured (release, 2 cores): slowest of 100 `status` replies 1 ms under a `load` flood and
-/// 2 ms under a `status` flood; debug: 3 ms and 6 ms. Before: a `load` flood delayed another
-/// client's reply by 3.6 s.
+/// Measured on a 2-core VM, three runs, slowest of 100 `status` replies: release 1.6-3.1 ms
+/// under a `load` flood (4.2-4.5 million lines in ~1.2 s) and 0.3-3.0 ms under a `status`
+/// flood; debug 1.8-3.5 ms and 0.9-5.1 ms. Before, as the structure issue reports, a `load`
+/// flood delayed another client's reply by 3.6 s.
 #[test]
 fn a_client_flooding_the_control_socket_does_not_hold_up_the_others() -> Result {
     let mut f = Fixture::new("control-flood")?;
     f.echo("steady")?;
     f.wait_workers(1)?;
-    let limit = bound(Duration::from_millis(50), Duration::from_millis(200));
+    let limit = bound(Duration::from_millis(50), Duration::from_millis(500));
     for kind in [Flood::Load, Flood::Status] {
         let (slowest, flooded) = slowest_reply_during(&f, kind, 100)?;
         eprintln!("{kind:?} flood of {flooded} lines: slowest status reply {slowest:?}");

@@ -7,6 +7,11 @@
 //! with its socket), and the group falls back to the kernel's hash once no registered worker is
 //! left. A restarted daemon takes the pinned state over (`--fresh` discards it) and the workers
 //! register again on their own, each back into its own slot.
+//!
+//! Inside: [`control_socket`] binds the socket; each connection is a [`session`] (parsing,
+//! descriptors, replies); the state ([`registry`]: groups, workers, health, load, status) has
+//! one owner, [`owner`], on a thread of its own, to which sessions and [`metrics_http`] send
+//! commands; [`health`] is the pure stuck/recovered judgement; [`refusal`] the error replies.
 
 mod control_socket;
 mod health;

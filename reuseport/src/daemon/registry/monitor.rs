@@ -1,5 +1,5 @@
 //! The health monitor: every sample reads the accept queues (sock_diag), feeds the loads to
-//! the program and reacts to what [`Health::observe`] concludes: a stuck worker leaves the
+//! the program and reacts to what [`Health::observe`](crate::daemon::health::Health::observe) concludes: a stuck worker leaves the
 //! active set (and is evicted if so configured), a recovered one comes back, a listener shut
 //! down by its worker frees its slot. Housekeeping ([`Registry::tick`]) frees taken-over slots
 //! whose socket closed.

@@ -125,6 +125,13 @@ impl Registry {
                 if let Err(e) = entry.group.attach_inspected(&worker.socket, &worker.info) {
                     return Registered::Done(Err(e.into()));
                 }
+                info!(
+                    "{}: an earlier daemon's program still holds the socket of pid {}; took the \
+                     group over, retrying for up to {} s",
+                    entry.listen,
+                    worker.peer.pid,
+                    TAKE_OVER.as_secs()
+                );
                 Registered::Waiting(TakeOver {
                     group: g,
                     worker,

@@ -40,7 +40,13 @@ pub fn status_table(groups: &[GroupStatus]) -> String {
         let _ = writeln!(
             out,
             "group {} ({}) policy {} mode {} on-empty {}  fallbacks {} drops {}",
-            g.listen, g.proto.name(), g.policy, g.mode, g.on_empty, g.fallbacks, g.drops
+            g.listen,
+            g.proto.name(),
+            g.policy,
+            g.mode,
+            g.on_empty,
+            g.fallbacks,
+            g.drops
         );
         let _ = writeln!(
             out,

@@ -13,7 +13,8 @@ after N ms (at most 60 s), other paths 404, other methods 405.
 
 Registration: the listening socket is sent to the daemon with the `register` line; the control
 connection stays open for the worker's lifetime (closing it unregisters). In-flight requests are
-reported with `load` around each request. When the daemon goes away (the control connection
+reported with `load` around each request, never waiting for the daemon (a report that does not
+fit in the socket buffer is dropped). When the daemon goes away (the control connection
 turns readable) the worker reconnects every 100 ms and registers again. A refusal at start-up is
 printed and ends the worker with exit code 1; a worker started before the daemon, or one that a
 restarted daemon refuses, logs the refusal once and keeps retrying every second (as `reuseport
@@ -219,6 +220,7 @@ class Registration:
         if weight is not None:
             self.request["weight"] = weight
         self.control = None
+        self.unsent = b""
         self.slot = None
         self.next_attempt = 0.0
         self.logged_refusal = False
@@ -261,13 +263,22 @@ class Registration:
             self.next_attempt = time.monotonic() + REFUSED_RETRY
 
     def report(self, inflight):
-        """`load` line: no reply comes. A failed write means the daemon is gone."""
+        """`load` line: no reply comes. Never waits: serving comes first, so when the daemon is
+        slow to read (its socket buffer full) the report is dropped; the next one carries the
+        current figure. A line already begun is finished first, so lines stay whole. A failed
+        write means the daemon is gone."""
         if self.control is None:
             return
+        data = self.unsent + b'{"op":"load","inflight":%d}\n' % inflight
         try:
-            self.control.sendall(b'{"op":"load","inflight":%d}\n' % inflight)
+            sent = self.control.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
         except OSError:
             self._lost()
+            return
+        if sent > 0:
+            self.unsent = data[sent:]
 
     def close(self):
         """Closing the control connection unregisters at once."""
@@ -276,7 +287,11 @@ class Registration:
             self.control = None
 
     def _registered(self, control, slot, group):
+        # From now on the connection is only written by report(), which must never block, and
+        # read when poll says it is readable.
+        control.setblocking(False)
         self.control = control
+        self.unsent = b""
         self.slot = slot
         self.logged_refusal = False
         log(f"registered with {self.path} in slot {slot} of {group}")

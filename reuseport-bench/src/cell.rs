@@ -4,40 +4,34 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use reuseport_steer::{Group, GroupOptions, GroupStats, Policy, SlotState};
+use reuseport_steer::{Family, Group, GroupOptions, GroupStats, SlotState};
+use reuseport_testing::{
+    clients::Load,
+    listeners::{Answer, Pool, PoolOptions},
+    steer,
+};
 
 use crate::{
     bpf_stats::Runs,
-    clients::{self, Load},
     cpu::{CpuShare, CpuTimes},
-    listeners::ListenerPool,
     netstat::TcpCounters,
+    steering::Steering,
 };
 
 /// How long the accept threads may take to catch up once the clients are done.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
-/// Who picks the listener for a new connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Steering {
-    /// No program attached: the kernel's hash of the 4-tuple over the whole group.
-    Kernel,
-    /// The reuseport program with this policy.
-    Program(Policy),
-}
-
-impl Steering {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Kernel => "none (kernel hash)",
-            Self::Program(p) => p.name(),
-        }
+/// How the pool scenarios name a steering: "none" says that no program ran at all.
+pub fn label(steering: Steering) -> String {
+    match steering {
+        Steering::KernelHash => "none (kernel hash)".into(),
+        program => program.label(),
     }
 }
 
 /// A listener pool whose slot i holds listener i, with per-slot weights.
 pub struct SteeredPool {
-    pub pool: ListenerPool,
+    pub pool: Pool,
     pub group: Group,
     pub weights: Vec<u32>,
 }
@@ -47,16 +41,17 @@ impl SteeredPool {
     /// tool runs it) and puts listener i in slot i with weight `weights[i]`. Nothing is
     /// attached until [`SteeredPool::steer`].
     pub fn new(weights: Vec<u32>, acceptors: usize) -> Result<Self> {
-        let pool = ListenerPool::bind(weights.len(), acceptors)?;
-        let mut group = Group::load(GroupOptions::default()).context("loading the program")?;
+        // Clients that only connect and reset; a few accept threads on epoll, so a thousand
+        // listeners cost no more than a handful.
+        let options = PoolOptions {
+            acceptors: Some(acceptors),
+            answer: Answer::Hold,
+            sweep: false,
+        };
+        let pool = Pool::bind_with(Family::Ipv4, weights.len(), options)?;
         // One publication for all the sockets and one for all the weights.
-        let slots = group
-            .insert_all(pool.listeners())
-            .context("inserting the listeners")?;
-        anyhow::ensure!(
-            slots.iter().enumerate().all(|(i, &s)| s == i as u32),
-            "listener i must be in slot i"
-        );
+        let mut group = steer::slots(&pool, GroupOptions::default())
+            .context("loading the program for the listeners")?;
         let weighted: Vec<(u32, u32)> = (0..)
             .zip(weights.iter().copied())
             .filter(|&(_, w)| w != 1)
@@ -95,14 +90,14 @@ impl SteeredPool {
 
     /// Attaches or detaches the program and sets its policy.
     pub fn steer(&mut self, steering: Steering) -> Result<()> {
-        let first = &self.pool.listeners()[0];
+        let first = self.pool.socket(0)?;
         match steering {
-            Steering::Kernel => {
+            Steering::KernelHash => {
                 if self.group.is_attached() {
                     self.group.detach(first).context("detaching the program")?;
                 }
             }
-            Steering::Program(policy) => {
+            Steering::Program { policy, .. } => {
                 self.group
                     .set_policy(policy)
                     .context("setting the policy")?;
@@ -117,7 +112,7 @@ impl SteeredPool {
     /// Runs `load` against the pool as currently steered and waits until every connection was
     /// accepted. Fails when a connection failed or went missing: counts would be wrong.
     pub fn measure(&mut self, load: &Load) -> Result<Measurement> {
-        let counts_before = self.pool.counts();
+        let counts_before = self.pool.accepted();
         let stats_before = self
             .group
             .stats()
@@ -126,18 +121,21 @@ impl SteeredPool {
         let tcp_before = TcpCounters::read();
         let cpu_before = CpuTimes::read();
         let start = Instant::now();
-        let client = clients::drive(self.pool.addr(), load);
-        if client.failed > 0 || client.timed_out {
+        let client = load.run(self.pool.addr());
+        if !client.failures.is_empty() || client.timed_out {
             bail!(
                 "{} of {} connections failed{} (first error: {})",
-                client.failed,
+                client.failures.len(),
                 load.connections,
                 if client.timed_out {
                     ", time limit reached"
                 } else {
                     ""
                 },
-                client.first_error.as_deref().unwrap_or("none")
+                client
+                    .failures
+                    .first()
+                    .map_or("none".into(), ToString::to_string)
             );
         }
         let expected: u64 = counts_before.iter().sum::<u64>() + client.connected;
@@ -153,7 +151,7 @@ impl SteeredPool {
         let program = ProgramCounts::between(&stats_before, &stats_after, self.pool.len());
         let per_slot: Vec<u64> = self
             .pool
-            .counts()
+            .accepted()
             .iter()
             .zip(&counts_before)
             .map(|(after, before)| after - before)

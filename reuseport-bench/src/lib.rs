@@ -2,18 +2,15 @@
 //! private network namespace.
 //!
 //! Each scenario is a small module registered in [`scenario::registry`]; they share the listener
-//! pool ([`listeners`]), the client driver ([`clients`]), one measured run of a load
-//! ([`cell`]) and the report writer ([`report`]).
+//! pool and client drivers of `reuseport_testing`, one measured run of a load ([`cell`]), the
+//! processes of [`cluster`], one [`steering::Steering`] and the report writer ([`report`]).
 
 pub mod bpf_stats;
 pub mod cell;
 pub mod cli;
-pub mod clients;
 pub mod cluster;
 pub mod cpu;
 pub mod doc;
-pub mod limits;
-pub mod listeners;
 pub mod machine;
 pub mod netstat;
 pub mod plot;
@@ -22,5 +19,6 @@ pub mod report;
 pub mod samples;
 pub mod scenario;
 pub mod scenarios;
+pub mod steering;
 
 pub use scenario::{registry, Options, Scenario};

@@ -3,13 +3,9 @@
 
 use std::time::Duration;
 
-use reuseport_bench::{
-    bpf_stats,
-    cell::{SteeredPool, Steering},
-    clients::{Load, SourcePorts},
-    scenario, Options,
-};
+use reuseport_bench::{bpf_stats, cell::SteeredPool, scenario, steering::Steering, Options};
 use reuseport_steer::{netns, Policy};
+use reuseport_testing::clients::{Exchange, Load, SourcePorts};
 
 const WEIGHTS: [u32; 8] = [1, 1, 2, 2, 3, 3, 4, 4];
 
@@ -17,6 +13,7 @@ fn load(connections: u64, source_ports: SourcePorts) -> Load {
     Load {
         connections,
         threads: 4,
+        exchange: Exchange::Reset,
         source_ports,
         time_limit: Duration::from_secs(30),
     }
@@ -27,13 +24,13 @@ fn round_robin_and_weighted_counts_are_exact() {
     netns::enter_new().unwrap();
     let mut pool = SteeredPool::new(WEIGHTS.to_vec(), 2).unwrap();
 
-    pool.steer(Steering::Program(Policy::RoundRobin)).unwrap();
+    pool.steer(Steering::policy(Policy::RoundRobin)).unwrap();
     let rr = pool.measure(&load(800, SourcePorts::Kernel)).unwrap();
     assert_eq!(rr.per_slot, vec![100; 8]);
     assert_eq!(rr.program.selected, rr.per_slot);
     assert_eq!(rr.program.runs, 800);
 
-    pool.steer(Steering::Program(Policy::Weighted)).unwrap();
+    pool.steer(Steering::policy(Policy::Weighted)).unwrap();
     let weighted = pool
         .measure(&load(800, SourcePorts::Distinct { first: 20_000 }))
         .unwrap();
@@ -46,8 +43,8 @@ fn round_robin_and_weighted_counts_are_exact() {
 fn without_a_program_the_kernel_hash_spreads_and_the_program_never_runs() {
     netns::enter_new().unwrap();
     let mut pool = SteeredPool::new(vec![1; 4], 1).unwrap();
-    pool.steer(Steering::Program(Policy::Hash)).unwrap();
-    pool.steer(Steering::Kernel).unwrap();
+    pool.steer(Steering::policy(Policy::Hash)).unwrap();
+    pool.steer(Steering::KernelHash).unwrap();
     let m = pool
         .measure(&load(400, SourcePorts::Distinct { first: 20_000 }))
         .unwrap();
@@ -62,7 +59,7 @@ fn bpf_stats_count_one_run_per_connection() {
     netns::enter_new().unwrap();
     let _stats = bpf_stats::enable().unwrap();
     let mut pool = SteeredPool::new(vec![1; 4], 1).unwrap();
-    pool.steer(Steering::Program(Policy::Hash)).unwrap();
+    pool.steer(Steering::policy(Policy::Hash)).unwrap();
     let m = pool.measure(&load(500, SourcePorts::Kernel)).unwrap();
     assert_eq!(m.runs.count, 500);
     let ns = m.runs.ns_per_run().unwrap();
@@ -103,7 +100,7 @@ fn draining_slots_get_nothing() {
     netns::enter_new().unwrap();
     let mut pool = SteeredPool::new(vec![1; 8], 2).unwrap();
     pool.set_active(2).unwrap();
-    pool.steer(Steering::Program(Policy::RoundRobin)).unwrap();
+    pool.steer(Steering::policy(Policy::RoundRobin)).unwrap();
     let m = pool.measure(&load(200, SourcePorts::Kernel)).unwrap();
     assert_eq!(m.per_slot, [100, 100, 0, 0, 0, 0, 0, 0]);
 }

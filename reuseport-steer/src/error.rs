@@ -29,7 +29,7 @@ pub enum Error {
     KernelTooOld {
         feature: &'static str,
         have: String,
-        need: &'static str,
+        need: String,
         hint: &'static str,
     },
 
@@ -73,6 +73,27 @@ pub enum Error {
          port)"
     )]
     WrongAddress { want: SocketAddr, got: SocketAddr },
+
+    #[error(
+        "socket is {}, the group's sockets are {}: the kernel keeps the two kinds in separate \
+         reuseport groups; set IPV6_V6ONLY to {} on the socket before bind()",
+        stack(*got), stack(*want), u8::from(*want)
+    )]
+    WrongV6Only { want: bool, got: bool },
+
+    #[error(
+        "socket is bound to {}, the group's sockets to {}: the kernel keeps them in separate \
+         reuseport groups; bind (SO_BINDTODEVICE) to the same device as the others",
+        device(*got), device(*want)
+    )]
+    WrongDevice { want: u32, got: u32 },
+
+    #[error(
+        "socket belongs to another network namespace than the daemon, so it is in another \
+         group whatever its address: create it in the daemon's namespace, or run a daemon in its \
+         namespace"
+    )]
+    OtherNetns,
 
     #[error("unsupported socket type: only TCP and UDP sockets can join a group")]
     UnsupportedSocket,
@@ -139,6 +160,9 @@ impl Error {
             Self::WrongProtocol { .. } => "wrong_protocol",
             Self::WrongFamily { .. } => "wrong_family",
             Self::WrongAddress { .. } => "wrong_address",
+            Self::WrongV6Only { .. } => "wrong_v6only",
+            Self::WrongDevice { .. } => "wrong_device",
+            Self::OtherNetns => "other_netns",
             Self::UnsupportedSocket => "unsupported_socket",
             Self::SlotOutOfRange { .. } => "slot_out_of_range",
             Self::SlotsFull { .. } => "slots_full",
@@ -190,4 +214,20 @@ pub(crate) fn errno_in(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
         cur = e.source();
     }
     None
+}
+
+fn stack(v6only: bool) -> &'static str {
+    if v6only {
+        "IPv6-only (IPV6_V6ONLY=1)"
+    } else {
+        "dual-stack (IPV6_V6ONLY=0)"
+    }
+}
+
+fn device(index: u32) -> String {
+    if index == 0 {
+        "no device".into()
+    } else {
+        format!("interface index {index}")
+    }
 }

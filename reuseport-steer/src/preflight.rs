@@ -45,38 +45,61 @@ impl fmt::Display for KernelVersion {
     }
 }
 
-/// Refuses kernels that cannot run `mode`: the socket array needs 4.19 (the program reads
-/// `sk`/`migrating_sk`, which need 5.14, only in the migrate variant's context).
-pub fn check_kernel(have: KernelVersion, mode: AttachMode) -> Result<()> {
-    let (need, need_str, feature, hint) = match mode {
-        AttachMode::Select => (
-            KernelVersion {
-                major: 4,
-                minor: 19,
-            },
-            "4.19",
-            "SK_REUSEPORT programs with a socket array",
-            "",
-        ),
-        AttachMode::SelectOrMigrate => (
-            KernelVersion {
-                major: 5,
-                minor: 14,
-            },
-            "5.14",
-            "connection migration (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE)",
-            ", or attach in select mode (no migration of queued connections)",
-        ),
-    };
-    if have < need {
-        return Err(Error::KernelTooOld {
-            feature,
-            have: have.to_string(),
-            need: need_str,
-            hint,
-        });
+/// What the program needs from the kernel, newest last: the first one `have` lacks is named.
+/// Selection alone needs the socket array (4.19), but the program is built on newer features:
+/// memory-mapped arrays for counters and loads (5.5), a ring buffer for its log (5.8) and the
+/// atomic fetch-and-add of round-robin's ticket (5.12). Migration needs 5.14.
+const NEEDS: [(KernelVersion, &str); 4] = [
+    (
+        KernelVersion { major: 5, minor: 5 },
+        "memory-mapped BPF arrays (BPF_F_MMAPABLE, Linux 5.5)",
+    ),
+    (
+        KernelVersion { major: 5, minor: 8 },
+        "the BPF ring buffer the program logs through (Linux 5.8)",
+    ),
+    (
+        KernelVersion {
+            major: 5,
+            minor: 12,
+        },
+        "atomic fetch-and-add in BPF programs (Linux 5.12)",
+    ),
+    (
+        KernelVersion {
+            major: 5,
+            minor: 14,
+        },
+        "connection migration (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE, Linux 5.14)",
+    ),
+];
+
+/// The oldest kernel that runs the program in `mode`.
+pub fn minimum_kernel(mode: AttachMode) -> KernelVersion {
+    match mode {
+        AttachMode::Select => NEEDS[2].0,
+        AttachMode::SelectOrMigrate => NEEDS[3].0,
     }
-    Ok(())
+}
+
+/// Refuses kernels that cannot run the program in `mode`, naming the first missing feature.
+pub fn check_kernel(have: KernelVersion, mode: AttachMode) -> Result<()> {
+    let need = minimum_kernel(mode);
+    let Some(&(_, feature)) = NEEDS.iter().find(|(v, _)| have < *v && *v <= need) else {
+        return Ok(());
+    };
+    let hint = if mode == AttachMode::SelectOrMigrate && have >= minimum_kernel(AttachMode::Select)
+    {
+        ", or attach in select mode (no migration of queued connections)"
+    } else {
+        ""
+    };
+    Err(Error::KernelTooOld {
+        feature,
+        have: have.to_string(),
+        need: format!("{need} in {mode} mode"),
+        hint,
+    })
 }
 
 /// Refuses to go on without the capabilities that loading an SK_REUSEPORT program needs.
@@ -122,22 +145,28 @@ mod tests {
 
     #[test]
     fn old_kernels_are_refused_with_the_version_they_need() {
-        let old = KernelVersion { major: 5, minor: 4 };
-        let err = check_kernel(old, AttachMode::SelectOrMigrate)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("5.4") && err.contains("5.14"), "{err}");
-        assert!(check_kernel(old, AttachMode::Select).is_ok());
-        let older = KernelVersion {
-            major: 4,
-            minor: 14,
+        let v = |major, minor| KernelVersion { major, minor };
+        let err = |have, mode| {
+            check_kernel(have, mode)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
         };
-        assert!(matches!(
-            check_kernel(older, AttachMode::Select),
-            Err(Error::KernelTooOld { need: "4.19", .. })
-        ));
-        let current = KernelVersion::current();
-        assert!(current.is_some());
+        // 5.4 has the socket array but not the memory-mapped maps the program uses.
+        let e = err(v(5, 4), AttachMode::Select);
+        assert!(
+            e.contains("5.4") && e.contains("BPF_F_MMAPABLE") && e.contains("5.12"),
+            "{e}"
+        );
+        let e = err(v(5, 10), AttachMode::Select);
+        assert!(e.contains("fetch-and-add") && e.contains("5.12"), "{e}");
+        assert!(check_kernel(v(5, 12), AttachMode::Select).is_ok());
+        let e = err(v(5, 13), AttachMode::SelectOrMigrate);
+        assert!(e.contains("migration") && e.contains("select mode"), "{e}");
+        let e = err(v(4, 19), AttachMode::SelectOrMigrate);
+        assert!(!e.contains("select mode"), "{e}");
+        assert!(check_kernel(v(5, 14), AttachMode::SelectOrMigrate).is_ok());
+        assert!(check_kernel(v(6, 18), AttachMode::SelectOrMigrate).is_ok());
+        assert!(KernelVersion::current().is_some());
     }
 }

@@ -25,7 +25,19 @@ pub struct SocketInfo {
     pub listening: bool,
     /// SO_COOKIE: the socket's identity, stable for its lifetime, shared by every dup of it.
     pub cookie: u64,
+    /// IPv6: IPV6_V6ONLY. A v6-only and a dual-stack socket on the same address bind side by
+    /// side but sit in different kernel reuseport groups. Always false for IPv4.
+    pub v6only: bool,
+    /// SO_BINDTOIFINDEX: the device the socket is bound to, 0 for none. Sockets bound to
+    /// different devices are in different kernel groups.
+    pub device: u32,
+    /// SO_NETNS_COOKIE: the network namespace the socket lives in.
+    pub netns: u64,
 }
+
+/// `SO_BINDTOIFINDEX` and `SO_NETNS_COOKIE` (asm-generic values, which x86 and arm use).
+const SO_BINDTOIFINDEX: libc::c_int = 62;
+const SO_NETNS_COOKIE: libc::c_int = 71;
 
 impl SocketInfo {
     pub fn of(fd: BorrowedFd<'_>) -> Result<Self> {
@@ -52,6 +64,9 @@ impl SocketInfo {
         let reuseport = sock.reuse_port().map_err(io("SO_REUSEPORT"))?;
         let listening = protocol == Protocol::Tcp && getsockopt_int(fd, libc::SO_ACCEPTCONN)? != 0;
         let cookie = getsockopt_u64(fd, libc::SO_COOKIE)?;
+        let v6only = family == Family::Ipv6 && sock.only_v6().map_err(io("IPV6_V6ONLY"))?;
+        let device = getsockopt_int(fd, SO_BINDTOIFINDEX)? as u32;
+        let netns = getsockopt_u64(fd, SO_NETNS_COOKIE)?;
         Ok(Self {
             family,
             protocol,
@@ -59,6 +74,9 @@ impl SocketInfo {
             reuseport,
             listening,
             cookie,
+            v6only,
+            device,
+            netns,
         })
     }
 
@@ -72,6 +90,11 @@ impl SocketInfo {
         }
         if self.protocol == Protocol::Tcp && !self.listening {
             return Err(Error::NotListening);
+        }
+        // A socket of another namespace is in another kernel group (its port is another port):
+        // selecting it would fail for every connection.
+        if self.netns != current_netns()? {
+            return Err(Error::OtherNetns);
         }
         Ok(())
     }
@@ -96,8 +119,27 @@ impl SocketInfo {
                 got: self.local,
             });
         }
+        if self.v6only != group.v6only {
+            return Err(Error::WrongV6Only {
+                want: group.v6only,
+                got: self.v6only,
+            });
+        }
+        if self.device != group.device {
+            return Err(Error::WrongDevice {
+                want: group.device,
+                got: self.device,
+            });
+        }
         Ok(())
     }
+}
+
+/// The cookie of the calling thread's network namespace.
+pub fn current_netns() -> Result<u64> {
+    let probe = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::DGRAM, None)
+        .map_err(|e| Error::io("socket(AF_UNIX)", e))?;
+    getsockopt_u64(probe.as_fd(), SO_NETNS_COOKIE)
 }
 
 /// Reads the cookie of any socket fd.

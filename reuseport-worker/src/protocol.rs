@@ -152,6 +152,10 @@ pub enum ErrorCode {
     WrongProtocol,
     WrongFamily,
     WrongAddress,
+    #[serde(rename = "wrong_v6only")]
+    WrongV6Only,
+    WrongDevice,
+    OtherNetns,
     UnsupportedSocket,
     AlreadyInGroup,
     HeldElsewhere,

@@ -4,23 +4,18 @@
 //! 1:1:2:4, swapped live. One table per policy, checked: round-robin must be exact and weighted
 //! in ratio, or the demo fails.
 
-use std::{
-    fmt::Write as _,
-    fs,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::net::SocketAddr;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
-use reuseport_steer::netns;
+use reuseport_steer::Policy;
 use reuseport_testing::{
+    daemon::Fixture,
     distribution::Distribution,
     loadgen::{self, tally, Load},
+    netns,
 };
-use reuseport_worker::{protocol::Policy, ControlClient, GroupStatus, Request};
+use reuseport_worker::{GroupStatus, Request};
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -42,58 +37,6 @@ impl Default for DemoOptions {
 /// Weights of the weighted phase, by worker index.
 const WEIGHTS: [u32; 4] = [1, 1, 2, 4];
 
-/// Child processes, killed when dropped so nothing outlives the demo.
-struct Children {
-    dir: PathBuf,
-    procs: Vec<(String, Child)>,
-}
-
-impl Children {
-    fn spawn(&mut self, name: &str, exe: &Path, args: &[String]) -> anyhow::Result<u32> {
-        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let pid = child.id();
-        self.procs.push((name.to_owned(), child));
-        Ok(pid)
-    }
-
-    fn stop(&mut self, name: &str) {
-        if let Some((_, child)) = self.procs.iter_mut().find(|(n, _)| n == name) {
-            // SIGTERM, so the daemon stops cleanly.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for (name, _) in &self.procs {
-            let text = fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
-            let _ = writeln!(out, "--- {name} ---\n{text}");
-        }
-        out
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.procs {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     anyhow::ensure!(
         options.workers == WEIGHTS.len(),
@@ -101,51 +44,28 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         WEIGHTS.len()
     );
     // First, before any thread exists: everything below lives in its own namespace.
-    netns::enter_new().context("creating the demo's network namespace")?;
+    netns::fresh().context("creating the demo's network namespace")?;
     let exe = std::env::current_exe().context("locating the reuseport binary")?;
-    let dir = std::env::temp_dir().join(format!("reuseport-demo-{}", std::process::id()));
-    fs::create_dir_all(&dir)?;
-    let control = dir.join("control.sock");
     let addr = SocketAddr::from(([127, 0, 0, 1], options.port));
-    let mut children = Children {
-        dir,
-        procs: Vec::new(),
-    };
-    let result = story(options, &exe, &control, addr, &mut children);
+    let mut fixture = Fixture::on(addr, "demo", exe)?;
+    let result = story(options, &mut fixture);
     if result.is_err() {
-        eprintln!("{}", children.logs());
+        eprintln!("{}", fixture.logs());
     }
     result
 }
 
-fn story(
-    options: &DemoOptions,
-    exe: &Path,
-    control: &Path,
-    addr: SocketAddr,
-    children: &mut Children,
-) -> anyhow::Result<()> {
-    let control_arg = control.display().to_string();
-    let mut workers = Vec::new();
-    for i in 0..options.workers {
-        let name = format!("w{i}");
-        let args = [
-            "echo",
-            "--listen",
-            &addr.to_string(),
-            "--name",
-            &name,
-            "--control",
-            &control_arg,
-        ]
-        .map(String::from);
-        workers.push((children.spawn(&name, exe, &args)?, name));
-    }
+fn story(options: &DemoOptions, fixture: &mut Fixture) -> anyhow::Result<()> {
+    let addr = fixture.addr;
+    let workers: Vec<(u32, String)> = (fixture.echo_workers(options.workers)?.into_iter())
+        .zip((0..).map(|i| format!("w{i}")))
+        .collect();
     println!(
         "reuseport demo: {} single-process echo workers share {addr} (private network namespace)\n",
         options.workers
     );
-    wait_for_workers(addr, workers.len())?;
+    // Every worker answers once (they bind asynchronously).
+    fixture.wait_answers(workers.len())?;
 
     let mut report = Report::new(workers);
     report.phase(
@@ -155,19 +75,8 @@ fn story(
     )?;
 
     // No pins: the demo leaves nothing behind in bpffs.
-    let args = [
-        "run",
-        "--listen",
-        &addr.to_string(),
-        "--policy",
-        "round-robin",
-        "--no-pin",
-        "--control",
-        &control_arg,
-    ]
-    .map(String::from);
-    children.spawn("daemon", exe, &args)?;
-    let status = wait_for_registrations(control, options.workers)?;
+    fixture.start_daemon(&["--policy", "round-robin", "--no-pin"])?;
+    let status = fixture.wait_workers(options.workers)?;
     println!("daemon started; all workers registered:\n");
     print!(
         "{}",
@@ -181,70 +90,27 @@ fn story(
         Some(&status),
     )?;
 
-    let mut client = ControlClient::connect(control)?;
     for w in &status.workers {
         let index: usize = w.name.trim_start_matches('w').parse()?;
-        client.request(&Request::Weight {
+        fixture.request(&Request::Weight {
             slot: w.slot,
             weight: WEIGHTS[index],
             group: None,
         })?;
     }
-    client.request(&Request::PolicySet {
-        policy: Policy::Weighted.into(),
-        group: None,
-    })?;
-    let status = current_status(control)?;
+    fixture.set_policy(Policy::Weighted)?;
+    let status = fixture.status()?;
     report.phase(
         "weighted 1:1:2:4 (swapped live)",
         &Load::new(addr, options.connections, 4).run(),
         Some(&status),
     )?;
 
-    children.stop("daemon");
+    // SIGTERM, so the daemon stops cleanly.
+    fixture.stop_daemon(libc::SIGTERM)?;
     report.check(options.connections)?;
     println!("demo passed: round-robin exact, weighted in ratio, no connection failed");
     Ok(())
-}
-
-/// Waits until every worker has answered once (they bind asynchronously).
-fn wait_for_workers(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < count {
-        if Instant::now() > deadline {
-            bail!("workers did not come up on {addr} within 10 s");
-        }
-        match loadgen::request(addr, "/", Duration::from_secs(1)) {
-            Ok(pid) => {
-                seen.insert(pid);
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    Ok(())
-}
-
-fn current_status(control: &Path) -> anyhow::Result<GroupStatus> {
-    crate::cli::fetch_status(control)?
-        .into_iter()
-        .next()
-        .context("the daemon reports no group")
-}
-
-fn wait_for_registrations(control: &Path, workers: usize) -> anyhow::Result<GroupStatus> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(status) = current_status(control) {
-            if status.workers.len() == workers {
-                return Ok(status);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the workers did not register with the daemon within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The per-phase tables, and the checks made on them.

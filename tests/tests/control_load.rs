@@ -18,15 +18,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{
-    fixture::{bin, wait_until, Fixture, Result},
-    limits::raise_nofile,
+use reuseport_testing::{
+    binary, daemon::Fixture, limits::raise_nofile, wait, TestResult as Result,
 };
 use reuseport_worker::{self as worker, ControlClient, Request};
 
 /// Whether the binary under test is a release build (it then has to meet the real targets).
 fn release() -> bool {
-    bin().components().any(|c| c.as_os_str() == "release")
+    binary::locate().is_ok_and(|bin| bin.components().any(|c| c.as_os_str() == "release"))
 }
 
 /// The bound for a release build, or `debug` for a debug one.
@@ -56,7 +55,8 @@ fn status_time(client: &mut ControlClient) -> Result<Duration> {
 #[test]
 fn a_thousand_workers_leaving_at_once_are_gone_within_a_second() -> Result {
     const WORKERS: usize = 1024;
-    raise_nofile(4 * WORKERS as u64 + 256)?;
+    // Each worker: a listener and a control connection here, two descriptors in the daemon.
+    raise_nofile(4 * WORKERS as u64 + 256, 2 * WORKERS as u64 + 64)?;
     let f = Fixture::new("control-leave")?;
     let mut listeners = Vec::with_capacity(WORKERS);
     let mut connections = Vec::with_capacity(WORKERS);
@@ -79,10 +79,15 @@ fn a_thousand_workers_leaving_at_once_are_gone_within_a_second() -> Result {
     drop(connections);
     let status_during = status_time(&mut observer)?;
     let mut left = WORKERS;
-    wait_until(Duration::from_secs(30), || {
-        left = f.status().map_or(left, |s| s.workers.len());
-        left == 0
-    })
+    wait::until_every(
+        Duration::from_millis(1),
+        Duration::from_secs(30),
+        "every worker gone from status",
+        || {
+            left = f.status().map_or(left, |s| s.workers.len());
+            left == 0
+        },
+    )
     .map_err(|e| format!("{e}: {left} workers still listed"))?;
     let gone = t0.elapsed();
     eprintln!(

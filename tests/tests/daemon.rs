@@ -1,25 +1,24 @@
 //! The daemon, its control socket, the CLI and the workers, as real processes in a private
 //! network namespace per test.
 
+use reuseport_worker::protocol::ErrorCode;
+use reuseport_worker::protocol::WorkerState;
 use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, UdpSocket},
     os::{
         fd::AsFd,
-        unix::{fs::PermissionsExt, net::UnixStream, process::CommandExt},
+        unix::{fs::PermissionsExt, net::UnixStream},
     },
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use integration_tests::fixture::{bin, Fixture, Result};
 use reuseport_steer::netns;
 use reuseport_testing::loadgen::{tally, Load};
-use reuseport_worker::{
-    self as worker, protocol::WorkerState, ClientError, ControlClient, ErrorCode, Reply, Request,
-    WorkerOptions,
-};
+use reuseport_testing::{child::NOBODY, daemon::Fixture, wait, TestResult as Result};
+use reuseport_worker::{self as worker, ClientError, ControlClient, Reply, Request, WorkerOptions};
 use socket2::{Domain, Socket, Type};
 
 fn rejected_code(e: ClientError) -> String {
@@ -206,10 +205,11 @@ fn bad_registrations_are_refused_and_serving_goes_on() -> Result {
 /// (it must fail).
 fn mode_and_nobody_status(f: &Fixture) -> Result<(u32, String)> {
     let mode = std::fs::metadata(&f.control)?.permissions().mode() & 0o777;
-    let out = Command::new(bin())
+    // From a copy uid 65534 can reach, wherever the checkout lives (issue 9, item 9).
+    let out = f
+        .command_as(NOBODY)?
         .args(["status", "--control"])
         .arg(&f.control)
-        .uid(65534)
         .output()?;
     assert!(!out.status.success());
     Ok((mode, String::from_utf8_lossy(&out.stderr).into_owned()))
@@ -243,7 +243,7 @@ fn control_socket_is_owner_only_and_others_get_a_clear_error() -> Result {
 #[test]
 fn cli_without_daemon_says_so() -> Result {
     netns::enter_new()?;
-    let out = Command::new(bin())
+    let out = Command::new(reuseport_testing::binary::locate()?)
         .args(["status", "--control", "/nonexistent/reuseport.sock"])
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -255,9 +255,7 @@ fn cli_without_daemon_says_so() -> Result {
 #[test]
 fn killed_worker_leaves_within_100ms_and_nothing_is_refused() -> Result {
     let mut f = Fixture::new("sigkill")?;
-    for i in 0..4 {
-        f.echo(&format!("w{i}"))?;
-    }
+    f.echo_workers(4)?;
     f.wait_workers(4)?;
     f.load_ok(200);
     let victim = &mut f.workers[1];
@@ -265,15 +263,16 @@ fn killed_worker_leaves_within_100ms_and_nothing_is_refused() -> Result {
     victim.kill()?;
     let killed = Instant::now();
     victim.wait()?;
-    let mut gone_after = None;
-    while killed.elapsed() < Duration::from_secs(2) {
-        if f.status()?.workers.iter().all(|w| w.pid != pid) {
-            gone_after = Some(killed.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let gone_after = gone_after.ok_or("slot still there after 2 s")?;
+    wait::until_every(
+        Duration::from_millis(2),
+        Duration::from_secs(2),
+        "the killed worker's slot freed",
+        || {
+            f.status()
+                .is_ok_and(|s| s.workers.iter().all(|w| w.pid != pid))
+        },
+    )?;
+    let gone_after = killed.elapsed();
     assert!(
         gone_after <= Duration::from_millis(100),
         "slot gone after {gone_after:?}"
@@ -290,9 +289,7 @@ fn killed_worker_leaves_within_100ms_and_nothing_is_refused() -> Result {
 #[test]
 fn drain_and_undrain_from_the_cli() -> Result {
     let mut f = Fixture::new("drain")?;
-    for i in 0..3 {
-        f.echo(&format!("w{i}"))?;
-    }
+    f.echo_workers(3)?;
     let status = f.wait_workers(3)?;
     let target = &status.workers[0];
     let out = f.cli(&["drain", &target.slot.to_string()])?;
@@ -321,9 +318,7 @@ fn drain_and_undrain_from_the_cli() -> Result {
 #[test]
 fn status_json_matches_what_clients_saw() -> Result {
     let mut f = Fixture::new("json")?;
-    for i in 0..4 {
-        f.echo(&format!("w{i}"))?;
-    }
+    f.echo_workers(4)?;
     f.wait_workers(4)?;
     let counts = f.load_ok(400);
     let out = f.cli(&["status", "--json"])?;
@@ -354,9 +349,7 @@ fn status_json_matches_what_clients_saw() -> Result {
 #[test]
 fn policy_swaps_from_the_cli_under_load_lose_nothing() -> Result {
     let mut f = Fixture::new("swap")?;
-    for i in 0..4 {
-        f.echo(&format!("w{i}"))?;
-    }
+    f.echo_workers(4)?;
     let status = f.wait_workers(4)?;
     let out = f.cli(&["weight", &status.workers[3].slot.to_string(), "4"])?;
     assert!(out.status.success());
@@ -402,9 +395,7 @@ fn workers_come_back_to_a_restarted_daemon_without_pins() -> Result {
 
 fn restart_round_trip(name: &str, daemon_args: &[&str]) -> Result {
     let mut f = Fixture::with_daemon_args(name, daemon_args)?;
-    for i in 0..4 {
-        f.echo(&format!("w{i}"))?;
-    }
+    f.echo_workers(4)?;
     f.wait_workers(4)?;
     f.stop_daemon(libc::SIGTERM)?;
     assert!(

@@ -3,13 +3,11 @@
 //! decides: `drop` refuses the connection, `pass` lets the kernel hash over the whole group.
 
 use anyhow::Result;
-use integration_tests::{
-    client::{self, Failure},
-    expect, fresh_netns,
-    pool::Pool,
-    steer,
-};
 use reuseport_steer::{Family, GroupOptions, OnEmpty, Policy, SlotState};
+use reuseport_testing::{
+    clients::{self, Failure},
+    expect, fresh_netns, steer,
+};
 
 fn options(policy: Policy) -> GroupOptions {
     GroupOptions {
@@ -22,13 +20,12 @@ fn options(policy: Policy) -> GroupOptions {
 fn hash_never_selects_a_draining_slot() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(&pool, options(Policy::Hash))?;
+    let (pool, mut group) = steer::pool(Family::Ipv4, n, options(Policy::Hash))?;
     group.set_state(1, SlotState::Draining)?;
     group.set_state(3, SlotState::Draining)?;
     assert_eq!(group.active_slots(), vec![0, 2]);
 
-    let out = client::run(pool.addr(), n, 8, 100);
+    let out = clients::run(pool.addr(), n, 8, 100);
     assert!(out.is_clean(), "{out}");
     assert_eq!((out.counts[1], out.counts[3]), (0, 0), "{out}");
     // 800 flow hashes over two slots: one of them getting none is a 2^-799 event.
@@ -44,18 +41,17 @@ fn hash_never_selects_a_draining_slot() -> Result<()> {
 fn draining_then_active_again_restores_traffic() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(&pool, options(Policy::RoundRobin))?;
+    let (pool, mut group) = steer::pool(Family::Ipv4, n, options(Policy::RoundRobin))?;
 
     group.set_state(2, SlotState::Draining)?;
-    let drained = client::run(pool.addr(), n, 8, 45);
+    let drained = clients::run(pool.addr(), n, 8, 45);
     assert!(drained.is_clean(), "{drained}");
     assert_eq!(drained.counts[2], 0, "{drained}");
     let others = [drained.counts[0], drained.counts[1], drained.counts[3]];
     assert!(expect::is_exact_round_robin(&others), "{drained}");
 
     group.set_state(2, SlotState::Active)?;
-    let restored = client::run(pool.addr(), n, 8, 50);
+    let restored = clients::run(pool.addr(), n, 8, 50);
     assert!(restored.is_clean(), "{restored}");
     assert!(restored.counts[2] > 0, "{restored}");
     assert!(expect::is_exact_round_robin(&restored.counts), "{restored}");
@@ -66,9 +62,9 @@ fn draining_then_active_again_restores_traffic() -> Result<()> {
 fn all_draining_with_drop_refuses_and_with_pass_serves() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(
-        &pool,
+    let (pool, mut group) = steer::pool(
+        Family::Ipv4,
+        n,
         GroupOptions {
             on_empty: OnEmpty::Drop,
             ..options(Policy::RoundRobin)
@@ -79,7 +75,7 @@ fn all_draining_with_drop_refuses_and_with_pass_serves() -> Result<()> {
     }
     assert!(group.active_slots().is_empty());
 
-    let refused = client::sequence(pool.addr(), n, 20);
+    let refused = clients::sequence(pool.addr(), n, 20);
     assert!(
         refused.iter().all(|r| *r == Err(Failure::Refused)),
         "{refused:?}"
@@ -89,7 +85,7 @@ fn all_draining_with_drop_refuses_and_with_pass_serves() -> Result<()> {
     assert_eq!(stats.global.fallbacks, 0, "{stats:?}");
 
     group.set_on_empty(OnEmpty::Pass)?;
-    let out = client::run(pool.addr(), n, 4, 25);
+    let out = clients::run(pool.addr(), n, 4, 25);
     assert!(out.is_clean(), "{out}");
     let stats = group.stats()?;
     assert_eq!(stats.global.fallbacks, 100, "{stats:?}");

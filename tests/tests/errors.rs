@@ -9,10 +9,10 @@ use std::{
 };
 
 use anyhow::Result;
-use integration_tests::{child, fresh_netns, limits, listeners};
 use reuseport_steer::{
     pin, AttachMode, Error, Family, Group, GroupOptions, Protocol, MAX_SLOTS, MAX_WEIGHT,
 };
+use reuseport_testing::{child, fresh_netns, limits, listeners};
 
 fn load() -> Result<Group> {
     Ok(Group::load(GroupOptions::default())?)
@@ -199,7 +199,7 @@ fn a_schedule_too_long_is_refused_and_the_weight_kept() -> Result<()> {
 #[test]
 fn all_1024_slots_taken_gives_slots_full() -> Result<()> {
     fresh_netns()?;
-    limits::raise_nofile(4096)?;
+    limits::raise_nofile(4096, 4096)?;
     let (_, socks) = listeners::group(Family::Ipv4, MAX_SLOTS as usize + 1)?;
     let mut group = load()?;
     // All 1025 at once: the first 1024 are placed (and published once), the last is refused.
@@ -264,7 +264,7 @@ const BPF_UNAVAILABLE_TEST: &str = "loading_without_the_bpf_syscall_is_bpf_unava
 #[test]
 fn loading_without_the_bpf_syscall_is_bpf_unavailable() -> Result<()> {
     if child::role().as_deref() == Some("no-bpf") {
-        integration_tests::seccomp::deny_bpf()?;
+        reuseport_testing::seccomp::deny_bpf()?;
         for mode in [AttachMode::Select, AttachMode::SelectOrMigrate] {
             child::report(
                 match Group::load(GroupOptions {

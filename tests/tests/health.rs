@@ -1,40 +1,31 @@
 //! Worker health: stuck workers leave the active set (and are evicted), no exit path of a worker
 //! or of the daemon loses a queued connection, and load-aware policies avoid busy workers.
 
+use reuseport_worker::protocol::{EventKind, WorkerState};
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use integration_tests::fixture::{wait_until, Fixture, Result};
 use reuseport_testing::loadgen::{request, tally, Load, Outcome};
-use reuseport_worker::{
-    protocol::{EventKind, WorkerState},
-    WorkerStatus,
+use reuseport_testing::{
+    daemon::{self, Fixture},
+    TestResult as Result,
 };
+use reuseport_worker::WorkerStatus;
 
 fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: plain kill(2) on a child of this test.
-    unsafe { libc::kill(pid as i32, sig) };
+    // A failure shows in what the test then asserts about the worker.
+    let _ = daemon::signal(pid, sig);
 }
 
 fn max_latency(outcomes: &[Outcome]) -> Duration {
     outcomes.iter().map(|o| o.latency).max().unwrap_or_default()
 }
 
-fn slot_of(f: &Fixture, pid: u32) -> Result<Option<(u32, WorkerState)>> {
-    Ok(f.status()?
-        .workers
-        .into_iter()
-        .find(|w| w.pid == pid)
-        .map(|w| (w.slot, w.state)))
-}
-
 /// Starts `n` echo workers and waits for them; returns their pids in order.
 fn workers(f: &mut Fixture, n: usize) -> Result<Vec<u32>> {
-    let pids = (0..n)
-        .map(|i| f.echo(&format!("w{i}")))
-        .collect::<Result<Vec<_>>>()?;
+    let pids = f.echo_workers(n)?;
     f.wait_workers(n)?;
     Ok(pids)
 }
@@ -61,12 +52,11 @@ fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
         std::thread::sleep(Duration::from_millis(50));
         signal(victim, libc::SIGSTOP);
         let stopped = Instant::now();
-        wait_until(Duration::from_secs(2), || {
-            slot_of(&f, victim)
-                .ok()
-                .flatten()
-                .is_some_and(|(_, s)| s == WorkerState::Stuck)
-        })?;
+        f.wait_worker(
+            Duration::from_secs(2),
+            "the stopped worker marked stuck",
+            |w| w.pid == victim && w.state == WorkerState::Stuck,
+        )?;
         detected = Some(stopped.elapsed());
         // Its queued clients wait for it: resume well within their second.
         std::thread::sleep(Duration::from_millis(300));
@@ -84,12 +74,11 @@ fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
     );
     let worst = max_latency(&outcomes);
     assert!(worst < Duration::from_secs(1), "a client waited {worst:?}");
-    wait_until(Duration::from_secs(2), || {
-        slot_of(&f, victim)
-            .ok()
-            .flatten()
-            .is_some_and(|(_, s)| s == WorkerState::Active)
-    })?;
+    f.wait_worker(
+        Duration::from_secs(2),
+        "the resumed worker active again",
+        |w| w.pid == victim && w.state == WorkerState::Active,
+    )?;
     let status = f.status()?;
     assert!(status.stuck_events >= 1);
     assert!(status
@@ -109,12 +98,8 @@ fn an_evicted_worker_hands_its_queue_to_the_others_and_rejoins() -> Result {
     let outcomes = under_load(&load, || {
         std::thread::sleep(Duration::from_millis(30));
         signal(victim, libc::SIGSTOP);
-        wait_until(Duration::from_secs(2), || {
-            f.status().is_ok_and(|s| {
-                s.workers
-                    .iter()
-                    .any(|w| w.pid == victim && w.state == WorkerState::Evicted)
-            })
+        f.wait_worker(Duration::from_secs(2), "the stopped worker evicted", |w| {
+            w.pid == victim && w.state == WorkerState::Evicted
         })?;
         // Stopped well past the detection; resumed within the second its one accepted (and
         // so unmovable) connection may wait.
@@ -131,12 +116,11 @@ fn an_evicted_worker_hands_its_queue_to_the_others_and_rejoins() -> Result {
     let migrated: u64 = status.workers.iter().map(|w| w.migrated).sum();
     assert!(migrated > 0, "nothing migrated: {status:?}");
     // Resumed, the worker sees its listener shut and joins again with a new one.
-    wait_until(Duration::from_secs(3), || {
-        slot_of(&f, victim)
-            .ok()
-            .flatten()
-            .is_some_and(|(_, s)| s == WorkerState::Active)
-    })?;
+    f.wait_worker(
+        Duration::from_secs(3),
+        "the evicted worker active again",
+        |w| w.pid == victim && w.state == WorkerState::Active,
+    )?;
     let counts = f.load_ok(400);
     assert_eq!(counts.get(&victim), Some(&100));
     Ok(())
@@ -153,26 +137,20 @@ fn queue_on_busy_worker(
     let addr = f.addr;
     std::thread::scope(|s| {
         let blocker = s.spawn(move || request(addr, "/sleep?ms=1500", Duration::from_secs(5)));
-        let mut busy = None;
-        wait_until(Duration::from_secs(2), || {
-            busy = f
-                .status()
-                .ok()
-                .and_then(|s| s.workers.into_iter().find(|w| w.inflight > 0));
-            busy.is_some()
-        })?;
-        let busy = busy.ok_or("no busy worker")?;
+        let busy = f.wait_worker(
+            Duration::from_secs(2),
+            "a worker busy with the long request",
+            |w| w.inflight > 0,
+        )?;
         let mut load = Load::new(addr, 2 * n, 2 * n);
         load.per_thread = 1;
         load.timeout = Duration::from_secs(5);
         let clients = s.spawn(move || load.run());
-        wait_until(Duration::from_secs(2), || {
-            f.status().is_ok_and(|s| {
-                s.workers
-                    .iter()
-                    .any(|w| w.pid == busy.pid && w.queue as usize >= n)
-            })
-        })?;
+        f.wait_worker(
+            Duration::from_secs(2),
+            "the busy worker's queue filled",
+            |w| w.pid == busy.pid && w.queue as usize >= n,
+        )?;
         act(f, &busy)?;
         let outcomes = clients.join().map_err(|_| "clients panicked")?;
         // The long request itself is lost if its worker is killed: only the queue counts.
@@ -253,16 +231,11 @@ fn killing_the_daemon_under_load_fails_nothing_and_the_restart_takes_over() -> R
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(counts.values().sum::<u64>(), 4000);
     // Taken-over slots show pid 0 until their worker registers again.
-    let mut status = f.status()?;
-    wait_until(Duration::from_secs(5), || {
-        f.status().is_ok_and(|s| {
-            let back = s.workers.len() == 4 && s.workers.iter().all(|w| w.pid != 0);
-            if back {
-                status = s;
-            }
-            back
-        })
-    })?;
+    let status = f.wait_status(
+        Duration::from_secs(5),
+        "the four workers registered again",
+        |s| s.workers.len() == 4 && s.workers.iter().all(|w| w.pid != 0),
+    )?;
     let after: BTreeMap<u32, u32> = status.workers.iter().map(|w| (w.pid, w.slot)).collect();
     assert_eq!(before, after, "workers keep their slots");
     // Counters were not reset: the program counted every connection.

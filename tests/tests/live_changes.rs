@@ -5,13 +5,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use integration_tests::{
-    client::{self, Failure, Load},
-    fresh_netns,
-    pool::Pool,
-    steer,
-};
 use reuseport_steer::{AttachMode, Error, Family, GroupOptions, Policy};
+use reuseport_testing::{
+    clients::{self, Failure},
+    fresh_netns, steer, wait,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -27,13 +25,12 @@ fn options(mode: AttachMode) -> GroupOptions {
 fn policy_swaps_under_load_lose_no_connection() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
+    let (pool, mut group) = steer::pool(Family::Ipv4, n, options(AttachMode::SelectOrMigrate))?;
     for (slot, w) in [(0, 1), (1, 1), (2, 2), (3, 4)] {
         group.set_weight(slot, w)?;
     }
 
-    let load = Load::start(pool.addr(), n, 8, 250);
+    let load = clients::start(pool.addr(), n, 8, 250);
     let cycle = [Policy::Hash, Policy::RoundRobin, Policy::Weighted];
     let mut swaps = 0usize;
     // Bounded: the load ends within its timeouts, and so does this loop.
@@ -59,10 +56,9 @@ fn policy_swaps_under_load_lose_no_connection() -> Result<()> {
 fn closing_a_listener_mid_load_refuses_and_resets_nothing() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let mut pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
+    let (mut pool, mut group) = steer::pool(Family::Ipv4, n, options(AttachMode::SelectOrMigrate))?;
 
-    let load = Load::start(pool.addr(), n, 8, 250);
+    let load = clients::start(pool.addr(), n, 8, 250);
     assert!(load.wait_for(500, WAIT), "the load made no progress");
     // Its accept thread stops, then the listener closes while the clients keep connecting.
     pool.close(3)?;
@@ -88,26 +84,20 @@ fn closing_a_listener_mid_load_refuses_and_resets_nothing() -> Result<()> {
 fn close_with_a_queue(
     mode: AttachMode,
     queued: u64,
-) -> Result<(client::Outcome, reuseport_steer::GroupStats)> {
+) -> Result<(clients::Outcome, reuseport_steer::GroupStats)> {
     let n = 2;
-    let mut pool = Pool::bind(Family::Ipv4, n)?;
-    let group = steer::group(&pool, options(mode))?;
+    let (mut pool, group) = steer::pool(Family::Ipv4, n, options(mode))?;
     pool.pause(1);
 
     // Round-robin over two slots: of 2*queued concurrent connections, exactly `queued` land
     // in listener 1's accept queue.
-    let load = Load::start(pool.addr(), n, 2 * queued as usize, 1);
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let stats = group.stats()?;
-        let selected = steer::selected(&stats, n);
-        if (selected[1] == queued && pool.accepted()[0] == queued)
-            || std::time::Instant::now() >= deadline
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let load = clients::start(pool.addr(), n, 2 * queued as usize, 1);
+    // On a time-out, the assertion below says what is missing.
+    let _ = wait::until(WAIT, "the connections queued", || {
+        group.stats().is_ok_and(|stats| {
+            steer::selected(&stats, n)[1] == queued && pool.accepted()[0] == queued
+        })
+    });
     assert_eq!(pool.accepted(), vec![queued, 0]);
     pool.close(1)?;
     let out = load.join();
@@ -143,15 +133,14 @@ fn select_mode_resets_the_queue_of_a_closed_listener() -> Result<()> {
 fn detach_returns_the_group_to_kernel_hashing() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
-    let steered = client::run(pool.addr(), n, 4, 25);
+    let (pool, mut group) = steer::pool(Family::Ipv4, n, options(AttachMode::SelectOrMigrate))?;
+    let steered = clients::run(pool.addr(), n, 4, 25);
     assert!(steered.is_clean(), "{steered}");
     assert_eq!(group.stats()?.global.runs, 100);
 
     group.detach(pool.socket(2)?)?;
     assert!(!group.is_attached());
-    let hashed = client::run(pool.addr(), n, 4, 50);
+    let hashed = clients::run(pool.addr(), n, 4, 50);
     assert!(hashed.is_clean(), "{hashed}");
     assert_eq!(
         group.stats()?.global.runs,
@@ -165,7 +154,7 @@ fn detach_returns_the_group_to_kernel_hashing() -> Result<()> {
     }
 
     group.attach(pool.socket(1)?)?;
-    let again = client::run(pool.addr(), n, 4, 25);
+    let again = clients::run(pool.addr(), n, 4, 25);
     assert!(again.is_clean(), "{again}");
     assert_eq!(group.stats()?.global.runs, 200);
     Ok(())
@@ -177,11 +166,10 @@ fn detach_returns_the_group_to_kernel_hashing() -> Result<()> {
 fn dropping_the_group_keeps_the_program_steering() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
+    let (pool, mut group) = steer::pool(Family::Ipv4, n, options(AttachMode::SelectOrMigrate))?;
     group.set_state(0, reuseport_steer::SlotState::Draining)?;
     drop(group);
-    let out = client::run(pool.addr(), n, 4, 60);
+    let out = clients::run(pool.addr(), n, 4, 60);
     assert!(out.is_clean(), "{out}");
     assert_eq!(out.counts, vec![0, 80, 80, 80], "{out}");
     Ok(())

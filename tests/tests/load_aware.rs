@@ -3,15 +3,13 @@
 
 use std::time::Duration;
 
-use integration_tests::fixture::{wait_until, Fixture, Result};
 use reuseport_testing::loadgen::{request, tally, Load};
+use reuseport_testing::{daemon::Fixture, TestResult as Result};
 
 #[test]
 fn least_loaded_and_p2c_avoid_a_worker_busy_with_slow_requests() -> Result {
     let mut f = Fixture::with_daemon_args("leastloaded", &["--policy", "least-loaded"])?;
-    for i in 0..4 {
-        f.echo(&format!("w{i}"))?;
-    }
+    f.echo_workers(4)?;
     f.wait_workers(4)?;
     // 8 closed-loop clients: each connection sent to the busy worker stalls its client until
     // the long request ends. Round-robin, for contrast, soon stalls them all; loads are sampled
@@ -24,22 +22,17 @@ fn least_loaded_and_p2c_avoid_a_worker_busy_with_slow_requests() -> Result {
         assert!(out.status.success());
         let addr = f.addr;
         // In-flight reports trail by up to one poll of the workers: start from all idle.
-        wait_until(Duration::from_secs(2), || {
-            f.status()
-                .is_ok_and(|s| s.workers.iter().all(|w| w.load == 0))
+        f.wait_status(Duration::from_secs(2), "every worker idle", |s| {
+            s.workers.iter().all(|w| w.load == 0)
         })?;
         let (busy_pid, outcomes) = std::thread::scope(|s| -> Result<_> {
             let blocker = s.spawn(move || request(addr, "/sleep?ms=2000", Duration::from_secs(5)));
             // Wait until the busy worker has been busy ~10 samples: "busy with a slow request".
-            let mut busy = None;
-            wait_until(Duration::from_secs(2), || {
-                busy = f
-                    .status()
-                    .ok()
-                    .and_then(|s| s.workers.into_iter().find(|w| w.load >= 10));
-                busy.is_some()
-            })?;
-            let busy = busy.ok_or("no busy worker")?;
+            let busy = f.wait_worker(
+                Duration::from_secs(2),
+                "a worker busy for 10 samples",
+                |w| w.load >= 10,
+            )?;
             // Several clients, so one stuck behind the busy worker stalls little.
             let load = Load::new(addr, 128, 8);
             let outcomes = load.run();

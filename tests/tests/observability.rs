@@ -7,8 +7,8 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::fixture::{Fixture, Result};
 use reuseport_testing::loadgen::Load;
+use reuseport_testing::{daemon::Fixture, TestResult as Result};
 
 fn scrape(addr: &str) -> Result<String> {
     let mut stream = TcpStream::connect(addr)?;
@@ -32,9 +32,7 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 #[test]
 fn metrics_count_what_the_clients_saw() -> Result {
     let mut f = Fixture::with_daemon_args("metrics", &["--metrics", "127.0.0.1:9464"])?;
-    for i in 0..3 {
-        f.echo(&format!("w{i}"))?;
-    }
+    f.echo_workers(3)?;
     let status = f.wait_workers(3)?;
     let counts = f.load_ok(300);
     let text = scrape("127.0.0.1:9464")?;
@@ -65,15 +63,13 @@ fn metrics_count_what_the_clients_saw() -> Result {
 #[test]
 fn top_once_shows_the_shares_of_known_traffic() -> Result {
     let mut f = Fixture::new("top")?;
-    for i in 0..4 {
-        f.echo(&format!("w{i}"))?;
-    }
+    f.echo_workers(4)?;
     f.wait_workers(4)?;
     let addr = f.addr;
     let control = f.control.clone();
     // `top --once` measures over its interval: make 400 connections during it.
     let top = std::thread::spawn(move || {
-        std::process::Command::new(integration_tests::fixture::bin())
+        std::process::Command::new(reuseport_testing::binary::locate()?)
             .args(["top", "--once", "--interval-ms", "1500", "--control"])
             .arg(control)
             .output()

@@ -2,14 +2,11 @@
 //! floor(M/N) or ceil(M/N), even with many clients at once, on IPv4 and IPv6, in both attach
 //! modes; and the program's counters agree with what the clients saw.
 
-use std::{
-    net::UdpSocket,
-    time::{Duration, Instant},
-};
+use std::{net::UdpSocket, time::Duration};
 
 use anyhow::Result;
-use integration_tests::{client, expect, fresh_netns, listeners, pool::Pool, steer};
 use reuseport_steer::{AttachMode, Family, Group, GroupOptions, Policy};
+use reuseport_testing::{clients, expect, fresh_netns, listeners, steer, wait};
 
 const THREADS: usize = 8;
 
@@ -24,9 +21,8 @@ fn options(mode: AttachMode) -> GroupOptions {
 /// Runs `THREADS` x `per_thread` connections at a round-robin group of `n` listeners and checks
 /// the split is exact.
 fn exact_round_robin(family: Family, mode: AttachMode, n: usize, per_thread: u64) -> Result<()> {
-    let pool = Pool::bind(family, n)?;
-    let _group = steer::group(&pool, options(mode))?;
-    let out = client::run(pool.addr(), n, THREADS, per_thread);
+    let (pool, _group) = steer::pool(family, n, options(mode))?;
+    let out = clients::run(pool.addr(), n, THREADS, per_thread);
     assert!(out.is_clean(), "{out}");
     assert_eq!(out.served(), THREADS as u64 * per_thread, "{out}");
     assert!(
@@ -69,9 +65,8 @@ fn counters_equal_what_the_clients_observed() -> Result<()> {
     fresh_netns()?;
     for family in [Family::Ipv4, Family::Ipv6] {
         let n = 4;
-        let pool = Pool::bind(family, n)?;
-        let group = steer::group(&pool, options(AttachMode::SelectOrMigrate))?;
-        let out = client::run(pool.addr(), n, THREADS, 50);
+        let (pool, group) = steer::pool(family, n, options(AttachMode::SelectOrMigrate))?;
+        let out = clients::run(pool.addr(), n, THREADS, 50);
         assert!(out.is_clean(), "{family}: {out}");
 
         let stats = group.stats()?;
@@ -110,16 +105,21 @@ fn udp_datagrams_are_round_robined() -> Result<()> {
         client.send_to(&i.to_le_bytes(), addr)?;
     }
     let mut counts = vec![0u64; n];
-    let deadline = Instant::now() + client::TIMEOUT;
     let mut buf = [0u8; 64];
-    while counts.iter().sum::<u64>() < sent && Instant::now() < deadline {
-        for (i, s) in servers.iter().enumerate() {
-            while s.recv(&mut buf).is_ok() {
-                counts[i] += 1;
+    // On a time-out, the assertion below says what is missing.
+    let _ = wait::until_every(
+        Duration::from_millis(1),
+        clients::TIMEOUT,
+        "the datagrams received",
+        || {
+            for (i, s) in servers.iter().enumerate() {
+                while s.recv(&mut buf).is_ok() {
+                    counts[i] += 1;
+                }
             }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+            counts.iter().sum::<u64>() >= sent
+        },
+    );
     assert_eq!(counts, vec![sent / n as u64; n]);
     let stats = group.stats()?;
     assert_eq!(steer::selected(&stats, n), counts, "{stats:?}");

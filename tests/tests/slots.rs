@@ -2,8 +2,8 @@
 //! socket back restarts it with fresh counters, and `sync` frees the slots whose socket closed.
 
 use anyhow::Result;
-use integration_tests::{client, expect, fresh_netns, listeners, pool::Pool, steer};
 use reuseport_steer::{Family, Group, GroupOptions, Policy};
+use reuseport_testing::{clients, expect, fresh_netns, listeners, steer};
 
 #[test]
 fn sync_frees_the_slot_of_a_closed_listener() -> Result<()> {
@@ -30,20 +30,20 @@ fn sync_frees_the_slot_of_a_closed_listener() -> Result<()> {
 fn a_removed_slot_gets_nothing_until_put_back() -> Result<()> {
     fresh_netns()?;
     let n = 4;
-    let pool = Pool::bind(Family::Ipv4, n)?;
-    let mut group = steer::group(
-        &pool,
+    let (pool, mut group) = steer::pool(
+        Family::Ipv4,
+        n,
         GroupOptions {
             policy: Policy::RoundRobin,
             ..GroupOptions::default()
         },
     )?;
-    let before = client::run(pool.addr(), n, 4, 20);
+    let before = clients::run(pool.addr(), n, 4, 20);
     assert!(before.is_clean() && before.counts[1] > 0, "{before}");
 
     group.remove(1)?;
     assert_eq!(group.active_slots(), vec![0, 2, 3]);
-    let removed = client::run(pool.addr(), n, 4, 30);
+    let removed = clients::run(pool.addr(), n, 4, 30);
     assert!(removed.is_clean(), "{removed}");
     assert_eq!(removed.counts[1], 0, "{removed}");
     let others = [removed.counts[0], removed.counts[2], removed.counts[3]];
@@ -51,7 +51,7 @@ fn a_removed_slot_gets_nothing_until_put_back() -> Result<()> {
     assert!(group.stats()?.slot(1).is_none());
 
     group.insert_at(1, pool.socket(1)?)?;
-    let back = client::run(pool.addr(), n, 4, 40);
+    let back = clients::run(pool.addr(), n, 4, 40);
     assert!(back.is_clean(), "{back}");
     assert!(expect::is_exact_round_robin(&back.counts), "{back}");
     let stats = group.stats()?;

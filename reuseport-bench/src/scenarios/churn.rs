@@ -12,14 +12,18 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use reuseport_steer::Policy;
-use reuseport_testing::loadgen::{ClosedLoop, Recording, Target};
+use reuseport_testing::{
+    daemon::Fixture,
+    loadgen::{ClosedLoop, Recording, Target},
+};
 use reuseport_worker::{ControlClient, Request};
 
 use crate::{
-    cluster::{self, Cluster, Steering},
+    cluster,
     machine::Watch,
     report::{num, Report, Section, Table},
     scenario::{Options, Scenario},
+    steering::Steering,
 };
 
 const WORKERS: usize = 4;
@@ -60,7 +64,7 @@ impl Scenario for Churn {
             (Duration::from_secs(8), 2)
         };
         let rounds = options.rounds.unwrap_or(default_rounds);
-        let steerings = [Steering::KernelHash, Steering::daemon(Policy::RoundRobin)];
+        let steerings = [Steering::KernelHash, Steering::policy(Policy::RoundRobin)];
         let watch = Watch::start();
         let progress = crate::progress::bar("churn", (rounds * steerings.len()) as u64);
         let mut cells = Vec::new();
@@ -89,7 +93,7 @@ impl Scenario for Churn {
 }
 
 fn run_cell(steering: &Steering, duration: Duration) -> Result<Cell> {
-    let mut cluster = Cluster::start(cluster::next_addr(), steering, WORKERS, 5)?;
+    let mut cluster = cluster::start(cluster::next_addr(), steering, WORKERS, 5)?;
     let with_daemon = *steering != Steering::KernelHash;
     let mut target = Target::new(cluster.addr);
     target.paths = vec!["/sleep?ms=1".into()];
@@ -150,7 +154,7 @@ fn run_cell(steering: &Steering, duration: Duration) -> Result<Cell> {
         }
     })?;
     Ok(Cell {
-        steering: steering.clone(),
+        steering: *steering,
         recording,
         swaps: swaps.load(Ordering::Relaxed),
         replaced,
@@ -159,11 +163,11 @@ fn run_cell(steering: &Steering, duration: Duration) -> Result<Cell> {
 
 /// Starts a new worker, waits until it serves (is registered), then retires worker `old`:
 /// drained and killed after a grace period with the daemon, killed at once without.
-fn replace(cluster: &mut Cluster, old: usize, with_daemon: bool) -> Result<()> {
+fn replace(cluster: &mut Fixture, old: usize, with_daemon: bool) -> Result<()> {
     let pid = cluster.worker_pids()[old];
-    cluster.add_worker(&format!("n{old}"))?;
+    cluster.echo(&format!("n{old}"))?;
     if with_daemon {
-        cluster.wait_ready(WORKERS + 1)?;
+        cluster::wait_ready(cluster, WORKERS + 1)?;
         let slot = cluster
             .status()?
             .workers
@@ -171,7 +175,7 @@ fn replace(cluster: &mut Cluster, old: usize, with_daemon: bool) -> Result<()> {
             .find(|w| w.pid == pid)
             .map(|w| w.slot)
             .context("the old worker is not registered")?;
-        ControlClient::connect(&cluster.control)?.request(&Request::Drain {
+        cluster.request(&Request::Drain {
             slot,
             group: None,
             close: None,
@@ -186,7 +190,7 @@ fn replace(cluster: &mut Cluster, old: usize, with_daemon: bool) -> Result<()> {
 fn label(steering: &Steering) -> String {
     match steering {
         Steering::KernelHash => "kernel hash (workers killed)".into(),
-        Steering::Daemon { .. } => "daemon (drain then kill; policy swaps)".into(),
+        Steering::Program { .. } => "daemon (drain then kill; policy swaps)".into(),
     }
 }
 

@@ -10,16 +10,20 @@
 use anyhow::Result;
 use reuseport_steer::Policy;
 
+use reuseport_testing::{
+    clients::{Exchange, Load, SourcePorts},
+    limits,
+};
+
 use crate::{
     bpf_stats,
-    cell::{Measurement, SteeredPool, Steering},
-    clients::{Load, SourcePorts},
-    limits,
+    cell::{self, Measurement, SteeredPool},
     machine::Watch,
     netstat::TcpCounters,
     report::{num, Report, Section, Table},
     samples::Summary,
     scenario::{Options, Scenario},
+    steering::Steering,
 };
 
 const fn shape(slots: usize, active: usize) -> Shape {
@@ -69,12 +73,12 @@ const FILES_NEEDED: u64 = 8_192;
 /// Without a daemon the load map stays zero: `least-loaded` and `p2c` then run their full
 /// selection over equally loaded slots, which is what their cost is.
 const STEERINGS: [Steering; 6] = [
-    Steering::Kernel,
-    Steering::Program(Policy::Hash),
-    Steering::Program(Policy::RoundRobin),
-    Steering::Program(Policy::Weighted),
-    Steering::Program(Policy::LeastLoaded),
-    Steering::Program(Policy::P2c),
+    Steering::KernelHash,
+    Steering::policy(Policy::Hash),
+    Steering::policy(Policy::RoundRobin),
+    Steering::policy(Policy::Weighted),
+    Steering::policy(Policy::LeastLoaded),
+    Steering::policy(Policy::P2c),
 ];
 
 /// Weights 1, 2, 3, 4, 1, 2, ... for the `weighted` policy.
@@ -178,6 +182,7 @@ impl Scenario for Cost {
         let load = |connections| Load {
             connections,
             threads: clients,
+            exchange: Exchange::Reset,
             source_ports: SourcePorts::Kernel,
             time_limit: options.time_limit,
         };
@@ -202,7 +207,7 @@ impl Scenario for Cost {
                         "{name}: round {}/{rounds} {:>17} slots {:<20} {:>7.0} conn/s {:>6} ns/run",
                         round + 1,
                         shape.label(),
-                        cell.steering.label(),
+                        cell::label(cell.steering),
                         m.rate(),
                         m.runs.ns_per_run().map_or("-".into(), num),
                     )
@@ -273,7 +278,7 @@ fn raw_row(
         order.to_string(),
         shape.slots.to_string(),
         shape.active.to_string(),
-        steering.label().to_owned(),
+        cell::label(steering),
         m.connections.to_string(),
         format!("{:.6}", m.elapsed.as_secs_f64()),
         format!("{:.1}", m.rate()),
@@ -298,7 +303,7 @@ fn pair_with_baselines(cells: &mut [Cell]) {
     for i in 0..cells.len() {
         let baseline = cells
             .iter()
-            .find(|c| c.pool == cells[i].pool && c.steering == Steering::Kernel)
+            .find(|c| c.pool == cells[i].pool && c.steering == Steering::KernelHash)
             .and_then(|c| c.rounds.last())
             .map(Measurement::rate);
         let rate = cells[i].rounds.last().map(Measurement::rate);
@@ -395,13 +400,13 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
         let total_runs: u64 = cell.rounds.iter().map(|m| m.runs.count).sum();
         let total_connections: u64 = cell.rounds.iter().map(|m| m.connections).sum();
         let runs_per_conn = total_runs as f64 / total_connections.max(1) as f64;
-        let is_program = cell.steering != Steering::Kernel;
+        let is_program = cell.steering != Steering::KernelHash;
         let median = |s: Option<Summary>| s.map_or("-".into(), |s| num(s.median));
         let range =
             |s: Option<Summary>| s.map_or("-".into(), |s| format!("{}–{}", num(s.min), num(s.max)));
         table.push(vec![
             slots.clone(),
-            cell.steering.label().to_owned(),
+            cell::label(cell.steering),
             median(rate),
             range(rate),
             if is_program {
@@ -423,7 +428,7 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
         csv.push(vec![
             shapes[cell.pool].slots.to_string(),
             shapes[cell.pool].active.to_string(),
-            cell.steering.label().to_owned(),
+            cell::label(cell.steering),
             cell.rounds.len().to_string(),
             connections.to_string(),
             field(rate, |s| s.median),
@@ -436,8 +441,8 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
             format!("{runs_per_conn:.3}"),
         ]);
     }
-    for steering in STEERINGS.iter().filter(|s| **s != Steering::Kernel) {
-        let mut row = vec![steering.label().to_owned()];
+    for steering in STEERINGS.iter().filter(|s| **s != Steering::KernelHash) {
+        let mut row = vec![cell::label(*steering)];
         for pool in 0..shapes.len() {
             let costs: Vec<f64> = cells
                 .iter()

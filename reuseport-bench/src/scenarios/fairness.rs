@@ -5,13 +5,15 @@ use anyhow::Result;
 use reuseport_steer::Policy;
 use reuseport_testing::distribution::{markdown_table, Distribution};
 
+use reuseport_testing::clients::{Exchange, Load, SourcePorts};
+
 use crate::{
-    cell::{Measurement, SteeredPool, Steering},
-    clients::{Load, SourcePorts},
+    cell::{self, Measurement, SteeredPool},
     machine::Watch,
     netstat::TcpCounters,
     report::{num, Report, Section, Table},
     scenario::{Options, Scenario},
+    steering::Steering,
 };
 
 const WEIGHTS: [u32; 8] = [1, 1, 2, 2, 3, 3, 4, 4];
@@ -22,10 +24,10 @@ const ACCEPTORS: usize = 2;
 const FIRST_SOURCE_PORT: u16 = 10_000;
 
 const STEERINGS: [Steering; 4] = [
-    Steering::Kernel,
-    Steering::Program(Policy::Hash),
-    Steering::Program(Policy::RoundRobin),
-    Steering::Program(Policy::Weighted),
+    Steering::KernelHash,
+    Steering::policy(Policy::Hash),
+    Steering::policy(Policy::RoundRobin),
+    Steering::policy(Policy::Weighted),
 ];
 
 pub struct Fairness;
@@ -52,6 +54,7 @@ impl Scenario for Fairness {
         let load = Load {
             connections,
             threads: clients,
+            exchange: Exchange::Reset,
             source_ports: SourcePorts::Distinct {
                 first: FIRST_SOURCE_PORT,
             },
@@ -63,7 +66,7 @@ impl Scenario for Fairness {
             let m = pool.measure(&load)?;
             eprintln!(
                 "fairness: {:<20} {} connections, {:.0} conn/s",
-                steering.label(),
+                cell::label(steering),
                 m.connections,
                 m.rate()
             );
@@ -98,7 +101,7 @@ fn report(
 
     let rows: Vec<(String, Distribution)> = results
         .iter()
-        .map(|(s, m)| (s.label().to_owned(), Distribution::new(m.per_slot.clone())))
+        .map(|(s, m)| (cell::label(*s), Distribution::new(m.per_slot.clone())))
         .collect();
     let mut summary = Table::new(&[
         "steering",
@@ -121,7 +124,7 @@ fn report(
             format!("{:.4}", d.jain()),
             format!("{:.4}", d.cv()),
             m.program.runs.to_string(),
-            if *s == Steering::Kernel {
+            if *s == Steering::KernelHash {
                 "-".into()
             } else {
                 m.program.runs.saturating_sub(m.connections).to_string()
@@ -142,7 +145,7 @@ fn report(
     }];
     let weighted = results
         .iter()
-        .find(|(s, _)| *s == Steering::Program(Policy::Weighted));
+        .find(|(s, _)| *s == Steering::policy(Policy::Weighted));
     if let Some((_, m)) = weighted {
         let relative = relative_to_weight(&m.per_slot, &WEIGHTS);
         sections.push(Section {
@@ -170,7 +173,7 @@ fn report(
 
     let bars: Vec<(String, Vec<u64>)> = results
         .iter()
-        .map(|(s, m)| (s.label().to_owned(), m.per_slot.clone()))
+        .map(|(s, m)| (cell::label(*s), m.per_slot.clone()))
         .collect();
     let plot = crate::plot::worker_bars("fairness: share of connections per listener", &bars)?;
     Ok(Report {
@@ -264,7 +267,7 @@ fn per_slot_csv(results: &[(Steering, Measurement)]) -> Table {
     ]);
     for (steering, m) in results {
         let total: u64 = m.per_slot.iter().sum();
-        let weighted = *steering == Steering::Program(Policy::Weighted);
+        let weighted = *steering == Steering::policy(Policy::Weighted);
         for (slot, (&count, &weight)) in m.per_slot.iter().zip(&WEIGHTS).enumerate() {
             let expected = if weighted {
                 f64::from(weight) / f64::from(weight_sum)
@@ -272,7 +275,7 @@ fn per_slot_csv(results: &[(Steering, Measurement)]) -> Table {
                 1.0 / WEIGHTS.len() as f64
             };
             csv.push(vec![
-                steering.label().to_owned(),
+                cell::label(*steering),
                 slot.to_string(),
                 if weighted { weight } else { 1 }.to_string(),
                 count.to_string(),

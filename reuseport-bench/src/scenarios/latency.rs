@@ -16,16 +16,18 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{bail, Context, Result};
 use reuseport_steer::Policy;
 use reuseport_testing::{
+    daemon,
     distribution::Distribution,
     loadgen::{OpenLoop, Recording, Target},
 };
 
 use crate::{
-    cluster::{self, Cluster, Steering},
+    cluster,
     machine::Watch,
     plot,
     report::{num, Report, Section, Table},
     scenario::{Options, Scenario},
+    steering::Steering,
 };
 
 const WORKERS: usize = 4;
@@ -73,25 +75,25 @@ struct Plan {
 
 impl Latency {
     fn steerings(&self) -> Vec<Steering> {
-        let skip = |policy| Steering::Daemon {
+        let skip = |policy| Steering::Program {
             policy,
-            flags: vec!["--on-stuck".into(), "skip".into()],
+            flags: &["--on-stuck", "skip"],
         };
         match self.kind {
             Kind::Stuck => vec![
                 Steering::KernelHash,
                 skip(Policy::RoundRobin),
                 skip(Policy::LeastLoaded),
-                Steering::Daemon {
+                Steering::Program {
                     policy: Policy::RoundRobin,
-                    flags: vec!["--on-stuck".into(), "evict".into()],
+                    flags: &["--on-stuck", "evict"],
                 },
             ],
             Kind::Mixed => vec![
                 Steering::KernelHash,
-                Steering::daemon(Policy::RoundRobin),
-                Steering::daemon(Policy::LeastLoaded),
-                Steering::daemon(Policy::P2c),
+                Steering::policy(Policy::RoundRobin),
+                Steering::policy(Policy::LeastLoaded),
+                Steering::policy(Policy::P2c),
             ],
         }
     }
@@ -191,7 +193,7 @@ impl Scenario for Latency {
         let mut merged: Vec<Merged> = steerings
             .iter()
             .map(|s| Merged {
-                steering: s.clone(),
+                steering: *s,
                 recording: None,
                 per_worker: vec![0; WORKERS],
                 stuck_events: 0,
@@ -282,7 +284,7 @@ impl Latency {
     /// One cell: fresh processes, the load, and (for `stuck`) worker 0 stopped for a while.
     /// Returns the recording, the workers' pids by index, and the daemon's stuck events.
     fn cell(&self, steering: &Steering, plan: &Plan) -> Result<(Recording, Vec<u32>, u64)> {
-        let cluster = Cluster::start(cluster::next_addr(), steering, WORKERS, SAMPLE_MS)?;
+        let cluster = cluster::start(cluster::next_addr(), steering, WORKERS, SAMPLE_MS)?;
         let pids = cluster.worker_pids();
         let mut target = Target::new(cluster.addr);
         target.paths = self.paths();
@@ -295,9 +297,9 @@ impl Latency {
             let stopper = (self.kind == Kind::Stuck).then(|| {
                 scope.spawn(move || -> Result<()> {
                     std::thread::sleep(plan.stop_at);
-                    cluster::signal(stopped, libc::SIGSTOP)?;
+                    daemon::signal(stopped, libc::SIGSTOP)?;
                     std::thread::sleep(plan.stop_for);
-                    cluster::signal(stopped, libc::SIGCONT)
+                    daemon::signal(stopped, libc::SIGCONT)
                 })
             });
             let recording = load.run_blocking().context("running the load");
@@ -311,7 +313,7 @@ impl Latency {
         })?;
         let stuck_events = match steering {
             Steering::KernelHash => 0,
-            Steering::Daemon { .. } => cluster.status().map_or(0, |s| s.stuck_events),
+            Steering::Program { .. } => cluster.status().map_or(0, |s| s.stuck_events),
         };
         Ok((recording, pids, stuck_events))
     }

@@ -9,11 +9,12 @@ use reuseport_steer::Policy;
 use reuseport_testing::loadgen::{OpenLoop, Target};
 
 use crate::{
-    cluster::{self, Cluster, Steering},
+    cluster,
     machine::Watch,
     report::{num, Report, Section, Table},
     samples::Summary,
     scenario::{Options, Scenario},
+    steering::Steering,
 };
 
 const WORKERS: usize = 64;
@@ -80,8 +81,8 @@ impl Scenario for Monitor {
         for round in 0..rounds {
             for k in 0..periods.len() {
                 let sample_ms = periods[(k + round) % periods.len()];
-                let steering = Steering::daemon(Policy::LeastLoaded);
-                let cluster = Cluster::start(cluster::next_addr(), &steering, WORKERS, sample_ms)?;
+                let steering = Steering::policy(Policy::LeastLoaded);
+                let cluster = cluster::start(cluster::next_addr(), &steering, WORKERS, sample_ms)?;
                 let daemon = cluster.daemon_pid().context("no daemon")?;
                 // Let registration settle before measuring.
                 std::thread::sleep(Duration::from_millis(500));

@@ -44,24 +44,8 @@ impl Load {
 
     /// Runs the load to completion.
     pub fn run(&self) -> Vec<Outcome> {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..self.threads)
-                .map(|_| {
-                    scope.spawn(|| (0..self.per_thread).map(|_| self.one()).collect::<Vec<_>>())
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        vec![Outcome {
-                            result: Err("client thread panicked".into()),
-                            latency: Duration::ZERO,
-                        }]
-                    })
-                })
-                .collect()
-        })
+        let count = (self.threads * self.per_thread) as u64;
+        crate::clients::spread(self.threads, count, |_| self.one())
     }
 
     fn one(&self) -> Outcome {

@@ -43,6 +43,9 @@ fn code_of(e: &Error) -> ErrorCode {
         Error::WrongProtocol { .. } => ErrorCode::WrongProtocol,
         Error::WrongFamily { .. } => ErrorCode::WrongFamily,
         Error::WrongAddress { .. } => ErrorCode::WrongAddress,
+        Error::WrongV6Only { .. } => ErrorCode::WrongV6Only,
+        Error::WrongDevice { .. } => ErrorCode::WrongDevice,
+        Error::OtherNetns => ErrorCode::OtherNetns,
         Error::UnsupportedSocket => ErrorCode::UnsupportedSocket,
         Error::SlotOutOfRange { .. } => ErrorCode::SlotOutOfRange,
         Error::SlotsFull { .. } => ErrorCode::SlotsFull,
@@ -82,6 +85,12 @@ mod tests {
             },
             Error::NotAttached,
             Error::SlotEmpty(2),
+            Error::WrongV6Only {
+                want: true,
+                got: false,
+            },
+            Error::WrongDevice { want: 0, got: 2 },
+            Error::OtherNetns,
         ];
         for e in errors {
             assert_eq!(code_of(&e).to_string(), e.code());

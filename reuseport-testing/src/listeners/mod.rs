@@ -1,4 +1,9 @@
-//! Building listening sockets on loopback, one at a time or as a SO_REUSEPORT group.
+//! Building listening sockets on loopback, one at a time or as a SO_REUSEPORT group, and a
+//! [`Pool`] of them served by accept threads.
+
+pub mod pool;
+
+pub use pool::{Answer, Pool, PoolOptions};
 
 use std::{
     io,

@@ -10,6 +10,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use crate::binary;
+
 /// Environment variable that tells the re-run test which role it plays.
 pub const ROLE_ENV: &str = "REUSEPORT_TEST_CHILD_ROLE";
 const REPORT: &str = "child-report: ";
@@ -47,18 +49,28 @@ impl fmt::Display for Child {
 }
 
 /// Runs test `test` (its exact name) of this binary in a child with `ROLE_ENV=role`, as
-/// `uid`/gid `uid` when given (setuid from root drops every capability).
+/// `uid`/gid `uid` when given (setuid from root drops every capability). As another uid, the
+/// binary runs from a place that uid can reach, wherever the checkout lives.
 pub fn run(test: &str, role: &str, uid: Option<u32>) -> Result<Child> {
-    let exe = std::env::current_exe().context("finding the test binary")?;
+    let mut exe = std::env::current_exe().context("finding the test binary")?;
+    let exposed = uid.map(|_| {
+        std::env::temp_dir().join(format!("reuseport-child-{}-{role}", std::process::id()))
+    });
+    if let Some(dir) = &exposed {
+        exe = binary::runnable_by_all(&exe, dir)
+            .with_context(|| format!("exposing {} in {}", exe.display(), dir.display()))?;
+    }
     let mut cmd = Command::new(&exe);
     cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(ROLE_ENV, role);
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {} as a child", exe.display()))?;
+    let out = cmd.output();
+    if let Some(dir) = &exposed {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let out = out.with_context(|| format!("running {} as a child", exe.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     Ok(Child {
         status: out.status,

@@ -1,18 +1,32 @@
 //! A [`Group`] steering a whole [`Pool`]: listener `i` in slot `i`, program attached.
 
 use anyhow::{ensure, Result};
-use reuseport_steer::{Group, GroupOptions, GroupStats};
+use reuseport_steer::{Family, Group, GroupOptions, GroupStats};
 
-use crate::pool::Pool;
+use crate::listeners::Pool;
+
+/// A [`Pool`] of `n` listeners of `family` and a group steering it as [`group`] makes it.
+pub fn pool(family: Family, n: usize, options: GroupOptions) -> Result<(Pool, Group)> {
+    let pool = Pool::bind(family, n)?;
+    let group = group(&pool, options)?;
+    Ok((pool, group))
+}
 
 /// Loads a group, puts every listener of `pool` in the slot of its index, then attaches.
 pub fn group(pool: &Pool, options: GroupOptions) -> Result<Group> {
+    let mut group = slots(pool, options)?;
+    group.attach(pool.socket(0)?)?;
+    Ok(group)
+}
+
+/// Loads a group and puts every listener of `pool` in the slot of its index, in one
+/// publication (what a thousand listeners need); nothing attached yet.
+pub fn slots(pool: &Pool, options: GroupOptions) -> Result<Group> {
     let mut group = Group::load(options)?;
-    for i in 0..pool.len() {
-        let slot = group.insert(pool.socket(i)?)?;
+    let slots = group.insert_all(pool.sockets())?;
+    for (i, &slot) in slots.iter().enumerate() {
         ensure!(slot == i as u32, "listener {i} went to slot {slot}");
     }
-    group.attach(pool.socket(0)?)?;
     Ok(group)
 }
 

@@ -1,5 +1,5 @@
-//! Resource limits: 1024 listeners on one port plus the connections in flight need more file
-//! descriptors than the usual soft limit of 1024.
+//! Resource limits: a thousand listeners on one port plus the connections in flight need more
+//! file descriptors than the usual soft limit of 1024.
 
 use anyhow::{bail, Context, Result};
 
@@ -25,7 +25,7 @@ pub fn raise_nofile(wanted: u64, needed: u64) -> Result<u64> {
     set(&at_hard).context("setrlimit(RLIMIT_NOFILE) to the hard limit")?;
     if at_hard.rlim_cur < needed {
         bail!(
-            "RLIMIT_NOFILE hard limit is {}, this scenario needs {needed} descriptors",
+            "RLIMIT_NOFILE hard limit is {}, {needed} descriptors are needed",
             at_hard.rlim_cur
         );
     }
@@ -57,8 +57,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_limit_already_high_enough_is_kept() {
-        let current = get().unwrap().rlim_cur;
-        assert_eq!(raise_nofile(current.min(64), 1).unwrap(), current);
+    fn a_limit_already_high_enough_is_kept() -> Result<()> {
+        let current = get()?.rlim_cur;
+        assert_eq!(raise_nofile(current.min(64), 1)?, current);
+        Ok(())
     }
 }

@@ -1,0 +1,245 @@
+//! Defects found by attacking the daemon as a hostile local user would: each test reproduces one
+//! and fails on the code before its fix.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::{fd::AsRawFd, unix::net::UnixStream},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use reuseport_testing::{binary, daemon::Fixture, fresh_netns, wait, TestResult as Result};
+use reuseport_worker::{fdpass, ControlClient, Request};
+
+/// Sends one line with `fds` attached and returns the reply line as JSON.
+fn send_line_with_fds(control: &Path, line: &[u8], fds: &[i32]) -> Result<serde_json::Value> {
+    let stream = UnixStream::connect(control)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let sent = fdpass::send_with_fds(&stream, line, fds)?;
+    // The daemon may close as soon as it sees the descriptors; the rest is best effort.
+    let _ = (&stream).write_all(&line[sent..]);
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    Ok(serde_json::from_str(&reply)?)
+}
+
+fn open_fds(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Issue: a register line with more descriptors than the receive buffer held leaked the ones
+/// that fit, 4 per message, until the daemon hit its open-file limit and refused everyone.
+#[test]
+fn descriptors_sent_with_a_refused_line_are_all_closed() -> Result {
+    let mut f = Fixture::new("fd-flood")?;
+    f.echo("w0")?;
+    f.wait_workers(1)?;
+    let daemon = f.daemon_pid().ok_or("no daemon")?;
+    let before = open_fds(daemon)?;
+    let listener = reuseport_worker::bind_listener(f.addr, 16)?;
+    let fd = listener.as_raw_fd();
+    for count in [5, 16, 253] {
+        for _ in 0..50 {
+            let reply =
+                send_line_with_fds(&f.control, b"{\"op\":\"register\"}\n", &vec![fd; count])?;
+            assert_eq!(reply["code"], "too_many_fds", "{reply}");
+        }
+    }
+    // Descriptors sent with a line that is not a registration.
+    for _ in 0..50 {
+        let reply = send_line_with_fds(&f.control, b"{\"op\":\"status\"}\n", &[fd, fd])?;
+        assert_eq!(reply["ok"], false, "{reply}");
+    }
+    let mut now = 0;
+    let settled = wait::until(
+        Duration::from_secs(5),
+        "the flood's descriptors closed",
+        || {
+            now = open_fds(daemon).unwrap_or(usize::MAX);
+            now <= before + 2
+        },
+    );
+    assert!(
+        settled.is_ok(),
+        "the daemon holds {now} descriptors after the flood, {before} before"
+    );
+    // The copies are gone from the kernel group too, and a good registration still works.
+    let mut client = ControlClient::connect(&f.control)?;
+    let reply = client.request_with_fd(
+        &Request::Register {
+            name: Some("after".into()),
+            weight: None,
+            pid: None,
+        },
+        std::os::fd::AsFd::as_fd(&listener),
+    )?;
+    assert!(reply.slot.is_some());
+    f.wait_workers(2)?;
+    Ok(())
+}
+
+/// Issue: `reuseport run --control FILE` deleted a regular file (connect() said ECONNREFUSED,
+/// which was taken for a stale socket).
+#[test]
+fn the_daemon_refuses_to_replace_a_file_that_is_not_a_socket() -> Result {
+    fresh_netns()?;
+    let dir = std::env::temp_dir().join(format!("reuseport-notsock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("precious.txt");
+    std::fs::write(&file, "keep me")?;
+    let out = Command::new(binary::locate()?)
+        .args(["run", "--listen", "127.0.0.1:8080", "--no-pin", "--control"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the daemon started: {stderr}");
+    assert!(
+        stderr.contains("is not a socket") && stderr.contains("--control"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&file)?, "keep me");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Issue: the Python worker sent its `load` reports with a blocking `sendall`, so a daemon slow
+/// to read stalled the worker's own requests for up to 2 s at a time. Here a stand-in daemon
+/// accepts the registration and then never reads again: the worker must keep serving promptly.
+#[test]
+fn a_python_worker_never_waits_for_a_slow_daemon() -> Result {
+    fresh_netns()?;
+    let dir = std::env::temp_dir().join(format!("reuseport-slowd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let control = dir.join("control.sock");
+    let daemon = std::os::unix::net::UnixListener::bind(&control)?;
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/worker.py");
+    let worker = Command::new("python3")
+        .arg(&script)
+        .args(["--listen", &addr.to_string(), "--name", "py", "--control"])
+        .arg(&control)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Killed on every way out, a failed assertion included.
+    let _worker = KillOnDrop(worker);
+    let outcome = (|| -> Result {
+        let (conn, _) = daemon.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = String::new();
+        let mut reader = BufReader::new(&conn);
+        reader.read_line(&mut line)?;
+        assert!(line.contains("\"register\""), "{line}");
+        (&conn).write_all(b"{\"ok\":true,\"slot\":0,\"group\":\"127.0.0.1:8080\"}\n")?;
+        // From here on nobody reads: the worker's reports fill the socket buffer.
+        for i in 0..1500 {
+            let start = std::time::Instant::now();
+            reuseport_testing::loadgen::request(addr, "/", Duration::from_secs(2))?;
+            let took = start.elapsed();
+            assert!(
+                took < Duration::from_millis(500),
+                "request {i} waited {took:?} for the worker's reports to the daemon"
+            );
+        }
+        drop(conn);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP listener on `addr` with SO_REUSEPORT and the given IPV6_V6ONLY.
+fn v6_listener(addr: std::net::SocketAddr, v6only: bool) -> Result<socket2::Socket> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+    sock.set_only_v6(v6only)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(64)?;
+    Ok(sock)
+}
+
+/// Issue: with `--listen [::]:8090`, a v6-only worker and a dual-stack worker both registered,
+/// though the kernel keeps them in different reuseport groups: every selection of the other
+/// kind failed with EBADFD and round-robin over three workers became 200/100/0.
+#[test]
+fn a_socket_of_the_other_ipv6_kind_is_refused_naming_the_flag() -> Result {
+    let f = Fixture::new_on("v6only", "[::]:8090".parse()?)?;
+    let first = v6_listener(f.addr, false)?;
+    let mut client = ControlClient::connect(&f.control)?;
+    let register = Request::Register {
+        name: Some("dual".into()),
+        weight: None,
+        pid: None,
+    };
+    client.request_with_fd(&register, std::os::fd::AsFd::as_fd(&first))?;
+    let v6only = v6_listener(f.addr, true)?;
+    let refused = ControlClient::connect(&f.control)?
+        .request_with_fd(&register, std::os::fd::AsFd::as_fd(&v6only))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        refused.contains("IPV6_V6ONLY to 0") && refused.contains("separate reuseport groups"),
+        "{refused}"
+    );
+    f.wait_workers(1)?;
+    // Only the dual-stack socket is in the group: every connection selects it, none errs.
+    for _ in 0..10 {
+        std::net::TcpStream::connect("[::1]:8090")?;
+        std::net::TcpStream::connect("127.0.0.1:8090")?;
+    }
+    let status = f.status()?;
+    assert_eq!(status.select_errors.values().sum::<u64>(), 0, "{status:?}");
+    assert_eq!(status.workers[0].selected, 20, "{status:?}");
+    drop(client);
+    Ok(())
+}
+
+/// Issue: a user in another network namespace (`unshare -Urn`) registered listeners bound to
+/// the group's address of its own namespace; they caused EBADFD selection errors and fallbacks.
+#[test]
+fn a_socket_of_another_network_namespace_is_refused() -> Result {
+    let mut f = Fixture::new("other-netns")?;
+    f.echo("w0")?;
+    f.wait_workers(1)?;
+    let addr = f.addr;
+    // A listener on the same address, made in a namespace of its own.
+    let foreign = std::thread::spawn(move || -> std::result::Result<socket2::Socket, String> {
+        fresh_netns().map_err(|e| e.to_string())?;
+        let sock = reuseport_testing::listeners::listener(addr, true).map_err(|e| e.to_string())?;
+        Ok(sock)
+    })
+    .join()
+    .map_err(|_| "thread panicked")??;
+    let refused = ControlClient::connect(&f.control)?
+        .request_with_fd(
+            &Request::Register {
+                name: Some("intruder".into()),
+                weight: None,
+                pid: None,
+            },
+            std::os::fd::AsFd::as_fd(&foreign),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("another network namespace"), "{refused}");
+    let counts = f.load_ok(40);
+    assert_eq!(counts.values().sum::<u64>(), 40);
+    let status = f.wait_workers(1)?;
+    assert_eq!(status.select_errors.values().sum::<u64>(), 0, "{status:?}");
+    assert_eq!(status.fallbacks, 0, "{status:?}");
+    Ok(())
+}

@@ -162,7 +162,10 @@ impl Session {
                         "register needs the listening socket attached (SCM_RIGHTS) to the line",
                     ));
                 };
-                match SocketInfo::of(std::os::fd::AsFd::as_fd(&socket)) {
+                // Inspected once, here, off the owner's thread; the owner routes and inserts.
+                let inspected = SocketInfo::of(std::os::fd::AsFd::as_fd(&socket))
+                    .and_then(|info| info.check_joinable().map(|()| info));
+                match inspected {
                     Err(e) => Err(e.into()),
                     Ok(info) => {
                         let worker = NewWorker {

@@ -56,7 +56,8 @@ pub(super) struct Evicted {
     pub mark: Mark,
 }
 
-/// A `register` request, its socket inspected once by the session ([`SocketInfo::of`]).
+/// A `register` request, its socket inspected once by the session ([`SocketInfo::of`]) and
+/// found fit to join a group at all ([`SocketInfo::check_joinable`]).
 pub struct NewWorker {
     pub conn: ConnId,
     pub peer: Peer,
@@ -100,12 +101,7 @@ impl Registry {
     /// daemon's copy while the worker is registered (to shut the listener down when evicting)
     /// and closed the moment the worker leaves, after its slot is emptied.
     pub fn register(&mut self, worker: NewWorker) -> Registered {
-        let g = match worker
-            .info
-            .check_joinable()
-            .map_err(Refusal::from)
-            .and_then(|()| self.group_for(&worker.info))
-        {
+        let g = match self.group_for(&worker.info) {
             Ok(g) => g,
             Err(refusal) => return Registered::Done(Err(refusal)),
         };

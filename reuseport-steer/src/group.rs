@@ -237,6 +237,14 @@ impl Group {
     /// the group had, atomically: connections keep flowing.
     pub fn attach(&mut self, socket: impl AsFd) -> Result<()> {
         let info = self.admit(socket.as_fd())?;
+        self.attach_inspected(socket, &info)
+    }
+
+    /// [`Group::attach`] for a socket its caller already inspected with [`SocketInfo::of`]
+    /// (the daemon does, to route it), so the kernel is not asked again.
+    pub fn attach_inspected(&mut self, socket: impl AsFd, info: &SocketInfo) -> Result<()> {
+        self.admit_inspected(info)?;
+        let info = *info;
         self.program()?.attach(socket.as_fd()).map_err(|e| {
             if errno_in(&e) == Some(libc::EINVAL) {
                 Error::NoReuseport
@@ -272,7 +280,25 @@ impl Group {
 
     /// Puts `socket` in `slot`, active with weight 1.
     pub fn insert_at(&mut self, slot: u32, socket: impl AsFd) -> Result<()> {
-        self.place(slot, socket.as_fd())?;
+        let info = self.admit(socket.as_fd())?;
+        self.insert_inspected_at(slot, socket, &info)
+    }
+
+    /// [`Group::insert`] for a socket its caller already inspected with [`SocketInfo::of`].
+    pub fn insert_inspected(&mut self, socket: impl AsFd, info: &SocketInfo) -> Result<u32> {
+        self.admit_inspected(info)?;
+        let slot = self.free_slot()?;
+        self.insert_inspected_at(slot, socket, info)?;
+        Ok(slot)
+    }
+
+    fn insert_inspected_at(
+        &mut self,
+        slot: u32,
+        socket: impl AsFd,
+        info: &SocketInfo,
+    ) -> Result<()> {
+        self.place(slot, socket.as_fd(), *info)?;
         if let Err(e) = self.publish() {
             // Leave the slot as it was: empty.
             self.slots[slot as usize] = SlotConfig::default();
@@ -293,10 +319,10 @@ impl Group {
         let mut placed = Vec::new();
         let mut outcome = Ok(());
         for socket in sockets {
-            match self
-                .free_slot()
-                .and_then(|slot| self.place(slot, socket.as_fd()).map(|()| slot))
-            {
+            match self.free_slot().and_then(|slot| {
+                let info = self.admit(socket.as_fd())?;
+                self.place(slot, socket.as_fd(), info).map(|()| slot)
+            }) {
                 Ok(slot) => placed.push(slot),
                 Err(e) => {
                     outcome = Err(e);
@@ -316,10 +342,9 @@ impl Group {
             .ok_or(Error::SlotsFull { max: MAX_SLOTS })
     }
 
-    /// Checks a socket and puts it in `slot` (kernel array and slot table), unpublished.
-    fn place(&mut self, slot: u32, socket: BorrowedFd<'_>) -> Result<()> {
+    /// Puts an admitted socket in `slot` (kernel array and slot table), unpublished.
+    fn place(&mut self, slot: u32, socket: BorrowedFd<'_>, info: SocketInfo) -> Result<()> {
         check_range(slot)?;
-        let info = self.admit(socket)?;
         if let Some(existing) = self.slot_of_cookie(info.cookie) {
             return Err(Error::AlreadyInGroup(existing));
         }
@@ -355,6 +380,39 @@ impl Group {
         sys::sockarray_clear(self.sockets_fd()?, slot)
             .map_err(|e| Error::io(format!("clearing slot {slot}"), e))?;
         Ok(())
+    }
+
+    /// Takes the sockets out of several slots with one publication of the active list, where
+    /// [`Group::remove`] in a loop would rewrite it once per slot (a thousand workers leaving
+    /// at once). Slots already empty are skipped.
+    pub fn remove_all(&mut self, slots: &[u32]) -> Result<()> {
+        let slots: Vec<u32> = slots
+            .iter()
+            .copied()
+            .filter(|&slot| self.occupied(slot).is_ok())
+            .collect();
+        if slots.is_empty() {
+            return Ok(());
+        }
+        for &slot in &slots {
+            self.slots[slot as usize] = SlotConfig::default();
+        }
+        // Unpublish first, so the program stops choosing the slots before they empty.
+        self.publish()?;
+        for &slot in &slots {
+            self.write_slot(slot)?;
+            sys::sockarray_clear(self.sockets_fd()?, slot)
+                .map_err(|e| Error::io(format!("clearing slot {slot}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The slot holding the socket with this cookie (`SocketInfo::cookie`), if any.
+    pub fn slot_of_cookie(&self, cookie: u64) -> Option<u32> {
+        self.slots
+            .iter()
+            .position(|s| !s.is_empty() && s.cookie == cookie)
+            .map(|i| i as u32)
     }
 
     /// Marks a slot active (gets new connections) or draining (keeps what it has, gets nothing
@@ -612,18 +670,16 @@ impl Group {
     /// Checks a socket on its own and against the group's first socket.
     fn admit(&self, socket: BorrowedFd<'_>) -> Result<SocketInfo> {
         let info = SocketInfo::of(socket)?;
+        self.admit_inspected(&info)?;
+        Ok(info)
+    }
+
+    fn admit_inspected(&self, info: &SocketInfo) -> Result<()> {
         info.check_joinable()?;
         if let Some(identity) = &self.identity {
             info.check_same_group(identity)?;
         }
-        Ok(info)
-    }
-
-    fn slot_of_cookie(&self, cookie: u64) -> Option<u32> {
-        self.slots
-            .iter()
-            .position(|s| !s.is_empty() && s.cookie == cookie)
-            .map(|i| i as u32)
+        Ok(())
     }
 
     fn occupied(&self, slot: u32) -> Result<()> {

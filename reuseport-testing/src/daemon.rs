@@ -209,7 +209,7 @@ impl Fixture {
 
     pub fn set_policy(&self, policy: Policy) -> Result<()> {
         self.request(&Request::PolicySet {
-            policy: policy.name().into(),
+            policy: policy.into(),
             group: None,
         })?;
         Ok(())
@@ -225,7 +225,11 @@ impl Fixture {
     /// Waits until `n` workers are registered and active; returns that status.
     pub fn wait_active(&self, n: usize) -> Result<GroupStatus> {
         self.wait_status(START_LIMIT, &format!("{n} workers active"), |s| {
-            s.workers.iter().filter(|w| w.state == "active").count() == n
+            s.workers
+                .iter()
+                .filter(|w| w.state == reuseport_worker::protocol::WorkerState::Active)
+                .count()
+                == n
         })
     }
 

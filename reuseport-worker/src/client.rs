@@ -12,8 +12,12 @@ use std::{
 
 use crate::{
     fdpass,
-    protocol::{Reply, Request, CONTROL_ENV, DEFAULT_CONTROL_PATH, MAX_LINE},
+    protocol::{ErrorCode, Reply, Request, CONTROL_ENV, DEFAULT_CONTROL_PATH},
 };
+
+/// Longest reply read. Requests are limited to `MAX_LINE`; replies are not (a `status` of a
+/// thousand workers is several hundred KiB), this only bounds the memory a broken peer costs.
+const MAX_REPLY: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -35,7 +39,7 @@ pub enum ClientError {
     #[error("unreadable reply from the daemon: {0}")]
     BadReply(String),
     #[error("{message}")]
-    Rejected { code: String, message: String },
+    Rejected { code: ErrorCode, message: String },
 }
 
 /// Where the control socket is: the explicit path, else `REUSEPORT_CONTROL`, else the default.
@@ -132,7 +136,7 @@ impl ControlClient {
     fn reply(&mut self) -> Result<Reply, ClientError> {
         let mut line = String::new();
         let n = Read::by_ref(&mut self.reader)
-            .take(MAX_LINE as u64)
+            .take(MAX_REPLY)
             .read_line(&mut line)
             .map_err(|e| io_err(&self.path, e))?;
         if n == 0 {
@@ -142,7 +146,7 @@ impl ControlClient {
             serde_json::from_str(&line).map_err(|e| ClientError::BadReply(e.to_string()))?;
         if !reply.ok {
             return Err(ClientError::Rejected {
-                code: reply.code.unwrap_or_default(),
+                code: reply.code.unwrap_or(ErrorCode::Other(String::new())),
                 message: reply.error.unwrap_or_default(),
             });
         }

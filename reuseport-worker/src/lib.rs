@@ -12,7 +12,7 @@ pub mod protocol;
 pub mod registration;
 
 pub use client::{control_path, ClientError, ControlClient};
-pub use protocol::{EventStatus, GroupStatus, Reply, Request, WorkerStatus};
+pub use protocol::{ErrorCode, EventStatus, GroupStatus, Reply, Request, WorkerStatus};
 #[cfg(feature = "tokio")]
 pub use registration::listen_tokio;
 pub use registration::{bind_listener, listen, Registration, WorkerOptions};

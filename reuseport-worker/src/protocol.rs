@@ -5,7 +5,11 @@
 //! registers by sending a `register` line with its listening socket attached (SCM_RIGHTS) and
 //! then keeps the connection open: closing it unregisters the worker.
 
-use serde::{Deserialize, Serialize};
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use reuseport_common::{AttachMode, OnEmpty, Policy, Protocol, SlotState};
 
 /// Longest line accepted, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -36,23 +40,23 @@ pub enum Request {
     Status,
     PolicyGet {
         #[serde(default)]
-        group: Option<String>,
+        group: Option<GroupRef>,
     },
     PolicySet {
-        policy: String,
+        policy: Lenient<Policy>,
         #[serde(default)]
-        group: Option<String>,
+        group: Option<GroupRef>,
     },
     Weight {
         slot: u32,
         weight: u32,
         #[serde(default)]
-        group: Option<String>,
+        group: Option<GroupRef>,
     },
     Drain {
         slot: u32,
         #[serde(default)]
-        group: Option<String>,
+        group: Option<GroupRef>,
         /// Also shut the listener down, so its queued connections move to the others now.
         #[serde(default)]
         close: Option<bool>,
@@ -60,8 +64,142 @@ pub enum Request {
     Undrain {
         slot: u32,
         #[serde(default)]
-        group: Option<String>,
+        group: Option<GroupRef>,
     },
+}
+
+/// The `group` field of a request: a group's address, `ADDR:PORT`.
+pub type GroupRef = Lenient<SocketAddr>;
+
+/// A request field taken leniently: a string that does not name a `T` is kept as written, so
+/// the daemon can refuse it with a reply that names the valid choices (an unknown policy, a
+/// `group` that is not an `ADDR:PORT`) and keep the connection, as the protocol says. A value
+/// of the wrong JSON type is still a malformed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lenient<T> {
+    Known(T),
+    Unknown(String),
+}
+
+impl<T> From<T> for Lenient<T> {
+    fn from(value: T) -> Self {
+        Self::Known(value)
+    }
+}
+
+/// Never fails: what does not parse is kept as `Unknown` (so the command line can take a
+/// `Lenient` and leave the verdict to the daemon).
+impl<T: FromStr> FromStr for Lenient<T> {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(s.parse()
+            .map_or_else(|_| Self::Unknown(s.to_owned()), Self::Known))
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Lenient<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Known(value) => value.fmt(f),
+            Self::Unknown(text) => f.write_str(text),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Lenient<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Known(value) => value.serialize(serializer),
+            Self::Unknown(text) => serializer.serialize_str(text),
+        }
+    }
+}
+
+impl<'de, T: FromStr> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(match text.parse() {
+            Ok(value) => Self::Known(value),
+            Err(_) => Self::Unknown(text),
+        })
+    }
+}
+
+/// Why a request was refused: the `code` of a refusal, stable and meant for programs (the
+/// `error` beside it is for people). docs/protocol.md lists when each is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // The connection broke the protocol; the daemon closes it after the reply.
+    Forbidden,
+    BadRequest,
+    TooLarge,
+    Truncated,
+    FdMissing,
+    TooManyFds,
+    UnexpectedFd,
+    // Refusals of the daemon's registry.
+    NoGroup,
+    UnknownGroup,
+    AmbiguousGroup,
+    UnknownPolicy,
+    NotRegistered,
+    // The socket a worker sent.
+    NoReuseport,
+    NotBound,
+    NotListening,
+    WrongProtocol,
+    WrongFamily,
+    WrongAddress,
+    #[serde(rename = "wrong_v6only")]
+    WrongV6Only,
+    WrongDevice,
+    OtherNetns,
+    UnsupportedSocket,
+    AlreadyInGroup,
+    HeldElsewhere,
+    // Slots, weights and the schedule.
+    SlotOutOfRange,
+    SlotsFull,
+    SlotTaken,
+    SlotEmpty,
+    InvalidWeight,
+    ScheduleTooLong,
+    // The kernel and the program.
+    NotPermitted,
+    BpfUnavailable,
+    KernelTooOld,
+    BpffsMissing,
+    IncompatiblePin,
+    NotAttached,
+    NothingToDetach,
+    Ebpf,
+    Io,
+    /// A code this build does not know (from a newer daemon): still a refusal, shown by its
+    /// `error`.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The code as it is written on the wire.
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::Other(code) => code.as_str().into(),
+            known => serde_json::to_value(known)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+                .into(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
 }
 
 /// A reply line. `ok` says whether the request was carried out; `error` and `code` say why
@@ -71,7 +209,7 @@ pub struct Reply {
     pub ok: bool,
     /// Stable machine-readable reason (see docs/protocol.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<ErrorCode>,
     /// Human-readable reason, with the fix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -79,9 +217,9 @@ pub struct Reply {
     pub slot: Option<u32>,
     /// The group's listen address, `ADDR:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub group: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    pub policy: Option<Policy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<GroupStatus>>,
 }
@@ -94,10 +232,10 @@ impl Reply {
         }
     }
 
-    pub fn error(code: &str, message: impl Into<String>) -> Self {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             ok: false,
-            code: Some(code.to_owned()),
+            code: Some(code),
             error: Some(message.into()),
             ..Self::default()
         }
@@ -105,17 +243,14 @@ impl Reply {
 }
 
 /// One group in a `status` reply.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupStatus {
     /// `ADDR:PORT`.
-    pub listen: String,
-    /// `tcp`.
-    pub proto: String,
-    pub policy: String,
-    /// `pass` or `drop`.
-    pub on_empty: String,
-    /// `select` or `select-or-migrate`.
-    pub mode: String,
+    pub listen: SocketAddr,
+    pub proto: Protocol,
+    pub policy: Policy,
+    pub on_empty: OnEmpty,
+    pub mode: AttachMode,
     pub workers: Vec<WorkerStatus>,
     /// Connections handed to the kernel's hash because no active slot took them.
     pub fallbacks: u64,
@@ -135,17 +270,112 @@ pub struct GroupStatus {
     pub events: Vec<EventStatus>,
 }
 
+impl GroupStatus {
+    /// A group with no worker and nothing counted yet.
+    pub fn new(listen: SocketAddr, policy: Policy, on_empty: OnEmpty, mode: AttachMode) -> Self {
+        Self {
+            listen,
+            proto: Protocol::Tcp,
+            policy,
+            on_empty,
+            mode,
+            workers: Vec::new(),
+            fallbacks: 0,
+            drops: 0,
+            select_errors: Default::default(),
+            stuck_events: 0,
+            program_runs: 0,
+            program_run_ns: 0,
+            events: Vec::new(),
+        }
+    }
+}
+
 /// Something that happened to a worker.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventStatus {
     /// Unix time, seconds.
     pub at: f64,
     pub slot: u32,
     pub pid: u32,
     pub name: String,
-    /// `stuck`, `recovered`, `evicted` or `closed`.
-    pub what: String,
+    pub what: EventKind,
     pub why: String,
+}
+
+/// What happened to a worker, in a `status` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Found not accepting with connections queued: out of rotation.
+    Stuck,
+    /// Accepting again with an empty queue: back in rotation.
+    Recovered,
+    /// Stuck, and its listener shut down (`--on-stuck evict`).
+    Evicted,
+    /// Its listener shut down by `drain --close`.
+    Closed,
+}
+
+/// A worker's state in a `status` reply: its slot's state, or `evicted` once the daemon shut
+/// its listener down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Gets new connections.
+    #[default]
+    Active,
+    /// Keeps what it has, gets nothing new.
+    Draining,
+    /// Out of rotation: accepts nothing.
+    Stuck,
+    /// Its listener was shut down; the worker has not registered a new one yet.
+    Evicted,
+}
+
+impl WorkerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Draining => "draining",
+            Self::Stuck => "stuck",
+            Self::Evicted => "evicted",
+        }
+    }
+}
+
+impl From<SlotState> for WorkerState {
+    fn from(state: SlotState) -> Self {
+        match state {
+            SlotState::Active => Self::Active,
+            SlotState::Draining => Self::Draining,
+            SlotState::Stuck => Self::Stuck,
+        }
+    }
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stuck => "stuck",
+            Self::Recovered => "recovered",
+            Self::Evicted => "evicted",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// The names pad, so tables line up.
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
 }
 
 /// One registered worker in a `status` reply.
@@ -155,8 +385,7 @@ pub struct WorkerStatus {
     pub pid: u32,
     pub uid: u32,
     pub name: String,
-    /// `active` or `draining`.
-    pub state: String,
+    pub state: WorkerState,
     pub weight: u32,
     /// Connections the program sent to this slot.
     pub selected: u64,
@@ -193,7 +422,7 @@ mod tests {
             }
         );
         let line = serde_json::to_string(&Request::PolicySet {
-            policy: "weighted".into(),
+            policy: Policy::Weighted.into(),
             group: None,
         })?;
         assert_eq!(
@@ -203,6 +432,124 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
         let r: Request = serde_json::from_str(r#"{"op":"status","x":1}"#)?;
         assert_eq!(r, Request::Status);
+        Ok(())
+    }
+
+    #[test]
+    fn error_codes_are_snake_case_and_unknown_ones_still_parse() -> Result<(), serde_json::Error> {
+        let line = serde_json::to_string(&Reply::error(ErrorCode::TooManyFds, "x"))?;
+        assert_eq!(line, r#"{"ok":false,"code":"too_many_fds","error":"x"}"#);
+        let reply: Reply = serde_json::from_str(r#"{"ok":false,"code":"no_group","error":"x"}"#)?;
+        assert_eq!(reply.code, Some(ErrorCode::NoGroup));
+        let reply: Reply = serde_json::from_str(r#"{"ok":false,"code":"on_fire","error":"x"}"#)?;
+        assert_eq!(reply.code, Some(ErrorCode::Other("on_fire".into())));
+        assert_eq!(ErrorCode::Other("on_fire".into()).to_string(), "on_fire");
+        assert_eq!(ErrorCode::UnexpectedFd.to_string(), "unexpected_fd");
+        Ok(())
+    }
+
+    #[test]
+    fn a_value_the_daemon_does_not_know_is_kept_for_its_refusal() -> Result<(), serde_json::Error> {
+        let r: Request = serde_json::from_str(r#"{"op":"policy_set","policy":"fastest"}"#)?;
+        assert_eq!(
+            r,
+            Request::PolicySet {
+                policy: Lenient::Unknown("fastest".into()),
+                group: None
+            }
+        );
+        let r: Request = serde_json::from_str(r#"{"op":"undrain","slot":1,"group":"[::1]:8080"}"#)?;
+        let addr: SocketAddr = "[::1]:8080".parse().map_err(serde::de::Error::custom)?;
+        assert_eq!(
+            r,
+            Request::Undrain {
+                slot: 1,
+                group: Some(Lenient::Known(addr))
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&r)?,
+            r#"{"op":"undrain","slot":1,"group":"[::1]:8080"}"#
+        );
+        let r: Request = serde_json::from_str(r#"{"op":"drain","slot":1,"group":"nowhere"}"#)?;
+        assert!(
+            matches!(r, Request::Drain { group: Some(Lenient::Unknown(ref g)), .. } if g == "nowhere")
+        );
+        // The wrong JSON type is still a malformed line.
+        assert!(serde_json::from_str::<Request>(r#"{"op":"policy_set","policy":5}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"policy_get","group":8080}"#).is_err());
+        Ok(())
+    }
+
+    /// The typed status is written exactly as docs/protocol.md shows it.
+    #[test]
+    fn status_has_its_documented_wire_form() -> Result<(), serde_json::Error> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let reply = Reply {
+            groups: Some(vec![GroupStatus {
+                workers: vec![
+                    WorkerStatus {
+                        slot: 0,
+                        pid: 31028,
+                        name: "rs-1".into(),
+                        state: WorkerState::Draining,
+                        weight: 1,
+                        ..WorkerStatus::default()
+                    },
+                    WorkerStatus {
+                        slot: 1,
+                        pid: 31031,
+                        name: "rs-2".into(),
+                        state: WorkerState::Evicted,
+                        since: Some(1.5),
+                        reason: Some("stopped".into()),
+                        ..WorkerStatus::default()
+                    },
+                ],
+                stuck_events: 1,
+                events: vec![EventStatus {
+                    at: 1.5,
+                    slot: 1,
+                    pid: 31031,
+                    name: "rs-2".into(),
+                    what: EventKind::Evicted,
+                    why: "stopped".into(),
+                }],
+                ..GroupStatus::new(
+                    listen,
+                    Policy::LeastLoaded,
+                    OnEmpty::Drop,
+                    AttachMode::Select,
+                )
+            }]),
+            ..Reply::ok()
+        };
+        let line = serde_json::to_string(&reply)?;
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"ok":true,"groups":[{"listen":"127.0.0.1:8080","proto":"tcp","#,
+                r#""policy":"least-loaded","on_empty":"drop","mode":"select","workers":["#,
+                r#"{"slot":0,"pid":31028,"uid":0,"name":"rs-1","state":"draining","weight":1,"#,
+                r#""selected":0,"migrated":0,"inflight":0,"queue":0,"load":0},"#,
+                r#"{"slot":1,"pid":31031,"uid":0,"name":"rs-2","state":"evicted","weight":0,"#,
+                r#""selected":0,"migrated":0,"inflight":0,"queue":0,"load":0,"since":1.5,"#,
+                r#""reason":"stopped"}],"fallbacks":0,"drops":0,"select_errors":{},"#,
+                r#""stuck_events":1,"program_runs":0,"program_run_ns":0,"events":["#,
+                r#"{"at":1.5,"slot":1,"pid":31031,"name":"rs-2","what":"evicted","why":"stopped"}"#,
+                r#"]}]}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<Reply>(&line)?, reply);
+        let policy = serde_json::to_string(&Reply {
+            group: Some(listen),
+            policy: Some(Policy::RoundRobin),
+            ..Reply::ok()
+        })?;
+        assert_eq!(
+            policy,
+            r#"{"ok":true,"group":"127.0.0.1:8080","policy":"round-robin"}"#
+        );
         Ok(())
     }
 

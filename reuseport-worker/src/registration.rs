@@ -206,7 +206,7 @@ fn register_once(
     info!(
         "registered with {} in slot {slot} of {}",
         path.display(),
-        reply.group.unwrap_or_default()
+        reply.group.map(|g| g.to_string()).unwrap_or_default()
     );
     Ok((client, slot))
 }

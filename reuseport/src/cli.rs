@@ -7,7 +7,7 @@ use std::{
 };
 
 use reuseport_steer::Policy;
-use reuseport_worker::{control_path, ControlClient, GroupStatus, Request};
+use reuseport_worker::{control_path, protocol::GroupRef, ControlClient, GroupStatus, Request};
 
 /// The control socket path from `--control`, `REUSEPORT_CONTROL` or the default.
 pub fn path(explicit: Option<PathBuf>) -> PathBuf {
@@ -40,7 +40,13 @@ pub fn status_table(groups: &[GroupStatus]) -> String {
         let _ = writeln!(
             out,
             "group {} ({}) policy {} mode {} on-empty {}  fallbacks {} drops {}",
-            g.listen, g.proto, g.policy, g.mode, g.on_empty, g.fallbacks, g.drops
+            g.listen,
+            g.proto.name(),
+            g.policy,
+            g.mode,
+            g.on_empty,
+            g.fallbacks,
+            g.drops
         );
         let _ = writeln!(
             out,
@@ -92,16 +98,15 @@ fn ago(since: Option<f64>) -> String {
     since.map_or_else(String::new, |t| format!("{:.1} s ago", (now - t).max(0.0)))
 }
 
-pub fn policy_get(control: &Path, group: Option<String>) -> anyhow::Result<()> {
+pub fn policy_get(control: &Path, group: Option<GroupRef>) -> anyhow::Result<()> {
     match group {
         Some(group) => {
             let reply = ControlClient::connect(control)?
                 .request(&Request::PolicyGet { group: Some(group) })?;
-            println!(
-                "{} {}",
-                reply.group.unwrap_or_default(),
-                reply.policy.unwrap_or_default()
-            );
+            match (reply.group, reply.policy) {
+                (Some(group), Some(policy)) => println!("{group} {policy}"),
+                _ => anyhow::bail!("the daemon's reply lacks the group or the policy: {reply:?}"),
+            }
         }
         None => {
             for g in fetch_status(control)? {
@@ -112,15 +117,20 @@ pub fn policy_get(control: &Path, group: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn policy_set(control: &Path, policy: Policy, group: Option<String>) -> anyhow::Result<()> {
+pub fn policy_set(control: &Path, policy: Policy, group: Option<GroupRef>) -> anyhow::Result<()> {
     ControlClient::connect(control)?.request(&Request::PolicySet {
-        policy: policy.to_string(),
+        policy: policy.into(),
         group,
     })?;
     Ok(())
 }
 
-pub fn weight(control: &Path, slot: u32, weight: u32, group: Option<String>) -> anyhow::Result<()> {
+pub fn weight(
+    control: &Path,
+    slot: u32,
+    weight: u32,
+    group: Option<GroupRef>,
+) -> anyhow::Result<()> {
     ControlClient::connect(control)?.request(&Request::Weight {
         slot,
         weight,
@@ -133,7 +143,7 @@ pub fn weight(control: &Path, slot: u32, weight: u32, group: Option<String>) -> 
 pub fn drain(
     control: &Path,
     slot: u32,
-    group: Option<String>,
+    group: Option<GroupRef>,
     close: Option<bool>,
 ) -> anyhow::Result<()> {
     let request = match close {

@@ -14,6 +14,7 @@ use daemon::{DaemonConfig, GroupSetup, HealthConfig, OnStuck};
 use demo::DemoOptions;
 use echo::EchoOptions;
 use reuseport_steer::{pin, AttachMode, OnEmpty, Policy};
+use reuseport_worker::protocol::GroupRef;
 
 #[derive(Parser)]
 #[command(
@@ -96,7 +97,7 @@ enum Command {
         slot: u32,
         weight: u32,
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },
@@ -107,7 +108,7 @@ enum Command {
         #[arg(long)]
         close: bool,
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },
@@ -115,7 +116,7 @@ enum Command {
     Undrain {
         slot: u32,
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },
@@ -159,7 +160,7 @@ enum PolicyAction {
     /// Print the policy of each group.
     Get {
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },
@@ -168,7 +169,7 @@ enum PolicyAction {
         #[arg(value_enum)]
         policy: Policy,
         #[arg(long, value_name = "ADDR:PORT")]
-        group: Option<String>,
+        group: Option<GroupRef>,
         #[command(flatten)]
         control: Control,
     },
@@ -221,7 +222,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 },
                 metrics,
             };
-            tokio::runtime::Builder::new_current_thread()
+            // The sessions' runtime (the owner of the daemon's state has a thread of its own).
+            // Two threads: a session busy with a big reply (`status` of a thousand workers) or
+            // a client flooding its connection then holds up no other session. More buy
+            // nothing: every state change goes through the one owner anyway.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()?
                 .block_on(daemon::run(config, daemon::termination()))

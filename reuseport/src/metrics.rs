@@ -97,25 +97,26 @@ pub fn render(groups: &[GroupStatus]) -> Result<String, std::fmt::Error> {
     let policy = gauge_family(&mut registry, "policy", "1 for the group's current policy");
 
     for g in groups {
-        let group = labels(&[("group", &g.listen)]);
+        let listen = g.listen.to_string();
+        let group = labels(&[("group", &listen)]);
         stuck.get_or_create(&group).inc_by(g.stuck_events);
         fallbacks.get_or_create(&group).inc_by(g.fallbacks);
         drops.get_or_create(&group).inc_by(g.drops);
         runs.get_or_create(&group).inc_by(g.program_runs);
         run_time.get_or_create(&group).inc_by(g.program_run_ns);
         policy
-            .get_or_create(&labels(&[("group", &g.listen), ("policy", &g.policy)]))
+            .get_or_create(&labels(&[("group", &listen), ("policy", g.policy.name())]))
             .set(1);
         for (errno, &count) in &g.select_errors {
             errors
-                .get_or_create(&labels(&[("group", &g.listen), ("errno", errno)]))
+                .get_or_create(&labels(&[("group", &listen), ("errno", errno)]))
                 .inc_by(count);
         }
         for w in &g.workers {
             let slot = w.slot.to_string();
             let pid = w.pid.to_string();
             let worker = labels(&[
-                ("group", &g.listen),
+                ("group", &listen),
                 ("slot", &slot),
                 ("pid", &pid),
                 ("name", &w.name),
@@ -128,7 +129,7 @@ pub fn render(groups: &[GroupStatus]) -> Result<String, std::fmt::Error> {
             inflight.get_or_create(&worker).set(i64::from(w.inflight));
             weight.get_or_create(&worker).set(i64::from(w.weight));
             let mut with_state = worker.clone();
-            with_state.push(("state".into(), w.state.clone()));
+            with_state.push(("state".into(), w.state.name().into()));
             state.get_or_create(&with_state).set(1);
         }
     }
@@ -140,24 +141,30 @@ pub fn render(groups: &[GroupStatus]) -> Result<String, std::fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reuseport_worker::WorkerStatus;
+    use reuseport_worker::{
+        protocol::{AttachMode, OnEmpty, Policy, WorkerState},
+        WorkerStatus,
+    };
 
     #[test]
     fn renders_counters_with_their_labels() -> Result<(), std::fmt::Error> {
         let text = render(&[GroupStatus {
-            listen: "127.0.0.1:8080".into(),
-            policy: "round-robin".into(),
             fallbacks: 2,
             workers: vec![WorkerStatus {
                 slot: 3,
                 pid: 42,
                 name: "w".into(),
-                state: "active".into(),
+                state: WorkerState::Active,
                 selected: 17,
                 queue: 5,
                 ..WorkerStatus::default()
             }],
-            ..GroupStatus::default()
+            ..GroupStatus::new(
+                std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+                Policy::RoundRobin,
+                OnEmpty::Pass,
+                AttachMode::SelectOrMigrate,
+            )
         }])?;
         assert!(text.contains(
             "reuseport_connections_selected_total{group=\"127.0.0.1:8080\",slot=\"3\",pid=\"42\",name=\"w\"} 17"

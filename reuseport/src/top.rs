@@ -15,7 +15,7 @@ use crossterm::{
     execute, terminal,
 };
 
-use reuseport_worker::GroupStatus;
+use reuseport_worker::{protocol::WorkerState, GroupStatus};
 
 use crate::cli::fetch_status;
 
@@ -34,9 +34,9 @@ pub fn frame(before: &[GroupStatus], now: &[GroupStatus], elapsed: Duration) -> 
             .map(|w| {
                 let was = previous
                     .and_then(|p| {
-                        p.workers
-                            .iter()
-                            .find(|x| x.slot == w.slot && x.pid == w.pid && x.state != "evicted")
+                        p.workers.iter().find(|x| {
+                            x.slot == w.slot && x.pid == w.pid && x.state != WorkerState::Evicted
+                        })
                     })
                     .map_or(0, |x| x.selected + x.migrated);
                 (w.selected + w.migrated).saturating_sub(was)
@@ -171,12 +171,14 @@ impl Drop for Screen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reuseport_worker::WorkerStatus;
+    use reuseport_worker::{
+        protocol::{AttachMode, OnEmpty, Policy},
+        WorkerStatus,
+    };
+    use std::net::SocketAddr;
 
     fn group(selected: &[u64]) -> GroupStatus {
         GroupStatus {
-            listen: "127.0.0.1:8080".into(),
-            policy: "round-robin".into(),
             workers: selected
                 .iter()
                 .enumerate()
@@ -184,12 +186,17 @@ mod tests {
                     slot: i as u32,
                     pid: 100 + i as u32,
                     name: format!("w{i}"),
-                    state: "active".into(),
+                    state: WorkerState::Active,
                     selected: s,
                     ..WorkerStatus::default()
                 })
                 .collect(),
-            ..GroupStatus::default()
+            ..GroupStatus::new(
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+                Policy::RoundRobin,
+                OnEmpty::Pass,
+                AttachMode::SelectOrMigrate,
+            )
         }
     }
 

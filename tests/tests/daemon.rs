@@ -1,6 +1,8 @@
 //! The daemon, its control socket, the CLI and the workers, as real processes in a private
 //! network namespace per test.
 
+use reuseport_worker::protocol::ErrorCode;
+use reuseport_worker::protocol::WorkerState;
 use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, UdpSocket},
@@ -21,7 +23,7 @@ use socket2::{Domain, Socket, Type};
 
 fn rejected_code(e: ClientError) -> String {
     match e {
-        ClientError::Rejected { code, .. } => code,
+        ClientError::Rejected { code, .. } => code.to_string(),
         other => format!("not a refusal: {other}"),
     }
 }
@@ -166,28 +168,22 @@ fn bad_registrations_are_refused_and_serving_goes_on() -> Result {
 
     // Protocol violations: an error line, then the daemon closes the connection.
     let (reply, closed) = raw_exchange(&f.control, b"hello there\n", &[])?;
-    assert_eq!((reply.code.as_deref(), closed), (Some("bad_request"), true));
+    assert_eq!((reply.code, closed), (Some(ErrorCode::BadRequest), true));
     let (reply, closed) = raw_exchange(&f.control, b"{\"op\":\"register\"}\n", &[])?;
-    assert_eq!((reply.code.as_deref(), closed), (Some("fd_missing"), true));
+    assert_eq!((reply.code, closed), (Some(ErrorCode::FdMissing), true));
     let huge = vec![b'x'; 100 * 1024];
     let (reply, closed) = raw_exchange(&f.control, &huge, &[])?;
-    assert_eq!((reply.code.as_deref(), closed), (Some("too_large"), true));
+    assert_eq!((reply.code, closed), (Some(ErrorCode::TooLarge), true));
     let fd = plain.as_fd();
     use std::os::fd::AsRawFd;
     let (reply, closed) = raw_exchange(&f.control, b"{\"op\":\"status\"}\n", &[fd.as_raw_fd()])?;
-    assert_eq!(
-        (reply.code.as_deref(), closed),
-        (Some("unexpected_fd"), true)
-    );
+    assert_eq!((reply.code, closed), (Some(ErrorCode::UnexpectedFd), true));
     let (reply, closed) = raw_exchange(
         &f.control,
         b"{\"op\":\"register\"}\n",
         &[fd.as_raw_fd(), fd.as_raw_fd()],
     )?;
-    assert_eq!(
-        (reply.code.as_deref(), closed),
-        (Some("too_many_fds"), true)
-    );
+    assert_eq!((reply.code, closed), (Some(ErrorCode::TooManyFds), true));
     // Truncated: half a line, then end of stream.
     let stream = UnixStream::connect(&f.control)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -196,7 +192,7 @@ fn bad_registrations_are_refused_and_serving_goes_on() -> Result {
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     let reply: Reply = serde_json::from_str(&line)?;
-    assert_eq!(reply.code.as_deref(), Some("truncated"));
+    assert_eq!(reply.code, Some(ErrorCode::Truncated));
 
     // The daemon is still there and still steering.
     assert_eq!(f.wait_workers(2)?.workers.len(), 2);
@@ -303,7 +299,7 @@ fn drain_and_undrain_from_the_cli() -> Result {
         String::from_utf8_lossy(&out.stderr)
     );
     let status = f.status()?;
-    assert_eq!(status.workers[0].state, "draining");
+    assert_eq!(status.workers[0].state, WorkerState::Draining);
     let counts = f.load_ok(200);
     assert!(!counts.contains_key(&target.pid), "{counts:?}");
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100, 100]);
@@ -412,7 +408,10 @@ fn restart_round_trip(name: &str, daemon_args: &[&str]) -> Result {
 
     f.start_daemon(daemon_args)?;
     let status = f.wait_workers(4)?;
-    assert!(status.workers.iter().all(|w| w.state == "active"));
+    assert!(status
+        .workers
+        .iter()
+        .all(|w| w.state == WorkerState::Active));
     let counts = f.load_ok(400);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 4]);
     Ok(())

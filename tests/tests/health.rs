@@ -1,6 +1,7 @@
 //! Worker health: stuck workers leave the active set (and are evicted), no exit path of a worker
 //! or of the daemon loses a queued connection, and load-aware policies avoid busy workers.
 
+use reuseport_worker::protocol::{EventKind, WorkerState};
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -54,7 +55,7 @@ fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
         f.wait_worker(
             Duration::from_secs(2),
             "the stopped worker marked stuck",
-            |w| w.pid == victim && w.state == "stuck",
+            |w| w.pid == victim && w.state == WorkerState::Stuck,
         )?;
         detected = Some(stopped.elapsed());
         // Its queued clients wait for it: resume well within their second.
@@ -76,14 +77,14 @@ fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
     f.wait_worker(
         Duration::from_secs(2),
         "the resumed worker active again",
-        |w| w.pid == victim && w.state == "active",
+        |w| w.pid == victim && w.state == WorkerState::Active,
     )?;
     let status = f.status()?;
     assert!(status.stuck_events >= 1);
     assert!(status
         .events
         .iter()
-        .any(|e| e.what == "recovered" && e.pid == victim));
+        .any(|e| e.what == EventKind::Recovered && e.pid == victim));
     Ok(())
 }
 
@@ -98,7 +99,7 @@ fn an_evicted_worker_hands_its_queue_to_the_others_and_rejoins() -> Result {
         std::thread::sleep(Duration::from_millis(30));
         signal(victim, libc::SIGSTOP);
         f.wait_worker(Duration::from_secs(2), "the stopped worker evicted", |w| {
-            w.pid == victim && w.state == "evicted"
+            w.pid == victim && w.state == WorkerState::Evicted
         })?;
         // Stopped well past the detection; resumed within the second its one accepted (and
         // so unmovable) connection may wait.
@@ -118,7 +119,7 @@ fn an_evicted_worker_hands_its_queue_to_the_others_and_rejoins() -> Result {
     f.wait_worker(
         Duration::from_secs(3),
         "the evicted worker active again",
-        |w| w.pid == victim && w.state == "active",
+        |w| w.pid == victim && w.state == WorkerState::Active,
     )?;
     let counts = f.load_ok(400);
     assert_eq!(counts.get(&victim), Some(&100));

@@ -113,7 +113,7 @@ fn run_cell(steering: &Steering, duration: Duration) -> Result<Cell> {
                     let n = swaps.load(Ordering::Relaxed);
                     let policy = SWAPPED[(n % SWAPPED.len() as u64) as usize];
                     client.request(&Request::PolicySet {
-                        policy: policy.name().into(),
+                        policy: policy.into(),
                         group: None,
                     })?;
                     swaps.fetch_add(1, Ordering::Relaxed);

@@ -1,11 +1,7 @@
 //! The daemon's `/metrics` endpoint: a bare HTTP/1.1 responder, enough for Prometheus and
 //! curl. Each scrape renders the current status; nothing is kept between scrapes.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use log::{debug, info};
@@ -14,7 +10,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::registry::Registry;
+use super::owner::Handle;
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -27,22 +23,22 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
+pub async fn serve(listener: TcpListener, owner: Handle) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let registry = registry.clone();
+        let owner = owner.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &registry).await {
+            if let Err(e) = answer(stream, &owner).await {
                 debug!("metrics request: {e}");
             }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, registry: &Mutex<Registry>) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, owner: &Handle) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -63,10 +59,10 @@ async fn answer(mut stream: TcpStream, registry: &Mutex<Registry>) -> std::io::R
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = if method == "GET" && (path == "/metrics" || path == "/") {
-        let groups = match registry.lock() {
-            Ok(r) => r.status(),
-            Err(poisoned) => poisoned.into_inner().status(),
-        };
+        let groups = owner
+            .call(|r| r.status())
+            .await
+            .map_err(|_| std::io::Error::other("the daemon is stopping"))?;
         match crate::metrics::render(&groups) {
             Ok(text) => (
                 "200 OK",

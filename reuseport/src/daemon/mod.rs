@@ -7,21 +7,21 @@
 //! with its socket), and the group falls back to the kernel's hash once no registered worker is
 //! left. A restarted daemon takes the pinned state over (`--fresh` discards it) and the workers
 //! register again on their own, each back into its own slot.
+//!
+//! Inside: [`control_socket`] binds the socket; each connection is a [`session`] (parsing,
+//! descriptors, replies); the state ([`registry`]: groups, workers, health, load, status) has
+//! one owner, [`owner`], on a thread of its own, to which sessions and [`metrics_http`] send
+//! commands; [`health`] is the pure stuck/recovered judgement; [`refusal`] the error replies.
 
 mod control_socket;
 mod health;
 mod metrics_http;
+mod owner;
+mod refusal;
 mod registry;
 mod session;
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use log::{info, warn};
@@ -55,13 +55,14 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
     raise_fd_limit();
     let registry = Registry::new(&config.listen, &config.setup, config.health)
         .context("loading the steering program")?;
-    let mut diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
-    let registry = Arc::new(Mutex::new(registry));
+    let diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
+    let (owner, owner_thread) = owner::spawn(registry, diag, config.health)
+        .context("starting the thread that owns the daemon's state")?;
     let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
     let metrics = match config.metrics {
         Some(addr) => Some(tokio::spawn(metrics_http::serve(
             metrics_http::bind(addr).await?,
-            registry.clone(),
+            owner.clone(),
         ))),
         None => None,
     };
@@ -77,32 +78,6 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         config.setup.mode,
         config.control.display()
     );
-
-    let sampler = {
-        let registry = registry.clone();
-        let period = config.health.sample.max(Duration::from_millis(1));
-        // Housekeeping (sockets closed behind our back, program logs) every ~20 ms.
-        let housekeeping_every =
-            (Duration::from_millis(20).as_micros() / period.as_micros()).max(1);
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(period);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut queues = HashMap::new();
-            let mut n: u128 = 0;
-            loop {
-                interval.tick().await;
-                let mut r = match registry.lock() {
-                    Ok(r) => r,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                r.sample(&mut diag, &mut queues);
-                n += 1;
-                if n.is_multiple_of(housekeeping_every) {
-                    r.tick();
-                }
-            }
-        })
-    };
 
     let mut next_conn: ConnId = 0;
     tokio::pin!(shutdown);
@@ -133,13 +108,13 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
                     conn: next_conn,
                     peer,
                     allowed: peer.uid == own_uid || config.allow_uids.contains(&peer.uid),
-                    registry: registry.clone(),
+                    owner: owner.clone(),
                 };
                 tokio::spawn(session.serve(stream));
             }
         }
     }
-    sampler.abort();
+    owner_thread.stop().await;
     if let Some(m) = metrics {
         m.abort();
     }

@@ -1,0 +1,188 @@
+//! The daemon's state: one [`Group`] per `--listen` address and the workers registered in it.
+//! One task owns it ([`super::owner`]): every control request ends up as one call on it, one
+//! at a time, with no lock.
+//!
+//! By job: [`routing`] decides which group a socket or a request means, [`workers`] registers
+//! and unregisters workers, [`monitor`] samples their health and reacts, [`load`] is the load
+//! formula, [`status`] renders the `status` reply.
+
+mod load;
+mod monitor;
+mod routing;
+mod status;
+mod workers;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::SocketAddr,
+};
+
+use log::{info, warn};
+
+use super::{health::HealthConfig, refusal::Refusal};
+use reuseport_steer::{pin, AttachMode, Error, Group, GroupOptions, OnEmpty, Policy, SlotState};
+use reuseport_worker::protocol::GroupRef;
+
+pub use load::LoadCell;
+pub use workers::{ConnId, Joined, NewWorker, Peer, Registered, TakeOver};
+
+use monitor::{Event, Quiet};
+use workers::{Evicted, Worker};
+
+/// How the daemon sets up its groups.
+#[derive(Clone, Debug, Default)]
+pub struct GroupSetup {
+    pub mode: AttachMode,
+    /// `None`: keep the pinned group's policy, or round-robin for a new group.
+    pub policy: Option<Policy>,
+    pub on_empty: OnEmpty,
+    /// Pin the maps under this directory (one subdirectory per group).
+    pub pin_root: Option<std::path::PathBuf>,
+    /// Discard pinned state instead of taking it over.
+    pub fresh: bool,
+}
+
+struct GroupEntry {
+    listen: SocketAddr,
+    group: Group,
+    workers: BTreeMap<u32, Worker>,
+    /// Workers that left (connection closed, listener shut down) whose slots are not freed
+    /// yet: [`Registry::flush`] frees them all with one publication. Their sockets stay open
+    /// until then, so the program never picks a slot whose socket is gone.
+    leaving: Vec<(u32, Worker)>,
+    evicted: Vec<Evicted>,
+    events: VecDeque<Event>,
+    stuck_events: u64,
+    /// Pids drained with `--close`: their next registration starts draining too.
+    closed_pids: Vec<u32>,
+}
+
+pub struct Registry {
+    groups: Vec<GroupEntry>,
+    health: HealthConfig,
+    /// What the last full sample saw, to skip the next when nothing can have changed.
+    quiet: Quiet,
+}
+
+impl Registry {
+    /// Loads one program per listen address, taking over the pinned state of an earlier
+    /// daemon under `pin_root` (unless `fresh`). Nothing is attached until a worker registers:
+    /// the group only exists once a worker has bound its socket.
+    pub fn new(
+        listen: &[SocketAddr],
+        setup: &GroupSetup,
+        health: HealthConfig,
+    ) -> Result<Self, Error> {
+        let mut groups = Vec::new();
+        for &listen in listen {
+            let mut group = Group::load(GroupOptions {
+                mode: setup.mode,
+                policy: setup.policy.unwrap_or_default(),
+                on_empty: setup.on_empty,
+                pin: setup
+                    .pin_root
+                    .as_deref()
+                    .map(|root| pin::group_dir(root, listen)),
+            })?;
+            if group.adopted() {
+                if setup.fresh {
+                    group.reset(setup.policy.unwrap_or_default(), setup.on_empty)?;
+                    info!("{listen}: discarded the pinned state (--fresh)");
+                } else {
+                    if let Some(policy) = setup.policy {
+                        group.set_policy(policy)?;
+                    }
+                    group.set_on_empty(setup.on_empty)?;
+                    info!(
+                        "{listen}: took over the pinned state: {} slots, policy {}; workers \
+                         register again on their own",
+                        group.slots().len(),
+                        group.policy()
+                    );
+                }
+            }
+            groups.push(GroupEntry {
+                listen,
+                group,
+                workers: BTreeMap::new(),
+                leaving: Vec::new(),
+                evicted: Vec::new(),
+                events: VecDeque::new(),
+                stuck_events: 0,
+                closed_pids: Vec::new(),
+            });
+        }
+        Ok(Self {
+            groups,
+            health,
+            quiet: Quiet::default(),
+        })
+    }
+
+    /// Frees the slots of every worker that left since the last call, with one publication
+    /// per group, then closes the daemon's copies of their sockets.
+    pub fn flush(&mut self) {
+        for entry in &mut self.groups {
+            if entry.leaving.is_empty() {
+                continue;
+            }
+            let leaving = std::mem::take(&mut entry.leaving);
+            // A slot may have been freed (socket closed) and reused meanwhile.
+            let slots: Vec<u32> = leaving
+                .iter()
+                .filter(|(slot, w)| entry.group.slot_of_cookie(w.cookie) == Some(*slot))
+                .map(|&(slot, _)| slot)
+                .collect();
+            if let Err(e) = entry.group.remove_all(&slots) {
+                warn!("{}: freeing {} slots: {e}", entry.listen, slots.len());
+            }
+            // Dropping them closes the daemon's copies, now that no slot points at them.
+            drop(leaving);
+        }
+    }
+
+    pub fn policy(&self, group: Option<&GroupRef>) -> Result<(SocketAddr, Policy), Refusal> {
+        let entry = &self.groups[self.one_group(group)?];
+        Ok((entry.listen, entry.group.policy()))
+    }
+
+    /// Sets the policy of one group, or of all of them when `group` is `None`.
+    pub fn set_policy(&mut self, policy: Policy, group: Option<&GroupRef>) -> Result<(), Refusal> {
+        let targets = match group {
+            Some(_) => vec![self.one_group(group)?],
+            None => (0..self.groups.len()).collect(),
+        };
+        for i in targets {
+            let entry = &mut self.groups[i];
+            entry.group.set_policy(policy)?;
+            info!("{}: policy set to {policy}", entry.listen);
+        }
+        Ok(())
+    }
+
+    pub fn set_weight(
+        &mut self,
+        slot: u32,
+        weight: u32,
+        group: Option<&GroupRef>,
+    ) -> Result<(), Refusal> {
+        let i = self.one_group(group)?;
+        let entry = &mut self.groups[i];
+        entry.group.set_weight(slot, weight)?;
+        info!("{}: slot {slot} weight {weight}", entry.listen);
+        Ok(())
+    }
+
+    pub fn set_state(
+        &mut self,
+        slot: u32,
+        state: SlotState,
+        group: Option<&GroupRef>,
+    ) -> Result<(), Refusal> {
+        let i = self.one_group(group)?;
+        let entry = &mut self.groups[i];
+        entry.group.set_state(slot, state)?;
+        info!("{}: slot {slot} is now {state}", entry.listen);
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! The health monitor: every sample reads the accept queues (sock_diag), feeds the loads to
+//! the program and reacts to what [`Health::observe`](crate::daemon::health::Health::observe) concludes: a stuck worker leaves the
+//! active set (and is evicted if so configured), a recovered one comes back, a listener shut
+//! down by its worker frees its slot. Housekeeping ([`Registry::tick`]) frees taken-over slots
+//! whose socket closed.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Instant, SystemTime},
+};
+
+use log::{info, warn};
+
+use super::{routing::family_of, workers::Worker, Registry};
+use crate::daemon::health::{process_stopped, Mark, OnStuck, Verdict};
+use reuseport_steer::{
+    diag::{ListenerDiag, Queue},
+    Family, SlotState,
+};
+use reuseport_worker::protocol::EventKind;
+
+/// Something that happened to a slot, kept for `status`.
+#[derive(Clone, Debug)]
+pub(super) struct Event {
+    pub slot: u32,
+    pub pid: u32,
+    pub name: String,
+    pub what: EventKind,
+    pub mark: Mark,
+}
+
+/// How many events a group remembers.
+const EVENTS: usize = 32;
+
+/// Enough of the last sample to know that a group is idle: nothing was queued or in flight,
+/// and the program has sent nothing since (queues only grow by what it sends).
+#[derive(Default)]
+pub(super) struct Quiet {
+    idle: bool,
+    dispatched: u64,
+    skipped: u32,
+}
+
+/// Even when idle, a full sample at least this often (in samples).
+const MAX_SKIPPED: u32 = 20;
+
+impl Registry {
+    /// Periodic housekeeping: frees taken-over slots whose socket closed before their worker
+    /// registered again, and forwards what the program logged.
+    pub fn tick(&mut self) {
+        for entry in &mut self.groups {
+            entry.group.flush_log();
+            // A registered worker's socket cannot close under us (the daemon holds a copy;
+            // a shutdown shows in the samples): only taken-over slots need the kernel's word.
+            if entry.group.occupied_count() == entry.workers.len() + entry.leaving.len() {
+                continue;
+            }
+            match entry.group.sync() {
+                Ok(gone) => {
+                    for slot in gone {
+                        if let Some(w) = entry.workers.remove(&slot) {
+                            info!(
+                                "{}: worker {} (pid {}) closed its socket; slot {slot} freed",
+                                entry.listen, w.name, w.peer.pid
+                            );
+                        }
+                    }
+                }
+                Err(e) => warn!("{}: checking slots: {e}", entry.listen),
+            }
+        }
+    }
+
+    /// One health sample: accept-queue depths from sock_diag, loads into the program's map,
+    /// stuck workers out of the active set (evicted if so configured) and recovered ones back.
+    /// Slots freed meanwhile are published once, at the end.
+    pub fn sample(&mut self, diag: &mut ListenerDiag, queues: &mut HashMap<u64, Queue>) {
+        let dispatched: u64 = self
+            .groups
+            .iter()
+            .flat_map(|g| g.workers.keys().map(|&slot| g.group.dispatched(slot)))
+            .sum();
+        let taken_over = self
+            .groups
+            .iter()
+            .any(|g| g.group.occupied_count() > g.workers.len());
+        if self.quiet.idle
+            && !taken_over
+            && dispatched == self.quiet.dispatched
+            && self.quiet.skipped < MAX_SKIPPED
+        {
+            self.quiet.skipped += 1;
+            return;
+        }
+        self.quiet = Quiet {
+            idle: false,
+            dispatched,
+            skipped: 0,
+        };
+        queues.clear();
+        for family in [Family::Ipv4, Family::Ipv6] {
+            if self.groups.iter().any(|g| family_of(g.listen) == family) {
+                if let Err(e) = diag.listeners(family, queues) {
+                    warn!("sock_diag ({family}): {e}");
+                    return;
+                }
+            }
+        }
+        let now = Instant::now();
+        let config = self.health;
+        for entry in &mut self.groups {
+            let mut evict = Vec::new();
+            let mut gone = Vec::new();
+            for (&slot, worker) in &mut entry.workers {
+                let Some(queue) = queues.get(&worker.cookie) else {
+                    // Not listening any more: shut down by its worker.
+                    gone.push(slot);
+                    continue;
+                };
+                entry
+                    .group
+                    .set_load(slot, worker.load.load(queue.waiting, now, config.sample));
+                let pid = worker.peer.pid;
+                let verdict = worker.health.observe(
+                    now,
+                    entry.group.dispatched(slot),
+                    queue.waiting,
+                    config.stuck_after,
+                    config.sample,
+                    || worker.proc_stat.as_ref().is_some_and(process_stopped),
+                );
+                let state = entry.group.slot_state(slot);
+                match verdict {
+                    Verdict::Stuck(why) => {
+                        let mark = Mark {
+                            at: SystemTime::now(),
+                            why,
+                        };
+                        warn!(
+                            "{}: worker {} (pid {pid}, slot {slot}) is stuck: {}",
+                            entry.listen, worker.name, mark.why
+                        );
+                        entry.stuck_events += 1;
+                        push_event(&mut entry.events, slot, worker, EventKind::Stuck, &mark);
+                        worker.health.stuck = Some(mark);
+                        if state == Some(SlotState::Active) {
+                            if let Err(e) = entry.group.set_state(slot, SlotState::Stuck) {
+                                warn!("{}: taking slot {slot} out: {e}", entry.listen);
+                            }
+                        }
+                        if config.on_stuck == OnStuck::Evict {
+                            evict.push(slot);
+                        }
+                    }
+                    Verdict::Recovered => {
+                        let mark = Mark {
+                            at: SystemTime::now(),
+                            why: "accepting again, queue empty".into(),
+                        };
+                        info!(
+                            "{}: worker {} (pid {pid}, slot {slot}) recovered",
+                            entry.listen, worker.name
+                        );
+                        push_event(&mut entry.events, slot, worker, EventKind::Recovered, &mark);
+                        worker.health.stuck = None;
+                        if state == Some(SlotState::Stuck) {
+                            if let Err(e) = entry.group.set_state(slot, SlotState::Active) {
+                                warn!("{}: putting slot {slot} back: {e}", entry.listen);
+                            }
+                        }
+                    }
+                    Verdict::Fine => {}
+                }
+            }
+            // Slots taken over from an earlier daemon whose worker has not registered again yet:
+            // their queue is their load, so least-loaded neither favours nor starves them.
+            if entry.group.occupied_count() > entry.workers.len() {
+                for slot in entry.group.slots() {
+                    if !entry.workers.contains_key(&slot.index) {
+                        if let Some(queue) = queues.get(&slot.cookie) {
+                            entry.group.set_load(slot.index, u64::from(queue.waiting));
+                        }
+                    }
+                }
+            }
+            entry.group.publish_least_loaded();
+            for slot in evict {
+                let why = entry
+                    .workers
+                    .get(&slot)
+                    .and_then(|w| w.health.stuck.as_ref())
+                    .map_or_else(|| "stuck".to_owned(), |m| m.why.clone());
+                entry.shut_down(slot, EventKind::Evicted, why);
+            }
+            for slot in gone {
+                if let Some(w) = entry.workers.remove(&slot) {
+                    info!(
+                        "{}: worker {} (pid {}) shut its listener down; slot {slot} freed",
+                        entry.listen, w.name, w.peer.pid
+                    );
+                    entry.leaving.push((slot, w));
+                }
+            }
+        }
+        self.flush();
+        self.quiet.idle = self.groups.iter().all(|g| {
+            g.workers
+                .values()
+                .all(|w| w.health.waiting == 0 && w.load.inflight() == 0)
+        });
+    }
+}
+
+pub(super) fn push_event(
+    events: &mut VecDeque<Event>,
+    slot: u32,
+    worker: &Worker,
+    what: EventKind,
+    mark: &Mark,
+) {
+    if events.len() == EVENTS {
+        events.pop_front();
+    }
+    events.push_back(Event {
+        slot,
+        pid: worker.peer.pid,
+        name: worker.name.clone(),
+        what,
+        mark: mark.clone(),
+    });
+}

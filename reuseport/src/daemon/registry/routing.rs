@@ -1,0 +1,99 @@
+//! Which group a socket may join, and which group a request names.
+
+use std::net::SocketAddr;
+
+use super::{Refusal, Registry};
+use reuseport_steer::{Error, Family, Protocol, SocketInfo};
+use reuseport_worker::{
+    protocol::{GroupRef, Lenient},
+    ErrorCode,
+};
+
+impl Registry {
+    /// The index of the group a socket may join, or why none fits.
+    pub(super) fn group_for(&self, info: &SocketInfo) -> Result<usize, Refusal> {
+        if info.protocol != Protocol::Tcp {
+            return Err(Error::WrongProtocol {
+                want: Protocol::Tcp,
+                got: info.protocol,
+            }
+            .into());
+        }
+        if let Some(i) = self.groups.iter().position(|g| g.listen == info.local) {
+            return Ok(i);
+        }
+        let same_port = self
+            .groups
+            .iter()
+            .find(|g| g.listen.port() == info.local.port());
+        Err(match same_port {
+            Some(g) if g.listen.is_ipv4() != info.local.is_ipv4() => Error::WrongFamily {
+                want: family_of(g.listen),
+                got: info.family,
+            }
+            .into(),
+            Some(g) => Error::WrongAddress {
+                want: g.listen,
+                got: info.local,
+            }
+            .into(),
+            None => Refusal::new(
+                ErrorCode::NoGroup,
+                format!(
+                    "no group listens on {}: this daemon serves {}; bind to one of those, or \
+                     start the daemon with --listen {}",
+                    info.local,
+                    self.listen_list(),
+                    info.local
+                ),
+            ),
+        })
+    }
+
+    /// The group a request acts on: the one it names, or the only one.
+    pub(super) fn one_group(&self, group: Option<&GroupRef>) -> Result<usize, Refusal> {
+        match group {
+            Some(Lenient::Unknown(text)) => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{text:?} is not an ADDR:PORT; groups: {}",
+                    self.listen_list()
+                ),
+            )),
+            Some(&Lenient::Known(addr)) => self
+                .groups
+                .iter()
+                .position(|g| g.listen == addr)
+                .ok_or_else(|| {
+                    Refusal::new(
+                        ErrorCode::UnknownGroup,
+                        format!("no group {addr}; groups: {}", self.listen_list()),
+                    )
+                }),
+            None if self.groups.len() == 1 => Ok(0),
+            None => Err(Refusal::new(
+                ErrorCode::AmbiguousGroup,
+                format!(
+                    "the daemon serves several groups ({}): name one with --group ADDR:PORT",
+                    self.listen_list()
+                ),
+            )),
+        }
+    }
+
+    fn listen_list(&self) -> String {
+        self.groups
+            .iter()
+            .map(|g| g.listen.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+pub(super) fn family_of(addr: SocketAddr) -> Family {
+    if addr.is_ipv4() {
+        Family::Ipv4
+    } else {
+        Family::Ipv6
+    }
+}

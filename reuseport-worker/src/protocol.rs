@@ -171,6 +171,7 @@ pub enum ErrorCode {
     BpfUnavailable,
     KernelTooOld,
     BpffsMissing,
+    PrivateBpffs,
     IncompatiblePin,
     NotAttached,
     NothingToDetach,

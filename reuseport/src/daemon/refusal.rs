@@ -36,6 +36,7 @@ fn code_of(e: &Error) -> ErrorCode {
         Error::BpfUnavailable(_) => ErrorCode::BpfUnavailable,
         Error::KernelTooOld { .. } => ErrorCode::KernelTooOld,
         Error::BpffsMissing { .. } => ErrorCode::BpffsMissing,
+        Error::PrivateBpffs { .. } => ErrorCode::PrivateBpffs,
         Error::IncompatiblePin { .. } => ErrorCode::IncompatiblePin,
         Error::NoReuseport => ErrorCode::NoReuseport,
         Error::NotBound => ErrorCode::NotBound,

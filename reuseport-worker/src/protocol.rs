@@ -140,6 +140,8 @@ pub enum ErrorCode {
     TooManyFds,
     UnexpectedFd,
     // Refusals of the daemon's registry.
+    /// A worker name that is too long or holds control characters.
+    BadName,
     NoGroup,
     UnknownGroup,
     AmbiguousGroup,

@@ -62,7 +62,7 @@ pub fn status_table(groups: &[GroupStatus]) -> String {
                 "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}  {:>5}",
                 w.slot,
                 w.pid,
-                w.name,
+                reuseport_worker::names::printable(&w.name),
                 w.state,
                 w.weight,
                 w.selected,
@@ -72,7 +72,12 @@ pub fn status_table(groups: &[GroupStatus]) -> String {
             );
             match &w.reason {
                 Some(reason) => {
-                    let _ = writeln!(out, "  ({reason}, {})", ago(w.since));
+                    let _ = writeln!(
+                        out,
+                        "  ({}, {})",
+                        reuseport_worker::names::printable(reason),
+                        ago(w.since)
+                    );
                 }
                 None => out.push('\n'),
             }

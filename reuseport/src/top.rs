@@ -71,7 +71,7 @@ pub fn frame(before: &[GroupStatus], now: &[GroupStatus], elapsed: Duration) -> 
                 "  {:>4} {:>7} {:<14} {:<9} {:>9.0} {:>6} {:>6}  {:<BAR$} {:>5.1}%",
                 w.slot,
                 w.pid,
-                truncate(&w.name, 14),
+                truncate(&reuseport_worker::names::printable(&w.name), 14),
                 w.state,
                 delta as f64 / secs,
                 w.queue,

@@ -327,3 +327,67 @@ impl Drop for NamedNetns {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
+
+/// Issue: a worker name with escape sequences and a newline rewrote the operator's terminal and
+/// forged a table line in `status`; a 65,000-character name broke every `status` reply.
+#[test]
+fn names_that_could_forge_output_are_refused() -> Result {
+    let f = Fixture::new("names")?;
+    let listener = reuseport_worker::bind_listener(f.addr, 16)?;
+    let register = |name: String| {
+        ControlClient::connect(&f.control).and_then(|mut c| {
+            c.request_with_fd(
+                &Request::Register {
+                    name: Some(name),
+                    weight: None,
+                    pid: None,
+                },
+                std::os::fd::AsFd::as_fd(&listener),
+            )
+        })
+    };
+    for bad in [
+        "w1\x1b[2J\x1b[H".to_owned(),
+        "w1\n     0        1  root-worker  active".to_owned(),
+        "x".repeat(65_000),
+    ] {
+        match register(bad) {
+            Err(reuseport_worker::ClientError::Rejected { code, message }) => {
+                assert_eq!(code.to_string(), "bad_name", "{message}");
+            }
+            other => panic!("a bad name was not refused: {other:?}"),
+        }
+    }
+    let mut good = ControlClient::connect(&f.control)?;
+    good.request_with_fd(
+        &Request::Register {
+            name: Some("plain-name".into()),
+            weight: None,
+            pid: None,
+        },
+        std::os::fd::AsFd::as_fd(&listener),
+    )?;
+    let status = f.wait_workers(1)?;
+    assert_eq!(status.workers[0].name, "plain-name");
+    Ok(())
+}
+
+/// Issue: SIGHUP, the conventional reload signal, killed the daemon silently and left its
+/// socket file behind.
+#[test]
+fn sighup_neither_stops_the_daemon_nor_loses_its_socket() -> Result {
+    let mut f = Fixture::new("sighup")?;
+    f.echo("w0")?;
+    f.wait_workers(1)?;
+    let daemon = f.daemon_pid().ok_or("no daemon")?;
+    for _ in 0..3 {
+        reuseport_testing::daemon::signal(daemon, libc::SIGHUP)?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(f.control.exists(), "the control socket is gone");
+    let status = f.wait_workers(1)?;
+    assert_eq!(status.workers.len(), 1);
+    assert_eq!(f.load_ok(12).values().sum::<u64>(), 12);
+    assert!(f.logs().contains("SIGHUP"), "{}", f.logs());
+    Ok(())
+}

@@ -140,18 +140,24 @@ fn raise_fd_limit() {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
+/// Resolves when SIGTERM or SIGINT arrives. SIGHUP, whose default action would kill the daemon
+/// and leave its socket file behind, is the conventional reload signal: with nothing to reload
+/// yet (no configuration file), it is logged and ignored.
 pub async fn termination() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         warn!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = int.recv() => info!("SIGINT: stopping"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => return info!("SIGTERM: stopping"),
+            _ = int.recv() => return info!("SIGINT: stopping"),
+            _ = hup.recv() => info!("SIGHUP: nothing to reload (no configuration file); ignored"),
+        }
     }
 }

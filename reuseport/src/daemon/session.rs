@@ -21,7 +21,7 @@ use super::{
 };
 use reuseport_steer::{Policy, SlotState, SocketInfo};
 use reuseport_worker::{
-    fdpass,
+    fdpass, names,
     protocol::{ErrorCode, Lenient, Reply, Request, MAX_LINE},
 };
 
@@ -165,9 +165,11 @@ impl Session {
                 // Inspected once, here, off the owner's thread; the owner routes and inserts.
                 let inspected = SocketInfo::of(std::os::fd::AsFd::as_fd(&socket))
                     .and_then(|info| info.check_joinable().map(|()| info));
-                match inspected {
-                    Err(e) => Err(e.into()),
-                    Ok(info) => {
+                let named = name.as_deref().map_or(Ok(()), names::check);
+                match (named, inspected) {
+                    (Err(why), _) => Err(Refusal::new(ErrorCode::BadName, why)),
+                    (_, Err(e)) => Err(e.into()),
+                    (Ok(()), Ok(info)) => {
                         let worker = NewWorker {
                             conn: self.conn,
                             peer: self.peer,

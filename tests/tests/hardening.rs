@@ -391,3 +391,41 @@ fn sighup_neither_stops_the_daemon_nor_loses_its_socket() -> Result {
     assert!(f.logs().contains("SIGHUP"), "{}", f.logs());
     Ok(())
 }
+
+/// Issue: a slot found stuck just before the daemon restarted stayed stuck for good: the stuck
+/// state was pinned and taken over, but only a stuck state the new daemon's monitor recorded
+/// itself was ever cleared, so a healthy worker got no traffic until someone ran `undrain`.
+#[test]
+fn a_slot_stuck_when_the_daemon_restarts_comes_back_with_its_worker() -> Result {
+    use reuseport_worker::protocol::WorkerState;
+    let mut f = Fixture::new("stuck-restart")?;
+    let pids = f.echo_workers(2)?;
+    f.wait_active(2)?;
+    reuseport_testing::daemon::signal(pids[0], libc::SIGSTOP)?;
+    // Connections for the stopped worker wait in its queue until it is found stuck.
+    let addr = f.addr;
+    let clients =
+        std::thread::spawn(move || reuseport_testing::loadgen::Load::new(addr, 8, 8).run());
+    f.wait_worker(Duration::from_secs(5), "worker 0 stuck", |w| {
+        w.pid == pids[0] && w.state == WorkerState::Stuck
+    })?;
+    f.stop_daemon(libc::SIGKILL)?;
+    reuseport_testing::daemon::signal(pids[0], libc::SIGCONT)?;
+    let _ = clients.join();
+    f.start_daemon(&[])?;
+    let status = f.wait_status(Duration::from_secs(5), "both workers back", |s| {
+        s.workers.iter().filter(|w| pids.contains(&w.pid)).count() == 2
+    })?;
+    let stuck: Vec<_> = status
+        .workers
+        .iter()
+        .filter(|w| w.state != WorkerState::Active)
+        .collect();
+    assert!(
+        stuck.is_empty(),
+        "out of rotation after the restart: {stuck:?}"
+    );
+    let counts = f.load_ok(40);
+    assert_eq!(counts.len(), 2, "one worker got nothing: {counts:?}");
+    Ok(())
+}

@@ -109,7 +109,14 @@ impl Registry {
         match entry.group.slot_of_cookie(worker.info.cookie) {
             // Left in its slot by an earlier daemon (pinned state): take it back as it is.
             Some(slot) if !entry.workers.contains_key(&slot) => {
-                return Registered::Done(self.finish(g, slot, worker))
+                // Found stuck by the earlier daemon: this one has no record of it, and the
+                // worker has just shown it runs. Back in rotation; the monitor judges afresh.
+                if entry.group.slot_state(slot) == Some(SlotState::Stuck) {
+                    if let Err(e) = entry.group.set_state(slot, SlotState::Active) {
+                        warn!("{}: putting taken-over slot {slot} back: {e}", entry.listen);
+                    }
+                }
+                return Registered::Done(self.finish(g, slot, worker));
             }
             Some(slot) => return Registered::Done(Err(Error::AlreadyInGroup(slot).into())),
             None => {}

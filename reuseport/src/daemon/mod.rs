@@ -59,10 +59,16 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
     let registry = Arc::new(Mutex::new(registry));
     let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
     let metrics = match config.metrics {
-        Some(addr) => Some(tokio::spawn(metrics_http::serve(
-            metrics_http::bind(addr).await?,
-            registry.clone(),
-        ))),
+        Some(addr) => {
+            let registry = registry.clone();
+            Some(tokio::spawn(metrics_http::serve(
+                metrics_http::bind(addr).await?,
+                move || {
+                    let r = registry.lock();
+                    std::future::ready(r.map_or_else(|p| p.into_inner().status(), |r| r.status()))
+                },
+            )))
+        }
         None => None,
     };
     let own_uid = nix::unistd::geteuid().as_raw();

@@ -5,6 +5,7 @@
 
 mod bpf_linker;
 mod command;
+mod packages;
 mod setup;
 mod test;
 mod toolchain;
@@ -30,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what the build needs and is missing: nightly with rust-src, clippy and rustfmt,
-    /// bpf-linker 0.13.
+    /// bpf-linker 0.13; and the Debian packages of the tools the tests check with (promtool).
     Setup,
     /// Setup, then build the workspace (the eBPF object is built by reuseport-user's build
     /// script).

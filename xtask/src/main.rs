@@ -45,6 +45,11 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, then write the man pages (reuseport.1, one per command) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR", default_value = "target/man")]
+        out: PathBuf,
+    },
     /// Setup, then run the demo (`reuseport demo`).
     Demo,
     /// Setup, then run the benchmark (`reuseport-bench`) with ARGS.
@@ -77,6 +82,24 @@ fn try_main() -> Result<()> {
             run(&mut cmd)
         }
         Command::Test { args } => test::test(&root, &args),
+        Command::Man { out } => {
+            setup::setup(&root)?;
+            // The pages come from the binary's own command line definition.
+            let out = std::env::current_dir()?.join(out);
+            run(cargo(&root)
+                .args([
+                    "run",
+                    "-q",
+                    "-p",
+                    "reuseport",
+                    "--bin",
+                    "reuseport",
+                    "--",
+                    "man",
+                ])
+                .arg("--out")
+                .arg(out))
+        }
         Command::Demo => {
             setup::setup(&root)?;
             run(cargo(&root).args([

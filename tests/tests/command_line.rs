@@ -1,7 +1,10 @@
 //! The command line as scripts and shells use it: completions, man pages, `--version`, exit
 //! statuses, and the JSON of the read commands.
 
-use std::process::{Command, Output};
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Output, Stdio},
+};
 
 use reuseport_testing::{binary, daemon::Fixture, TestResult as Result};
 
@@ -137,6 +140,34 @@ fn read_commands_speak_json_and_refusals_exit_4() -> Result {
         json["groups"][0]["workers"][0]["queue"].is_number(),
         "{json}"
     );
+
+    // The live view into a pipe: plain frames one after the other, no screen control.
+    let mut top = Command::new(binary::locate()?)
+        .args(["top", "--interval-ms", "100", "--control"])
+        .arg(&f.control)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut lines = BufReader::new(top.stdout.take().ok_or("no stdout")?).lines();
+    let mut frames = 0;
+    let mut text = String::new();
+    for line in lines.by_ref().take(40) {
+        let line = line?;
+        frames += usize::from(line.starts_with("group 127.0.0.1:8080"));
+        text.push_str(&line);
+        text.push('\n');
+        if frames == 2 {
+            break;
+        }
+    }
+    top.kill()?;
+    top.wait()?;
+    assert_eq!(frames, 2, "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "escape sequences into a pipe: {text:?}"
+    );
+    assert!(text.contains("RECV-Q"), "{text}");
 
     // Refused by the daemon: an address it does not serve, a slot nobody holds.
     for args in [

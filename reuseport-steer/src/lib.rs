@@ -20,6 +20,7 @@ mod sys;
 
 pub use error::{Error, Result};
 pub use group::{Group, GroupOptions, Slot};
+pub use object::fingerprint as object_fingerprint;
 pub use policy::{AttachMode, OnEmpty, Policy, SlotState};
 pub use reuseport_common::{MAX_SLOTS, MAX_WEIGHT};
 pub use socket::{Family, Protocol, SocketInfo};

@@ -4,12 +4,39 @@
 pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport"));
 
+/// Which eBPF object this build embeds: the FNV-1a 64-bit hash of its bytes, in hex. Not a
+/// security digest, a name for a build (`reuseport --version`, `reuseport_build_info`): two
+/// builds print the same fingerprint exactly when they carry the same program. FNV because it
+/// takes a few lines and well under a millisecond, and needs no dependency.
+pub fn fingerprint() -> String {
+    format!("{:016x}", fnv1a_64(OBJECT))
+}
+
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
 #[cfg(test)]
 mod tests {
     use object::{Object as _, ObjectSection as _};
     use reuseport_common::maps;
 
-    use super::OBJECT;
+    use super::{fingerprint, fnv1a_64, OBJECT};
+
+    #[test]
+    fn the_fingerprint_is_fnv1a_of_the_object() {
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let f = fingerprint();
+        assert_eq!(f.len(), 16, "{f}");
+        assert!(f.bytes().all(|b| b.is_ascii_hexdigit()), "{f}");
+        assert_eq!(f, fingerprint());
+    }
 
     /// The program declares its maps from the specs in `reuseport-common`; this checks the
     /// object agrees with them, the shapes pinned maps are compared against.

@@ -33,7 +33,8 @@ pub fn status(control: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The readable form of `status`.
+/// The readable form of `status`. The accept queue is headed RECV-Q as `ss -l` heads it (the
+/// JSON keeps the wire field `queue`, which scripts already read).
 pub fn status_table(groups: &[GroupStatus]) -> String {
     let mut out = String::new();
     for g in groups {
@@ -50,8 +51,8 @@ pub fn status_table(groups: &[GroupStatus]) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}  {:>5}",
-            "SLOT", "PID", "NAME", "STATE", "WEIGHT", "SELECTED", "MIGRATED", "INFLIGHT", "QUEUE"
+            "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}  {:>6}",
+            "SLOT", "PID", "NAME", "STATE", "WEIGHT", "SELECTED", "MIGRATED", "INFLIGHT", "RECV-Q"
         );
         if g.workers.is_empty() {
             let _ = writeln!(out, "  (no workers registered)");
@@ -59,7 +60,7 @@ pub fn status_table(groups: &[GroupStatus]) -> String {
         for w in &g.workers {
             let _ = write!(
                 out,
-                "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}  {:>5}",
+                "  {:>4}  {:>7}  {:<16}  {:<8}  {:>6}  {:>10}  {:>8}  {:>8}  {:>6}",
                 w.slot,
                 w.pid,
                 reuseport_worker::names::printable(&w.name),
@@ -103,20 +104,34 @@ fn ago(since: Option<f64>) -> String {
     since.map_or_else(String::new, |t| format!("{:.1} s ago", (now - t).max(0.0)))
 }
 
-pub fn policy_get(control: &Path, group: Option<GroupRef>) -> anyhow::Result<()> {
-    match group {
+/// `policy get`: one `ADDR:PORT POLICY` line per group, or `{"groups": [{"group", "policy"}]}`.
+pub fn policy_get(control: &Path, group: Option<GroupRef>, json: bool) -> anyhow::Result<()> {
+    let policies: Vec<(String, String)> = match group {
         Some(group) => {
             let reply = ControlClient::connect(control)?
                 .request(&Request::PolicyGet { group: Some(group) })?;
             match (reply.group, reply.policy) {
-                (Some(group), Some(policy)) => println!("{group} {policy}"),
+                (Some(group), Some(policy)) => vec![(group.to_string(), policy.to_string())],
                 _ => anyhow::bail!("the daemon's reply lacks the group or the policy: {reply:?}"),
             }
         }
-        None => {
-            for g in fetch_status(control)? {
-                println!("{} {}", g.listen, g.policy);
-            }
+        None => fetch_status(control)?
+            .into_iter()
+            .map(|g| (g.listen.to_string(), g.policy.to_string()))
+            .collect(),
+    };
+    if json {
+        let groups: Vec<_> = policies
+            .iter()
+            .map(|(group, policy)| serde_json::json!({ "group": group, "policy": policy }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "groups": groups }))?
+        );
+    } else {
+        for (group, policy) in policies {
+            println!("{group} {policy}");
         }
     }
     Ok(())

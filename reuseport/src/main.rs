@@ -2,26 +2,25 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 mod cli;
 mod daemon;
 mod demo;
 mod echo;
+mod exit;
+mod man;
 mod metrics;
 mod top;
 
 use daemon::{DaemonConfig, GroupSetup, HealthConfig, OnStuck};
 use demo::DemoOptions;
 use echo::EchoOptions;
+use exit::Exit;
 use reuseport_steer::{pin, AttachMode, OnEmpty, Policy};
 use reuseport_worker::protocol::GroupRef;
 
 #[derive(Parser)]
-#[command(
-    name = "reuseport",
-    version,
-    about = "Steer a SO_REUSEPORT group with eBPF"
-)]
+#[command(name = "reuseport", about = "Steer a SO_REUSEPORT group with eBPF")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +78,7 @@ enum Command {
         #[command(flatten)]
         control: Control,
     },
-    /// Show groups and workers.
+    /// Show groups and workers (RECV-Q: connections waiting to be accepted, as in `ss -l`).
     Status {
         /// Machine-readable output
         #[arg(long)]
@@ -125,6 +124,9 @@ enum Command {
         /// Print one frame (rates over --interval) and exit
         #[arg(long)]
         once: bool,
+        /// With --once: print the frame as JSON
+        #[arg(long, requires = "once")]
+        json: bool,
         /// Refresh interval in milliseconds
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
@@ -153,6 +155,19 @@ enum Command {
         #[command(flatten)]
         control: Control,
     },
+    /// Print a completion script for SHELL (e.g. `reuseport completions bash >
+    /// /etc/bash_completion.d/reuseport`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (reuseport.1 and one per command) into DIR; `cargo xtask man` runs
+    /// this.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,6 +176,9 @@ enum PolicyAction {
     Get {
         #[arg(long, value_name = "ADDR:PORT")]
         group: Option<GroupRef>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         control: Control,
     },
@@ -175,14 +193,50 @@ enum PolicyAction {
     },
 }
 
+/// The version line: the crate's version and which eBPF program the binary carries.
+fn version() -> String {
+    format!(
+        "{} (eBPF object {}, FNV-1a 64)",
+        env!("CARGO_PKG_VERSION"),
+        reuseport_steer::object_fingerprint()
+    )
+}
+
+/// The command line definition, complete: version and the exit status table.
+fn cli_definition() -> clap::Command {
+    Args::command().version(version()).after_help(Exit::help())
+}
+
+/// `command` without its hidden subcommands (`man`), which completions would offer: clap
+/// cannot remove a subcommand, so this is a copy with the visible ones only.
+fn visible(command: &clap::Command) -> clap::Command {
+    let mut copy = clap::Command::new(command.get_name().to_owned())
+        .args(command.get_arguments().cloned())
+        .subcommand_required(true)
+        .subcommands(
+            command
+                .get_subcommands()
+                .filter(|c| !c.is_hide_set())
+                .cloned(),
+        );
+    if let Some(about) = command.get_about() {
+        copy = copy.about(about.clone());
+    }
+    if let Some(version) = command.get_version() {
+        copy = copy.version(version.to_owned());
+    }
+    copy
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
+    // A usage error exits with clap's status 2 (Exit::Usage), --help and --version with 0.
+    let args = Args::from_arg_matches(&cli_definition().get_matches()).unwrap_or_else(|e| e.exit());
     match dispatch(args.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Success.into(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            Exit::of(&e).into()
         }
     }
 }
@@ -235,17 +289,24 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status { json, control } => cli::status(&cli::path(control.control), json),
         Command::Top {
             once,
+            json,
             interval_ms,
             control,
         } => top::run(
             &cli::path(control.control),
-            once,
+            match (once, json) {
+                (false, _) => top::Output::Live,
+                (true, false) => top::Output::Once,
+                (true, true) => top::Output::OnceJson,
+            },
             Duration::from_millis(interval_ms.max(50)),
         ),
         Command::Policy { action } => match action {
-            PolicyAction::Get { group, control } => {
-                cli::policy_get(&cli::path(control.control), group)
-            }
+            PolicyAction::Get {
+                group,
+                json,
+                control,
+            } => cli::policy_get(&cli::path(control.control), group, json),
             PolicyAction::Set {
                 policy,
                 group,
@@ -287,5 +348,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             name,
             weight,
         }),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut visible(&cli_definition()),
+                "reuseport",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { out } => man::write_all(cli_definition(), &out),
     }
 }

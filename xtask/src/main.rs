@@ -5,6 +5,7 @@
 
 mod bpf_linker;
 mod command;
+mod packages;
 mod setup;
 mod test;
 mod toolchain;
@@ -30,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what the build needs and is missing: nightly with rust-src, clippy and rustfmt,
-    /// bpf-linker 0.13.
+    /// bpf-linker 0.13; and the Debian packages of the tools the tests check with (promtool).
     Setup,
     /// Setup, then build the workspace (the eBPF object is built by reuseport-user's build
     /// script).
@@ -43,6 +44,11 @@ enum Command {
         /// Passed to `cargo test --workspace` as is (e.g. `-- --test-threads 1`, or a filter).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Setup, then write the man pages (reuseport.1, one per command) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR", default_value = "target/man")]
+        out: PathBuf,
     },
     /// Setup, then run the demo (`reuseport demo`).
     Demo,
@@ -76,6 +82,24 @@ fn try_main() -> Result<()> {
             run(&mut cmd)
         }
         Command::Test { args } => test::test(&root, &args),
+        Command::Man { out } => {
+            setup::setup(&root)?;
+            // The pages come from the binary's own command line definition.
+            let out = std::env::current_dir()?.join(out);
+            run(cargo(&root)
+                .args([
+                    "run",
+                    "-q",
+                    "-p",
+                    "reuseport",
+                    "--bin",
+                    "reuseport",
+                    "--",
+                    "man",
+                ])
+                .arg("--out")
+                .arg(out))
+        }
         Command::Demo => {
             setup::setup(&root)?;
             run(cargo(&root).args([

@@ -1,19 +1,35 @@
-//! The daemon's `/metrics` endpoint: a bare HTTP/1.1 responder, enough for Prometheus and
-//! curl. Each scrape renders the current status; nothing is kept between scrapes.
+//! The daemon's `/metrics` endpoint, served by hyper (HTTP/1.1 with keep-alive, HEAD, a 404
+//! that points at `/metrics`, an index page at `/`). Each scrape asks `status` for the groups
+//! and renders them in the format the scraper's `Accept` prefers; nothing is kept between
+//! scrapes. The endpoint knows the daemon only through `status`, so it does not care how the
+//! daemon keeps its state.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use log::{debug, info};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming,
+    header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE, VARY},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use log::{debug, info};
+use tokio::net::TcpListener;
 
-use super::owner::Handle;
+use reuseport_worker::GroupStatus;
 
-/// Longest request head read.
-const MAX_HEAD: usize = 8 * 1024;
+use crate::metrics::{self, Format};
+
+/// A client that sends no complete request head within this is dropped.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+const INDEX: &str = "<!DOCTYPE html>\n<html><head><title>reuseport</title></head><body>\n\
+<h1>reuseport</h1>\n<p><a href=\"/metrics\">/metrics</a>: the daemon's metrics \
+(Prometheus text, or OpenMetrics when asked for in Accept).</p>\n</body></html>\n";
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)
@@ -23,65 +39,90 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: TcpListener, owner: Handle) {
+/// Serves the endpoint on `listener` until the task is dropped; `status` gives the groups of
+/// one scrape.
+pub async fn serve<S, F>(listener: TcpListener, status: S)
+where
+    S: Fn() -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Vec<GroupStatus>> + Send + 'static,
+{
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                debug!("metrics accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
-        let owner = owner.clone();
+        let status = status.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &owner).await {
-                debug!("metrics request: {e}");
+            let service = service_fn(move |request| {
+                let status = status.clone();
+                async move { Ok::<_, Infallible>(respond(&request, status).await) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                debug!("metrics connection: {e}");
             }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, owner: &Handle) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return Ok(());
+/// The answer to one request. hyper sends no body for HEAD, with the headers GET would have.
+async fn respond<S, F>(request: &Request<Incoming>, status: S) -> Response<Full<Bytes>>
+where
+    S: Fn() -> F,
+    F: Future<Output = Vec<GroupStatus>>,
+{
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not served here: use GET or HEAD\n", request.method()),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
     }
-    let line = String::from_utf8_lossy(&head);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = if method == "GET" && (path == "/metrics" || path == "/") {
-        let groups = owner
-            .call(|r| r.status())
-            .await
-            .map_err(|_| std::io::Error::other("the daemon is stopping"))?;
-        match crate::metrics::render(&groups) {
-            Ok(text) => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
-            ),
-            Err(_) => (
-                "500 Internal Server Error",
-                "text/plain",
-                "encoding failed\n".into(),
-            ),
+    match request.uri().path() {
+        "/metrics" => {
+            let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            match metrics::render(&status().await, format) {
+                Ok(text) => {
+                    let mut response = with_type(StatusCode::OK, format.content_type(), text);
+                    response
+                        .headers_mut()
+                        .insert(VARY, HeaderValue::from_static("Accept"));
+                    response
+                }
+                Err(_) => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding the metrics failed\n".into(),
+                ),
+            }
         }
-    } else {
-        ("404 Not Found", "text/plain", "try /metrics\n".into())
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+        "/" => with_type(StatusCode::OK, "text/html; charset=utf-8", INDEX.into()),
+        other => plain(
+            StatusCode::NOT_FOUND,
+            format!("nothing at {other}: the metrics are at /metrics\n"),
+        ),
+    }
+}
+
+fn plain(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    with_type(code, "text/plain; charset=utf-8", body)
+}
+
+fn with_type(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }

@@ -60,10 +60,17 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         .context("starting the thread that owns the daemon's state")?;
     let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
     let metrics = match config.metrics {
-        Some(addr) => Some(tokio::spawn(metrics_http::serve(
-            metrics_http::bind(addr).await?,
-            owner.clone(),
-        ))),
+        Some(addr) => {
+            let owner = owner.clone();
+            Some(tokio::spawn(metrics_http::serve(
+                metrics_http::bind(addr).await?,
+                move || {
+                    let owner = owner.clone();
+                    // A daemon shutting down has no state to show: an empty scrape.
+                    async move { owner.call(|r| r.status()).await.unwrap_or_default() }
+                },
+            )))
+        }
         None => None,
     };
     let own_uid = nix::unistd::geteuid().as_raw();

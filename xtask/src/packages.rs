@@ -1,0 +1,83 @@
+//! The Debian packages of the tools the tests check the project's output with (promtool, the
+//! strict OpenMetrics parser). Installed only when missing, with apt; where apt is missing or
+//! fails, a warning: the tests that need a tool skip its check when it is not installed.
+
+use std::process::{Command, Stdio};
+
+/// How to tell a tool is installed.
+enum Probe {
+    /// A command on PATH.
+    Command(&'static str),
+    /// A module Debian's `/usr/bin/python3` imports.
+    PythonModule(&'static str),
+}
+
+/// What the tests run, and the Debian package that ships it.
+const TEST_TOOLS: &[(Probe, &str)] = &[
+    // `promtool check metrics` lints the Prometheus text format of /metrics.
+    (Probe::Command("promtool"), "prometheus"),
+    // The strict OpenMetrics parser checks the OpenMetrics format of /metrics.
+    (
+        Probe::PythonModule("prometheus_client.openmetrics.parser"),
+        "python3-prometheus-client",
+    ),
+];
+
+/// Installs the packages of [`TEST_TOOLS`] that are missing: one `apt-get update`, one
+/// `apt-get install`. Never fails.
+pub fn ensure_test_tools() {
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(probe, _)| !probe.found())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!("setup: installing {} for the tests", missing.join(" "));
+    let installed = apt_get(&["update", "-qq"]) && {
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        apt_get(&args)
+    };
+    if !installed {
+        eprintln!(
+            "setup: warning: could not install {} (apt-get as root is needed); the tests skip \
+             the checks that run them",
+            missing.join(" ")
+        );
+    }
+}
+
+impl Probe {
+    fn found(&self) -> bool {
+        let mut cmd = match self {
+            Self::Command(name) => {
+                let mut cmd = Command::new(name);
+                cmd.arg("--version");
+                cmd
+            }
+            Self::PythonModule(module) => {
+                let mut cmd = Command::new("/usr/bin/python3");
+                cmd.args(["-c", &format!("import {module}")]);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+/// `apt-get ARGS`, unattended; false when it cannot run or fails.
+fn apt_get(args: &[&str]) -> bool {
+    eprintln!("$ apt-get {}", args.join(" "));
+    Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -13,7 +13,7 @@ use reuseport_testing::{
     held::{self, HeldWorker},
     TestResult as Result,
 };
-use reuseport_worker::WorkerStatus;
+use reuseport_worker::{GroupStatus, WorkerStatus};
 
 fn signal(pid: u32, sig: libc::c_int) {
     // A failure shows in what the test then asserts about the worker.
@@ -345,5 +345,106 @@ fn killing_the_daemon_under_load_fails_nothing_and_the_restart_takes_over() -> R
     let started: BTreeSet<u32> = pids.iter().copied().collect();
     assert_eq!(after.keys().copied().collect::<BTreeSet<_>>(), started);
     assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), started);
+    Ok(())
+}
+
+/// A drained slot and a stuck one (its worker stopped with a connection in its queue) get no
+/// new connection under least-loaded or p2c, although both are less loaded than the two
+/// active workers, busy with slow requests.
+#[test]
+fn least_loaded_and_p2c_send_nothing_to_a_drained_or_stuck_slot() -> Result {
+    // No stuck verdict from a queue that does not move (the busy workers' queues grow), but a
+    // stopped process with a queue is still found stuck within a sample.
+    let mut f = Fixture::with_daemon_args("llstates", &["--stuck-ms", "60000"])?;
+    let pids = f.echo_workers(4)?;
+    let status = f.wait_pids(daemon::START_LIMIT, &pids)?;
+    let slot = |pid: u32| status.workers.iter().find(|w| w.pid == pid).map(|w| w.slot);
+    let (drained, stopped, busy) = (pids[0], pids[1], [pids[2], pids[3]]);
+    let (drained_slot, stopped_slot) = (
+        slot(drained).ok_or("no slot")?,
+        slot(stopped).ok_or("no slot")?,
+    );
+    let out = f.cli(&["drain", &drained_slot.to_string()])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    signal(stopped, libc::SIGSTOP);
+    // Round-robin over the three active slots: of three connections, one waits in the stopped
+    // worker's queue (and is answered once it runs again).
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(f.addr))
+        .collect::<std::io::Result<_>>()?;
+    f.wait_worker(Duration::from_secs(2), "the stopped worker stuck", |w| {
+        w.pid == stopped && daemon::state(w) == "stuck"
+    })?;
+    let addr = f.addr;
+    for policy in ["least-loaded", "p2c"] {
+        f.wait_status(Duration::from_secs(3), "the busy workers idle", |s| {
+            s.workers
+                .iter()
+                .filter(|w| busy.contains(&w.pid))
+                .all(|w| w.inflight == 0)
+        })?;
+        // One slow request on each active worker, placed by round-robin.
+        let out = f.cli(&["policy", "set", "round-robin"])?;
+        assert!(out.status.success());
+        let (before, outcomes) = std::thread::scope(|s| -> Result<_> {
+            let blockers: Vec<_> = (0..2)
+                .map(|_| s.spawn(move || request(addr, "/sleep?ms=1500", Duration::from_secs(5))))
+                .collect();
+            let before = f.wait_status(
+                Duration::from_secs(2),
+                "both active workers busy for 10 samples",
+                |s| {
+                    s.workers
+                        .iter()
+                        .filter(|w| busy.contains(&w.pid))
+                        .all(|w| w.load >= 10)
+                },
+            )?;
+            let load = |pid: u32| before.workers.iter().find(|w| w.pid == pid).map(|w| w.load);
+            // What makes the test bite: left to loads alone, both would be picked first.
+            let least_busy = busy.iter().filter_map(|&p| load(p)).min().unwrap_or(0);
+            assert!(
+                load(drained) < Some(least_busy) && load(stopped) < Some(least_busy),
+                "{before:?}"
+            );
+            let out = f.cli(&["policy", "set", policy])?;
+            assert!(out.status.success());
+            let mut load = Load::new(addr, 40, 8);
+            load.timeout = Duration::from_secs(5);
+            let outcomes = load.run();
+            for b in blockers {
+                let served_by = b.join().map_err(|_| "blocker panicked")??;
+                assert!(busy.contains(&served_by), "{served_by}");
+            }
+            Ok((before, outcomes))
+        })?;
+        let (counts, errors) = tally(&outcomes);
+        assert!(errors.is_empty(), "{policy}: {errors:?}");
+        assert!(
+            counts.keys().all(|pid| busy.contains(pid)),
+            "{policy}: {counts:?}"
+        );
+        // The program's own count: not one selection of either slot.
+        let after = f.status()?;
+        let selected = |s: &GroupStatus, slot: u32| {
+            s.workers
+                .iter()
+                .find(|w| w.slot == slot)
+                .map(|w| w.selected)
+        };
+        for slot in [drained_slot, stopped_slot] {
+            assert_eq!(
+                selected(&after, slot),
+                selected(&before, slot),
+                "{policy}: slot {slot} was selected: {after:?}"
+            );
+        }
+    }
+    signal(stopped, libc::SIGCONT);
+    drop(held);
     Ok(())
 }

@@ -222,6 +222,17 @@ impl Fixture {
         })
     }
 
+    /// Waits (at most `limit`) until the daemon lists exactly the workers `pids`, each by its
+    /// own pid (a slot taken over from an earlier daemon shows pid 0 until its worker registers
+    /// again); returns that status.
+    pub fn wait_pids(&self, limit: Duration, pids: &[u32]) -> Result<GroupStatus> {
+        let want: BTreeSet<u32> = pids.iter().copied().collect();
+        self.wait_status(limit, &format!("workers {want:?} registered"), |s| {
+            s.workers.len() == want.len()
+                && s.workers.iter().map(|w| w.pid).collect::<BTreeSet<_>>() == want
+        })
+    }
+
     /// Waits until `n` workers are registered and active; returns that status.
     pub fn wait_active(&self, n: usize) -> Result<GroupStatus> {
         self.wait_status(START_LIMIT, &format!("{n} workers active"), |s| {
@@ -317,6 +328,15 @@ impl Drop for Fixture {
         }
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_dir_all(&self.pins);
+    }
+}
+
+/// A worker's state as the wire and the CLI spell it (`active`, `draining`, `stuck`, ...),
+/// whatever type the status gives it.
+pub fn state(worker: &WorkerStatus) -> String {
+    match serde_json::to_value(worker.state) {
+        Ok(serde_json::Value::String(state)) => state,
+        other => format!("{other:?}"),
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`steer`]: a [`reuseport_steer::Group`] steering a whole pool.
 //! - [`limits`], [`wait`]: RLIMIT_NOFILE, and waiting for a condition with a deadline.
 //! - [`child`], [`seccomp`]: re-running a test with fewer rights.
+//! - [`held`]: a registered worker, in a process of its own, that accepts nothing until it
+//!   exits or shuts its listener down.
 //! - [`distribution`], [`expect`]: fairness figures and exact-distribution predicates.
 //! - [`binary`]: finding the `reuseport` binary, and making a binary runnable by another uid.
 
@@ -19,6 +21,7 @@ pub mod clients;
 pub mod daemon;
 pub mod distribution;
 pub mod expect;
+pub mod held;
 pub mod limits;
 pub mod listeners;
 pub mod loadgen;

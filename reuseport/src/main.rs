@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod echo;
 mod metrics;
+mod spawn;
 mod top;
 
 use daemon::{DaemonConfig, GroupSetup, HealthConfig, OnStuck};
@@ -138,6 +139,9 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Run an unmodified server on listeners of the group, registered on its behalf: systemd
+    /// socket activation (gunicorn, uvicorn --fd {fd}) or NGINX (nginx).
+    Spawn(spawn::SpawnArgs),
     /// A single-threaded HTTP echo worker that joins the group.
     Echo {
         #[arg(long, value_name = "ADDR:PORT")]
@@ -268,6 +272,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             port,
             ..DemoOptions::default()
         }),
+        Command::Spawn(args) => spawn::run(args),
         Command::Echo {
             listen,
             no_register,

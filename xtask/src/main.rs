@@ -5,6 +5,7 @@
 
 mod bpf_linker;
 mod command;
+mod servers;
 mod setup;
 mod test;
 mod toolchain;

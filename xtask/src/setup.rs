@@ -1,5 +1,6 @@
-//! `cargo xtask setup`: makes the eBPF build possible. Idempotent, and quick when all is in
-//! place (filesystem checks and `--version` runs only), because build and test run it first.
+//! `cargo xtask setup`: makes the eBPF build possible, and installs the servers the tests run
+//! (nginx, gunicorn, uvicorn). Idempotent, and quick when all is in place (filesystem checks
+//! and `--version` runs only), because build and test run it first.
 
 use std::{env, path::Path, path::PathBuf};
 
@@ -7,6 +8,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     bpf_linker::{self, Status},
+    servers,
     toolchain::{self, DEFAULT_COMPONENTS, NIGHTLY_COMPONENTS},
 };
 
@@ -19,6 +21,7 @@ pub fn setup(root: &Path) -> Result<()> {
     match bpf_linker::status() {
         Status::Good(version) => {
             eprintln!("setup: ok (nightly with rust-src, bpf-linker {version})");
+            servers::ensure();
             return Ok(());
         }
         Status::Missing => eprintln!("setup: bpf-linker is not installed"),
@@ -27,6 +30,7 @@ pub fn setup(root: &Path) -> Result<()> {
     }
     bpf_linker::install(root, &nightly_sysroot, &cargo_home()?)?;
     eprintln!("setup: ok");
+    servers::ensure();
     Ok(())
 }
 

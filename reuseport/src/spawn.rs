@@ -1,8 +1,8 @@
 //! `reuseport spawn`: runs an unmodified server on listeners of the group. It binds K
 //! SO_REUSEPORT listeners, registers them with the daemon on the server's behalf (naming the
 //! server's pid), and starts the server with them at descriptors 3.., announced the way the
-//! server understands: systemd socket activation (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, and
-//! `{fd}` in the arguments) or nginx's `NGINX` variable. It then stays as a small supervisor:
+//! server understands: systemd socket activation (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES),
+//! nginx's `NGINX` variable, or `{fd}` in the arguments alone. It then stays as a small supervisor:
 //! it forwards the usual control signals, keeps the registrations alive across daemon restarts,
 //! warns when the server does not accept from its sockets, and exits with the server's status.
 
@@ -54,6 +54,9 @@ pub enum Pass {
     Systemd,
     /// NGINX="3;4;...;": nginx takes them as the sockets of its `listen ... reuseport`
     Nginx,
+    /// No variable: the arguments name the descriptor with {fd} (gunicorn -b fd://{fd}, which
+    /// fails when it also finds LISTEN_FDS)
+    Fd,
 }
 
 #[derive(clap::Args)]
@@ -325,6 +328,7 @@ impl Image {
                 envp.push(cstring(format!("NGINX={fds}").into_bytes())?);
                 Vec::new()
             }
+            Pass::Fd => Vec::new(),
         };
         let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
@@ -592,6 +596,7 @@ fn hint(pass: Pass) -> &'static str {
             "nginx needs `listen ADDR:PORT reuseport;` for the group's address and \
              worker_processes equal to --sockets"
         }
+        Pass::Fd => "its arguments must name the descriptor with {fd} (uvicorn --fd {fd})",
     }
 }
 

@@ -248,12 +248,20 @@ fn three_gunicorns_take_listen_fds_round_robin_exactly_and_a_killed_worker_loses
     let mut f = Fixture::new("spawn-gunicorn")?;
     let gunicorn = Server::Gunicorn.command()?;
     let dir = apps(&f)?.display().to_string();
-    // No -b: gunicorn takes LISTEN_FDS when LISTEN_PID is its pid.
+    // No -b: gunicorn takes LISTEN_FDS when LISTEN_PID is its pid. The third is told with
+    // -b fd://3 instead, which it accepts only without LISTEN_FDS (it would take fd 3 twice).
     let args = ["-w", "1", "--chdir", &dir, "app:wsgi"];
     let mut spawns = Vec::new();
     for i in 0..3 {
         let name = format!("gu{i}");
-        spawns.push(f.spawn(&name, &spawn_args(&["--name", &name], &gunicorn, &args))?);
+        let (options, args) = match i {
+            2 => (
+                vec!["--name", &name, "--pass", "fd"],
+                [&args[..], &["-b", "fd://{fd}"]].concat(),
+            ),
+            _ => (vec!["--name", &name], args.to_vec()),
+        };
+        spawns.push(f.spawn(&name, &spawn_args(&options, &gunicorn, &args))?);
     }
     let masters = spawns
         .iter()
@@ -415,19 +423,23 @@ fn the_server_gets_exactly_its_listeners_at_3_and_the_systemd_variables() -> Res
 }
 
 #[test]
-fn nginx_passing_names_the_descriptors_in_nginx_and_sets_no_listen_fds() -> Result<()> {
-    let mut f = without_daemon("spawn-nginx-env")?;
-    let out = f.dir.join("env");
-    let script = format!(
-        "echo \"$NGINX ${{LISTEN_FDS-unset}} ${{LISTEN_PID-unset}}\" > {}; exec sleep 30",
-        out.display()
-    );
-    let command = ["sh".into(), "-c".into(), script.into()];
-    f.spawn(
-        "sh",
-        &spawn_args(&["--sockets", "2", "--pass", "nginx"], &command, &[]),
-    )?;
-    assert_eq!(first_line(&out)?, "3;4; unset unset");
+fn nginx_and_fd_passing_set_only_their_own_variables() -> Result<()> {
+    let mut f = without_daemon("spawn-pass-env")?;
+    for (pass, expected) in [
+        ("nginx", "3;4; unset unset fd=3"),
+        ("fd", "unset unset unset fd=3"),
+    ] {
+        let out = f.dir.join(format!("env-{pass}"));
+        let script = format!(
+            "echo \"${{NGINX-unset}} ${{LISTEN_FDS-unset}} ${{LISTEN_PID-unset}} $1\" > {}; \
+             exec sleep 30",
+            out.display()
+        );
+        let command = ["sh".into(), "-c".into(), script.into(), "sh".into()];
+        let options = ["--sockets", "2", "--pass", pass];
+        f.spawn(pass, &spawn_args(&options, &command, &["fd={fd}"]))?;
+        assert_eq!(first_line(&out)?, expected);
+    }
     Ok(())
 }
 

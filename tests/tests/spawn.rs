@@ -598,3 +598,19 @@ fn a_refused_registration_stops_before_the_server_runs() -> Result<()> {
     assert!(stderr.contains("/nonexistent/server"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn without_listen_spawn_joins_the_daemons_only_group() -> Result<()> {
+    let f = Fixture::new("spawn-default-group")?;
+    let mut spawn = std::process::Command::new(binary::locate()?)
+        .args(["spawn", "--name", "dflt", "--control"])
+        .arg(&f.control)
+        .args(["--", "sleep", "30"])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let joined = f.wait_worker(START_LIMIT, "the spawned worker", |w| w.name == "dflt");
+    let _ = spawn.kill();
+    let _ = spawn.wait();
+    joined?;
+    Ok(())
+}

@@ -26,6 +26,10 @@ use reuseport_testing::{
 
 /// How long a server may take to stop after SIGTERM (gunicorn's graceful stop included).
 const STOP_LIMIT: Duration = Duration::from_secs(20);
+/// Daemon flags for exact counts: health checks that never fire. On 2 shared cores a Python
+/// server can leave a connection queued past the default 50 ms, and a slot found stuck is
+/// skipped (what it should do, but not what an exact count wants).
+const EXACT: &[&str] = &["--stuck-ms", "60000"];
 /// Rounds of concurrent requests around a kill, and requests per round.
 const ROUNDS: usize = 60;
 const PER_ROUND: usize = 4;
@@ -160,7 +164,8 @@ fn assert_round_robin(f: &Fixture, expected: &BTreeSet<u32>, per_pid: u64) -> Re
     let values: Vec<u64> = counts.values().copied().collect();
     ensure!(
         expect::is_exact_round_robin(&values) && values.iter().all(|&c| c == per_pid),
-        "not exact: {counts:?}"
+        "not exact: {counts:?}; status {:?}",
+        f.status()
     );
     Ok(())
 }
@@ -199,7 +204,7 @@ fn terminate_gracefully(f: &mut Fixture, spawns: &[usize], servers: &[u32]) -> R
 
 #[test]
 fn three_uvicorns_take_fd_3_round_robin_exactly_and_a_killed_one_loses_nothing() -> Result<()> {
-    let mut f = Fixture::new("spawn-uvicorn")?;
+    let mut f = Fixture::with_daemon_args("spawn-uvicorn", EXACT)?;
     let uvicorn = Server::Uvicorn.command()?;
     let dir = apps(&f)?.display().to_string();
     let args = [
@@ -245,7 +250,7 @@ fn three_uvicorns_take_fd_3_round_robin_exactly_and_a_killed_one_loses_nothing()
 #[test]
 fn three_gunicorns_take_listen_fds_round_robin_exactly_and_a_killed_worker_loses_nothing(
 ) -> Result<()> {
-    let mut f = Fixture::new("spawn-gunicorn")?;
+    let mut f = Fixture::with_daemon_args("spawn-gunicorn", EXACT)?;
     let gunicorn = Server::Gunicorn.command()?;
     let dir = apps(&f)?.display().to_string();
     // No -b: gunicorn takes LISTEN_FDS when LISTEN_PID is its pid. The third is told with
@@ -292,7 +297,7 @@ fn three_gunicorns_take_listen_fds_round_robin_exactly_and_a_killed_worker_loses
 #[test]
 fn nginx_takes_4_sockets_through_nginx_round_robins_exactly_and_a_killed_worker_loses_nothing(
 ) -> Result<()> {
-    let mut f = Fixture::new("spawn-nginx")?;
+    let mut f = Fixture::with_daemon_args("spawn-nginx", EXACT)?;
     let nginx = Server::Nginx.command()?;
     let dir = apps(&f)?;
     let conf = servers::nginx_conf(&dir, f.addr, 4)?.display().to_string();

@@ -93,10 +93,7 @@ pub fn run(args: SpawnArgs) -> anyhow::Result<()> {
     };
     let (program, arguments) = args.command.split_first().context("no command given")?;
     let path = resolve(program)?;
-    let shown = Path::new(program)
-        .file_name()
-        .map_or_else(|| program.to_string_lossy(), OsStr::to_string_lossy)
-        .into_owned();
+    let shown = command_name(program, arguments);
     let k = args.sockets as usize;
     let base = args.name.clone().unwrap_or_else(|| shown.clone());
     let names: Vec<String> = match k {
@@ -145,6 +142,21 @@ pub fn run(args: SpawnArgs) -> anyhow::Result<()> {
     let code = supervise(&child, &signals, &fds, &shown, args.pass);
     drop(registrations);
     std::process::exit(code)
+}
+
+/// What to call the server in logs and (by default) in `status`: the program's file name, or
+/// the module of `python3 -m MODULE`.
+fn command_name(program: &OsStr, arguments: &[OsString]) -> String {
+    let file = Path::new(program)
+        .file_name()
+        .unwrap_or(program)
+        .to_string_lossy();
+    match arguments {
+        [flag, module, ..] if file.starts_with("python") && flag == "-m" => {
+            module.to_string_lossy().into_owned()
+        }
+        _ => file.into_owned(),
+    }
 }
 
 /// The group of the running daemon, when it serves exactly one.
@@ -684,6 +696,22 @@ mod tests {
             assert_eq!(&buf[..text.len()], text.as_bytes());
             assert_eq!(buf[text.len()], 0);
         }
+    }
+
+    #[test]
+    fn a_server_is_named_by_its_program_or_its_python_module() {
+        let name = |program: &str, args: &[&str]| {
+            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+            command_name(OsStr::new(program), &args)
+        };
+        assert_eq!(name("/usr/sbin/nginx", &["-c", "x.conf"]), "nginx");
+        assert_eq!(name("gunicorn", &["app:app"]), "gunicorn");
+        assert_eq!(
+            name("/usr/bin/python3", &["-m", "uvicorn", "--fd"]),
+            "uvicorn"
+        );
+        assert_eq!(name("python3", &["-m"]), "python3");
+        assert_eq!(name("python3", &["app.py"]), "python3");
     }
 
     #[test]

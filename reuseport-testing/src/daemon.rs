@@ -158,6 +158,24 @@ impl Fixture {
         Ok(pid)
     }
 
+    /// Starts `reuseport spawn` for the fixture's address and control socket, then `args` (its
+    /// own options, `--`, and the server's command line); returns its pid. It is listed among
+    /// the workers, logging to `name.log`, and killed on drop (its server gets SIGTERM then).
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&mut self, name: &str, args: &[S]) -> Result<u32> {
+        let mut cmd = self.command(name)?;
+        cmd.args(["spawn", "--listen", &self.addr.to_string()])
+            .arg("--control")
+            .arg(&self.control)
+            .args(args);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} spawn", self.bin.display()))?;
+        let pid = child.id();
+        self.workers.push(child);
+        self.names.push(name.to_owned());
+        Ok(pid)
+    }
+
     /// Starts `n` echo workers named `w0`, `w1`, ...; returns their pids in that order.
     pub fn echo_workers(&mut self, n: usize) -> Result<Vec<u32>> {
         (0..n).map(|i| self.echo(&format!("w{i}"))).collect()

@@ -7,6 +7,7 @@
 //! - [`clients`]: connection drivers for a pool: which listener answered, or just the handshake.
 //! - [`loadgen`]: HTTP load for `reuseport echo` workers (blocking, open-loop, closed-loop).
 //! - [`daemon`]: real processes, a `reuseport run` daemon and `reuseport echo` workers.
+//! - [`servers`]: nginx, gunicorn and uvicorn for `reuseport spawn`, and the apps they serve.
 //! - [`steer`]: a [`reuseport_steer::Group`] steering a whole pool.
 //! - [`limits`], [`wait`]: RLIMIT_NOFILE, and waiting for a condition with a deadline.
 //! - [`child`], [`seccomp`]: re-running a test with fewer rights.
@@ -27,6 +28,7 @@ pub mod listeners;
 pub mod loadgen;
 pub mod netns;
 pub mod seccomp;
+pub mod servers;
 pub mod steer;
 pub mod wait;
 

@@ -10,6 +10,7 @@ mod echo;
 mod exit;
 mod man;
 mod metrics;
+mod spawn;
 mod top;
 
 use daemon::{DaemonConfig, GroupSetup, HealthConfig, OnStuck};
@@ -141,6 +142,9 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Run an unmodified server on listeners of the group, registered on its behalf: systemd
+    /// socket activation (gunicorn, uvicorn --fd {fd}) or NGINX (nginx).
+    Spawn(spawn::SpawnArgs),
     /// A single-threaded HTTP echo worker that joins the group.
     Echo {
         #[arg(long, value_name = "ADDR:PORT")]
@@ -335,6 +339,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             port,
             ..DemoOptions::default()
         }),
+        Command::Spawn(args) => spawn::run(args),
         Command::Echo {
             listen,
             no_register,

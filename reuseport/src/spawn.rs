@@ -164,20 +164,22 @@ fn daemon_group(control: &Path) -> anyhow::Result<SocketAddr> {
     let reply = ControlClient::connect(control)
         .and_then(|mut c| c.request(&Request::Status))
         .context("--listen is needed unless a daemon with one group is running")?;
-    let groups: Vec<String> = reply
+    let groups: Vec<SocketAddr> = reply
         .groups
         .unwrap_or_default()
         .into_iter()
         .map(|g| g.listen)
         .collect();
     match groups.as_slice() {
-        [one] => one
-            .parse()
-            .with_context(|| format!("the daemon's group {one} is not an ADDR:PORT")),
+        [one] => Ok(*one),
         _ => bail!(
             "the daemon serves {} groups ({}): choose one with --listen ADDR:PORT",
             groups.len(),
-            groups.join(", ")
+            groups
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }

@@ -391,3 +391,41 @@ fn sighup_neither_stops_the_daemon_nor_loses_its_socket() -> Result {
     assert!(f.logs().contains("SIGHUP"), "{}", f.logs());
     Ok(())
 }
+
+/// A registration may name another process as the worker's only when it is the registrant's
+/// descendant with the same uid (`reuseport spawn`); otherwise a worker could pass for any
+/// process, and the daemon would watch the wrong one.
+#[test]
+fn a_registration_naming_an_unrelated_pid_is_refused() -> Result {
+    let f = Fixture::new("foreign-pid")?;
+    let listener = reuseport_worker::bind_listener(f.addr, 16)?;
+    let refused = ControlClient::connect(&f.control)?
+        .request_with_fd(
+            &Request::Register {
+                name: Some("liar".into()),
+                weight: None,
+                pid: Some(1),
+            },
+            std::os::fd::AsFd::as_fd(&listener),
+        )
+        .err();
+    match refused {
+        Some(reuseport_worker::ClientError::Rejected { code, message }) => {
+            assert_eq!(code.to_string(), "foreign_pid", "{message}");
+        }
+        other => panic!("pid 1 was accepted: {other:?}"),
+    }
+    // Naming itself is fine, and shown.
+    let mut own = ControlClient::connect(&f.control)?;
+    own.request_with_fd(
+        &Request::Register {
+            name: Some("honest".into()),
+            weight: None,
+            pid: Some(std::process::id()),
+        },
+        std::os::fd::AsFd::as_fd(&listener),
+    )?;
+    let status = f.wait_workers(1)?;
+    assert_eq!(status.workers[0].pid, std::process::id());
+    Ok(())
+}

@@ -533,7 +533,6 @@ fn spawn_serves_before_the_daemon_starts_and_registers_again_after_it_restarts()
 }
 
 #[test]
-#[ignore = "needs the daemon to honour register's pid (lead wires reuseport_steer::procs::may_name)"]
 fn status_shows_the_server_spawn_started_not_spawn() -> Result<()> {
     let mut f = Fixture::new("spawn-pid")?;
     let command = ["sleep".into(), "30".into()];
@@ -590,7 +589,8 @@ fn a_refused_registration_stops_before_the_server_runs() -> Result<()> {
     let touch = format!("touch {}", mark.display());
     let out = spawn(&["--listen", "127.0.0.1:9090", "--", "sh", "-c", &touch])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Refused by the daemon: exit code 4 (README, "Exit codes").
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
         stderr.contains("no group listens on 127.0.0.1:9090"),
         "{stderr}"

@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod echo;
 mod exit;
+mod logging;
 mod man;
 mod metrics;
 mod spawn;
@@ -23,6 +24,15 @@ use reuseport_worker::protocol::GroupRef;
 #[derive(Parser)]
 #[command(name = "reuseport", about = "Steer a SO_REUSEPORT group with eBPF")]
 struct Args {
+    /// Log lines as text (a timestamp unless journald stamps them) or JSON
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        global = true,
+        env = "REUSEPORT_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -233,9 +243,9 @@ fn visible(command: &clap::Command) -> clap::Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // A usage error exits with clap's status 2 (Exit::Usage), --help and --version with 0.
     let args = Args::from_arg_matches(&cli_definition().get_matches()).unwrap_or_else(|e| e.exit());
+    logging::init(args.log_format);
     match dispatch(args.command) {
         Ok(()) => Exit::Success.into(),
         Err(e) => {

@@ -142,6 +142,44 @@ fn an_idle_connection_holding_no_worker_is_closed_after_its_deadline() -> Result
     Ok(())
 }
 
+/// A client that sends requests but never reads the replies: once the daemon's writes are
+/// blocked for the idle deadline it closes the connection instead of holding the reply.
+#[test]
+fn a_client_that_never_reads_its_replies_is_closed() -> Result {
+    let mut f = Fixture::with_daemon_args("unread", &["--control-idle-ms", "300"])?;
+    f.echo_workers(2)?;
+    f.wait_workers(2)?;
+    let stream = connect(&f.control)?;
+    stream.set_nonblocking(true)?;
+    let requests = b"{\"op\":\"status\"}\n".repeat(200_000);
+    let (mut offset, start) = (0, Instant::now());
+    let closed = loop {
+        if start.elapsed() > Duration::from_secs(10) || offset == requests.len() {
+            break None;
+        }
+        match (&stream).write(&requests[offset..]) {
+            Ok(n) => offset += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => break Some(e),
+        }
+    };
+    let took = start.elapsed();
+    assert!(
+        closed.as_ref().is_some_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )),
+        "still open after {took:?} and {offset} bytes of requests: {closed:?}"
+    );
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    // The others are served as before.
+    assert!(f.status()?.workers.len() == 2);
+    f.load_ok(20);
+    Ok(())
+}
+
 #[test]
 fn registered_workers_are_never_cut_by_the_deadlines() -> Result {
     let mut f = Fixture::with_daemon_args(

@@ -96,11 +96,11 @@ impl Session {
                     self.peer.uid, self.peer.uid
                 ),
             );
-            let _ = write_reply(&mut stream, &reply).await;
+            self.last_word(&mut stream, &reply).await;
             return;
         };
         if let Err(Fatal(refusal)) = self.read_loop(&mut stream, actor).await {
-            let _ = write_reply(&mut stream, &refusal.into_reply()).await;
+            self.last_word(&mut stream, &refusal.into_reply()).await;
         }
         let _ = self.owner.send(Command::Unregister(self.conn)).await;
         debug!("control connection {} closed", self.conn);
@@ -167,9 +167,7 @@ impl Session {
                     .handle_line(line, actor, &mut fds, &mut connection)
                     .await?
                 {
-                    write_reply(stream, &reply)
-                        .await
-                        .map_err(|_| fatal(ErrorCode::Io, "could not write the reply"))?;
+                    self.reply(stream, &reply, &connection).await?;
                 }
             }
             buf.drain(..start);
@@ -195,6 +193,36 @@ impl Session {
                 ));
             }
         }
+    }
+
+    /// Writes a reply. A connection holding no worker must read it within the idle deadline:
+    /// a client that never reads its replies cannot keep one waiting in the daemon forever.
+    async fn reply(
+        &self,
+        stream: &mut UnixStream,
+        reply: &Reply,
+        connection: &Connection,
+    ) -> Result<(), Fatal> {
+        let written = if connection.registered {
+            write_reply(stream, reply).await
+        } else {
+            tokio::time::timeout(self.deadlines.idle, write_reply(stream, reply))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        };
+        written.map_err(|e| {
+            fatal(
+                ErrorCode::Io,
+                format!("could not write the reply ({e}): read the reply of every request"),
+            )
+        })
+    }
+
+    /// The error line before the daemon closes a connection, if the client takes it in time
+    /// (at most a second: its buffer may be full of replies it never read).
+    async fn last_word(&self, stream: &mut UnixStream, reply: &Reply) {
+        let wait = self.deadlines.line.min(Duration::from_secs(1));
+        let _ = tokio::time::timeout(wait, write_reply(stream, reply)).await;
     }
 
     /// Waits until the connection has something to read, within the deadline that applies to

@@ -229,6 +229,45 @@ fn registered_workers_are_never_cut_by_the_deadlines() -> Result {
     Ok(())
 }
 
+/// The idle deadline spares a connection only while it holds a worker: once its worker shut
+/// its listener down (the slot is freed), the connection is idle like any other.
+#[test]
+fn a_connection_whose_worker_left_is_idle_again() -> Result {
+    let f = Fixture::with_daemon_args("left", &["--control-idle-ms", "300"])?;
+    let listener = reuseport_worker::bind_listener(f.addr, 16)?;
+    let stream = connect(&f.control)?;
+    let line = b"{\"op\":\"register\",\"name\":\"leaving\"}\n";
+    let sent = reuseport_worker::fdpass::send_with_fds(
+        &stream,
+        line,
+        &[std::os::fd::AsRawFd::as_raw_fd(&listener)],
+    )?;
+    (&stream).write_all(&line[sent..])?;
+    let mut reader = BufReader::new(&stream);
+    let joined = read_reply(&mut reader)?.ok_or("no reply")?;
+    assert!(joined.ok, "{joined:?}");
+    // Held for several idle deadlines while registered.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(f.wait_workers(1)?.workers[0].name, "leaving");
+    let left = Instant::now();
+    // SAFETY: shutdown(2) on a socket this test owns.
+    if unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&listener), libc::SHUT_RDWR) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    f.wait_workers(0)?;
+    let reply = read_reply(&mut reader)?.ok_or("closed without an error line")?;
+    assert_eq!(
+        reply.code.map(|c| c.to_string()).as_deref(),
+        Some("idle_timeout")
+    );
+    assert!(
+        left.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        left.elapsed()
+    );
+    Ok(())
+}
+
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status

@@ -60,13 +60,16 @@ enum Command {
         #[arg(long, value_name = "UID")]
         admin_uid: Vec<u32>,
         /// Control connections served at once; more get `too_many_connections`
-        #[arg(long, value_name = "N", default_value_t = ControlLimits::MAX_CONNECTIONS)]
-        max_connections: usize,
+        #[arg(long, value_name = "N", default_value_t = ControlLimits::MAX_CONNECTIONS,
+              value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+        max_connections: u32,
         /// How long the rest of a request line may take once part of it arrived, in ms
-        #[arg(long, value_name = "MS", default_value_t = ControlLimits::LINE.as_millis() as u64)]
+        #[arg(long, value_name = "MS", default_value_t = ControlLimits::LINE_MS,
+              value_parser = clap::value_parser!(u64).range(1..=ControlLimits::MAX_MS))]
         control_line_ms: u64,
         /// How long a control connection holding no worker may wait between requests, in ms
-        #[arg(long, value_name = "MS", default_value_t = ControlLimits::IDLE.as_millis() as u64)]
+        #[arg(long, value_name = "MS", default_value_t = ControlLimits::IDLE_MS,
+              value_parser = clap::value_parser!(u64).range(1..=ControlLimits::MAX_MS))]
         control_idle_ms: u64,
         /// Where the maps are pinned [default: /sys/fs/bpf/reuseport/netns-<inode>]
         #[arg(long, value_name = "DIR")]
@@ -235,10 +238,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 allow_uids: allow_uid,
                 admin_uids: admin_uid,
                 limits: ControlLimits {
-                    max_connections: max_connections.max(1),
+                    max_connections: max_connections as usize,
                     deadlines: Deadlines {
-                        line: Duration::from_millis(control_line_ms.max(1)),
-                        idle: Duration::from_millis(control_idle_ms.max(1)),
+                        line: Duration::from_millis(control_line_ms),
+                        idle: Duration::from_millis(control_idle_ms),
                     },
                 },
                 health: HealthConfig {

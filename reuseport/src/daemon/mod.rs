@@ -74,21 +74,13 @@ pub struct ControlLimits {
 
 impl ControlLimits {
     /// A full group (1,024 workers, one connection each) and thousands of CLI clients.
-    pub const MAX_CONNECTIONS: usize = 4096;
-    pub const LINE: Duration = Duration::from_secs(10);
-    pub const IDLE: Duration = Duration::from_secs(60);
-}
-
-impl Default for ControlLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: Self::MAX_CONNECTIONS,
-            deadlines: Deadlines {
-                line: Self::LINE,
-                idle: Self::IDLE,
-            },
-        }
-    }
+    pub const MAX_CONNECTIONS: u32 = 4096;
+    /// For the rest of a line, in milliseconds.
+    pub const LINE_MS: u64 = 10_000;
+    /// For the next request of a connection holding no worker, in milliseconds.
+    pub const IDLE_MS: u64 = 60_000;
+    /// Longest deadline accepted (a day), in milliseconds.
+    pub const MAX_MS: u64 = 86_400_000;
 }
 
 /// Runs the daemon until `shutdown` completes.

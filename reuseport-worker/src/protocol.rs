@@ -139,6 +139,17 @@ pub enum ErrorCode {
     FdMissing,
     TooManyFds,
     UnexpectedFd,
+    /// The daemon already serves `--max-connections` control connections.
+    TooManyConnections,
+    /// Part of a line waited longer than the daemon's line deadline for its end.
+    LineTimeout,
+    /// A connection holding no worker sent no request within the daemon's idle deadline.
+    IdleTimeout,
+    // Who may do what (docs/security.md).
+    /// The slot belongs to another uid (the one that registered its worker).
+    NotOwner,
+    /// A group-wide setting: only the daemon's uid and `--admin-uid` uids may change it.
+    NotAdmin,
     // Refusals of the daemon's registry.
     /// A worker name that is too long or holds control characters.
     BadName,
@@ -450,6 +461,14 @@ mod tests {
         assert_eq!(reply.code, Some(ErrorCode::Other("on_fire".into())));
         assert_eq!(ErrorCode::Other("on_fire".into()).to_string(), "on_fire");
         assert_eq!(ErrorCode::UnexpectedFd.to_string(), "unexpected_fd");
+        assert_eq!(ErrorCode::NotOwner.to_string(), "not_owner");
+        assert_eq!(ErrorCode::NotAdmin.to_string(), "not_admin");
+        assert_eq!(
+            ErrorCode::TooManyConnections.to_string(),
+            "too_many_connections"
+        );
+        assert_eq!(ErrorCode::LineTimeout.to_string(), "line_timeout");
+        assert_eq!(ErrorCode::IdleTimeout.to_string(), "idle_timeout");
         Ok(())
     }
 

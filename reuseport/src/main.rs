@@ -14,7 +14,7 @@ mod metrics;
 mod spawn;
 mod top;
 
-use daemon::{DaemonConfig, GroupSetup, HealthConfig, OnStuck};
+use daemon::{ControlLimits, DaemonConfig, Deadlines, GroupSetup, HealthConfig, OnStuck};
 use demo::DemoOptions;
 use echo::EchoOptions;
 use exit::Exit;
@@ -61,9 +61,26 @@ enum Command {
         /// When no active worker can take a connection: pass (kernel hash) or drop
         #[arg(long, value_enum, default_value_t = OnEmpty::Pass)]
         on_empty: OnEmpty,
-        /// Another uid allowed on the control socket (repeatable)
+        /// Another uid allowed on the control socket: it may register workers, act on their
+        /// slots and read the status (repeatable)
         #[arg(long, value_name = "UID")]
         allow_uid: Vec<u32>,
+        /// A uid that may also set the policy and act on every slot, as the daemon's uid does
+        /// (repeatable; allowed on the control socket too)
+        #[arg(long, value_name = "UID")]
+        admin_uid: Vec<u32>,
+        /// Control connections served at once; more get `too_many_connections`
+        #[arg(long, value_name = "N", default_value_t = ControlLimits::MAX_CONNECTIONS,
+              value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+        max_connections: u32,
+        /// How long the rest of a request line may take once part of it arrived, in ms
+        #[arg(long, value_name = "MS", default_value_t = ControlLimits::LINE_MS,
+              value_parser = clap::value_parser!(u64).range(1..=ControlLimits::MAX_MS))]
+        control_line_ms: u64,
+        /// How long a control connection holding no worker may wait between requests, in ms
+        #[arg(long, value_name = "MS", default_value_t = ControlLimits::IDLE_MS,
+              value_parser = clap::value_parser!(u64).range(1..=ControlLimits::MAX_MS))]
+        control_idle_ms: u64,
         /// Where the maps are pinned [default: /sys/fs/bpf/reuseport/netns-<inode>]
         #[arg(long, value_name = "DIR")]
         pin_dir: Option<PathBuf>,
@@ -263,6 +280,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             mode,
             on_empty,
             allow_uid,
+            admin_uid,
+            max_connections,
+            control_line_ms,
+            control_idle_ms,
             pin_dir,
             no_pin,
             fresh,
@@ -283,6 +304,14 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 },
                 control: cli::path(control.control),
                 allow_uids: allow_uid,
+                admin_uids: admin_uid,
+                limits: ControlLimits {
+                    max_connections: max_connections as usize,
+                    deadlines: Deadlines {
+                        line: Duration::from_millis(control_line_ms),
+                        idle: Duration::from_millis(control_idle_ms),
+                    },
+                },
                 health: HealthConfig {
                     sample: Duration::from_millis(sample_ms.max(1)),
                     stuck_after: Duration::from_millis(stuck_ms),

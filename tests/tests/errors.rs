@@ -99,6 +99,31 @@ fn sockets_of_another_group_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// A socket bound to a device (SO_BINDTODEVICE) sits in another kernel reuseport group than
+/// the group's unbound sockets, though it binds the same address: every selection of it would
+/// fail, so it is refused.
+#[test]
+fn a_socket_bound_to_another_device_is_refused() -> Result<()> {
+    fresh_netns()?;
+    let mut group = load()?;
+    let (addr, socks) = listeners::group(Family::Ipv4, 1)?;
+    group.insert(&socks[0])?;
+    let on_lo = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    on_lo.set_reuse_port(true)?;
+    on_lo.bind_device(Some(b"lo"))?;
+    on_lo.bind(&addr.into())?;
+    on_lo.listen(16)?;
+    match group.insert(&on_lo) {
+        Err(Error::WrongDevice { want, got }) => {
+            assert_eq!(want, 0);
+            assert_ne!(got, 0);
+        }
+        other => panic!("a socket bound to lo: {other:?}"),
+    }
+    assert_eq!(group.slots().len(), 1, "a refused socket took a slot");
+    Ok(())
+}
+
 #[test]
 fn what_is_not_an_inet_socket_is_refused() -> Result<()> {
     fresh_netns()?;

@@ -11,8 +11,10 @@
 //! Inside: [`control_socket`] binds the socket; each connection is a [`session`] (parsing,
 //! descriptors, replies); the state ([`registry`]: groups, workers, health, load, status) has
 //! one owner, [`owner`], on a thread of its own, to which sessions and [`metrics_http`] send
-//! commands; [`health`] is the pure stuck/recovered judgement; [`refusal`] the error replies.
+//! commands; [`health`] is the pure stuck/recovered judgement; [`refusal`] the error replies;
+//! [`access`] who may do what (docs/security.md).
 
+mod access;
 mod control_socket;
 mod health;
 mod metrics_http;
@@ -21,15 +23,25 @@ mod refusal;
 mod registry;
 mod session;
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use log::{info, warn};
+use tokio::{net::UnixStream, sync::Semaphore};
 
 pub use health::{HealthConfig, OnStuck};
 
+use access::Access;
 pub use registry::{ConnId, GroupSetup, Peer, Registry};
 use reuseport_steer::diag::ListenerDiag;
+use reuseport_worker::{ErrorCode, Reply};
+pub use session::Deadlines;
 use session::Session;
 
 /// Everything `reuseport run` is told.
@@ -40,10 +52,35 @@ pub struct DaemonConfig {
     pub control: PathBuf,
     /// Uids besides the daemon's own that may use the control socket.
     pub allow_uids: Vec<u32>,
+    /// Uids that may also change group-wide settings and act on every slot, as the daemon's
+    /// own uid does.
+    pub admin_uids: Vec<u32>,
+    /// Bounds on the control connections.
+    pub limits: ControlLimits,
     /// Sampling and stuck-worker handling.
     pub health: HealthConfig,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<SocketAddr>,
+}
+
+/// What a control connection may cost the daemon.
+#[derive(Clone, Copy, Debug)]
+pub struct ControlLimits {
+    /// Connections served at once (`--max-connections`); one more gets `too_many_connections`.
+    pub max_connections: usize,
+    /// For the rest of a line, and for the next request of a connection holding no worker.
+    pub deadlines: Deadlines,
+}
+
+impl ControlLimits {
+    /// A full group (1,024 workers, one connection each) and thousands of CLI clients.
+    pub const MAX_CONNECTIONS: u32 = 4096;
+    /// For the rest of a line, in milliseconds.
+    pub const LINE_MS: u64 = 10_000;
+    /// For the next request of a connection holding no worker, in milliseconds.
+    pub const IDLE_MS: u64 = 60_000;
+    /// Longest deadline accepted (a day), in milliseconds.
+    pub const MAX_MS: u64 = 86_400_000;
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -52,13 +89,18 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         !config.listen.is_empty(),
         "nothing to serve: give at least one --listen ADDR:PORT"
     );
-    raise_fd_limit();
+    raise_fd_limit(config.limits.max_connections);
     let registry = Registry::new(&config.listen, &config.setup, config.health)
         .context("loading the steering program")?;
     let diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
     let (owner, owner_thread) = owner::spawn(registry, diag, config.health)
         .context("starting the thread that owns the daemon's state")?;
-    let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
+    let access = Access {
+        own_uid: nix::unistd::geteuid().as_raw(),
+        allow: config.allow_uids.clone(),
+        admin: config.admin_uids.clone(),
+    };
+    let listener = control_socket::bind(&config.control, access.open_to_others())?;
     let metrics = match config.metrics {
         Some(addr) => {
             let owner = owner.clone();
@@ -73,7 +115,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         }
         None => None,
     };
-    let own_uid = nix::unistd::geteuid().as_raw();
+    let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+    let mut last_full_warning: Option<Instant> = None;
     info!(
         "serving {} ({}); control socket {}",
         config
@@ -100,6 +143,18 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
                         continue;
                     }
                 };
+                // Refused before anything is spent on it: its reply fits the empty send buffer.
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    refuse_beyond_cap(&stream, config.limits.max_connections);
+                    if last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        warn!(
+                            "{} control connections open: refusing more (--max-connections)",
+                            config.limits.max_connections
+                        );
+                        last_full_warning = Some(Instant::now());
+                    }
+                    continue;
+                };
                 let peer = match stream.peer_cred() {
                     Ok(cred) => Peer {
                         pid: cred.pid().map_or(0, |p| p as u32),
@@ -114,8 +169,10 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
                 let session = Session {
                     conn: next_conn,
                     peer,
-                    allowed: peer.uid == own_uid || config.allow_uids.contains(&peer.uid),
+                    actor: access.actor(peer.uid),
                     owner: owner.clone(),
+                    deadlines: config.limits.deadlines,
+                    permit,
                 };
                 tokio::spawn(session.serve(stream));
             }
@@ -132,18 +189,45 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
     Ok(())
 }
 
+/// Tells a connection beyond `--max-connections` why it is closed, without waiting for it.
+fn refuse_beyond_cap(stream: &UnixStream, max: usize) {
+    let reply = Reply::error(
+        ErrorCode::TooManyConnections,
+        format!(
+            "the daemon already serves {max} control connections: try again once some close, or \
+             start it with a higher --max-connections"
+        ),
+    );
+    if let Ok(mut line) = serde_json::to_vec(&reply) {
+        line.push(b'\n');
+        let _ = stream.try_write(&line);
+    }
+}
+
 /// Each worker costs the daemon two descriptors (its control connection and the copy of its
-/// socket): lift the soft limit to the hard one so a full group (1024 workers) fits.
-fn raise_fd_limit() {
+/// socket): lift the soft limit to the hard one so a full group (1024 workers) fits, and say
+/// so when even that cannot hold `max_connections` such connections.
+fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                warn!("raising the open-file limit from {soft} to {hard}: {e}");
-            }
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            warn!("reading the open-file limit: {e}");
+            return;
         }
-        Ok(_) => {}
-        Err(e) => warn!("reading the open-file limit: {e}"),
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            warn!("raising the open-file limit from {soft} to {hard}: {e}");
+        }
+    }
+    // Two per connection (a worker's socket copy), and some for the daemon itself.
+    let needed = 2 * max_connections as u64 + 64;
+    if hard < needed {
+        warn!(
+            "the open-file limit ({hard}) is below what --max-connections {max_connections} may \
+             need ({needed}): raise it (ulimit -Hn, LimitNOFILE=) or lower --max-connections"
+        );
     }
 }
 

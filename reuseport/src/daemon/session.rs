@@ -6,15 +6,23 @@
 //! inspecting a received socket, recording `load` reports) and hands the rest to the owner of
 //! the daemon's state ([`super::owner`]).
 
-use std::{collections::VecDeque, os::fd::OwnedFd, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    os::fd::OwnedFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use log::debug;
 use tokio::{
     io::{AsyncWriteExt, Interest},
     net::UnixStream,
+    sync::OwnedSemaphorePermit,
 };
 
 use super::{
+    access::Actor,
     owner::{Command, Gone, Handle},
     refusal::Refusal,
     registry::{ConnId, LoadCell, NewWorker, Peer},
@@ -29,8 +37,30 @@ use reuseport_worker::{
 pub struct Session {
     pub conn: ConnId,
     pub peer: Peer,
-    pub allowed: bool,
+    /// `None`: the uid may not use the daemon.
+    pub actor: Option<Actor>,
     pub owner: Handle,
+    pub deadlines: Deadlines,
+    /// The connection's place under `--max-connections`, given back when the session ends.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// How long a connection that holds no worker may keep the daemon waiting (a registered
+/// worker's connection is open for good: closing it unregisters the worker).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// For the rest of a line once part of it arrived (`--control-line-ms`).
+    pub line: Duration,
+    /// For the next request (`--control-idle-ms`).
+    pub idle: Duration,
+}
+
+/// Bytes read at once. One buffer per runtime thread, not per connection: an idle connection
+/// then costs the daemon almost nothing but its descriptor.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static CHUNK: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
 }
 
 /// Why the daemon closes a connection: said to the client as an error reply first.
@@ -57,7 +87,7 @@ struct Connection {
 
 impl Session {
     pub async fn serve(self, mut stream: UnixStream) {
-        if !self.allowed {
+        let Some(actor) = self.actor else {
             let reply = Reply::error(
                 ErrorCode::Forbidden,
                 format!(
@@ -66,29 +96,46 @@ impl Session {
                     self.peer.uid, self.peer.uid
                 ),
             );
-            let _ = write_reply(&mut stream, &reply).await;
+            self.last_word(&mut stream, &reply).await;
             return;
-        }
-        if let Err(Fatal(refusal)) = self.read_loop(&mut stream).await {
-            let _ = write_reply(&mut stream, &refusal.into_reply()).await;
+        };
+        if let Err(Fatal(refusal)) = self.read_loop(&mut stream, actor).await {
+            self.last_word(&mut stream, &refusal.into_reply()).await;
         }
         let _ = self.owner.send(Command::Unregister(self.conn)).await;
         debug!("control connection {} closed", self.conn);
+        drop(self.permit);
     }
 
-    async fn read_loop(&self, stream: &mut UnixStream) -> Result<(), Fatal> {
+    async fn read_loop(&self, stream: &mut UnixStream, actor: Actor) -> Result<(), Fatal> {
         let mut buf: Vec<u8> = Vec::new();
         let mut fds: VecDeque<OwnedFd> = VecDeque::new();
-        let mut chunk = vec![0u8; 16 * 1024];
         let mut connection = Connection::default();
+        // When the last request ended, and when the line under way began.
+        let mut last_request = Instant::now();
+        let mut line_began: Option<Instant> = None;
         loop {
             let received = loop {
-                if stream.readable().await.is_err() {
-                    return Ok(());
+                match self
+                    .wait_readable(stream, &connection, last_request, line_began)
+                    .await?
+                {
+                    Readiness::Readable => {}
+                    Readiness::Closed => return Ok(()),
+                    // A registered worker idle for a while: still there, its deadline restarts.
+                    Readiness::StillHolding => {
+                        last_request = Instant::now();
+                        continue;
+                    }
                 }
-                match stream.try_io(Interest::READABLE, || {
-                    fdpass::recv_with_fds(stream, &mut chunk)
-                }) {
+                let read = stream.try_io(Interest::READABLE, || {
+                    CHUNK.with_borrow_mut(|chunk| {
+                        let received = fdpass::recv_with_fds(stream, chunk)?;
+                        buf.extend_from_slice(&chunk[..received.len]);
+                        Ok(received)
+                    })
+                });
+                match read {
                     Ok(r) => break r,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(_) => return Ok(()),
@@ -110,18 +157,25 @@ impl Session {
                     "the connection ended in the middle of a line: end every request with \\n",
                 ));
             }
-            buf.extend_from_slice(&chunk[..received.len]);
             let mut start = 0;
             while let Some(len) = buf[start..].iter().position(|&b| b == b'\n') {
                 let line = &buf[start..start + len];
                 start += len + 1;
-                if let Some(reply) = self.handle_line(line, &mut fds, &mut connection).await? {
-                    write_reply(stream, &reply)
-                        .await
-                        .map_err(|_| fatal(ErrorCode::Io, "could not write the reply"))?;
+                last_request = Instant::now();
+                line_began = None;
+                if let Some(reply) = self
+                    .handle_line(line, actor, &mut fds, &mut connection)
+                    .await?
+                {
+                    self.reply(stream, &reply, &connection).await?;
                 }
             }
             buf.drain(..start);
+            if buf.is_empty() {
+                line_began = None;
+            } else if line_began.is_none() {
+                line_began = Some(Instant::now());
+            }
             // Let the other connections have their turn: a client that floods its connection
             // (`load` lines need no await) holds up nobody but itself.
             tokio::task::yield_now().await;
@@ -164,10 +218,87 @@ impl Session {
         }
     }
 
+    /// Writes a reply. A connection holding no worker must read it within the idle deadline:
+    /// a client that never reads its replies cannot keep one waiting in the daemon forever.
+    async fn reply(
+        &self,
+        stream: &mut UnixStream,
+        reply: &Reply,
+        connection: &Connection,
+    ) -> Result<(), Fatal> {
+        let written = if connection.registered {
+            write_reply(stream, reply).await
+        } else {
+            tokio::time::timeout(self.deadlines.idle, write_reply(stream, reply))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        };
+        written.map_err(|e| {
+            fatal(
+                ErrorCode::Io,
+                format!("could not write the reply ({e}): read the reply of every request"),
+            )
+        })
+    }
+
+    /// The error line before the daemon closes a connection, if the client takes it in time
+    /// (at most a second: its buffer may be full of replies it never read).
+    async fn last_word(&self, stream: &mut UnixStream, reply: &Reply) {
+        let wait = self.deadlines.line.min(Duration::from_secs(1));
+        let _ = tokio::time::timeout(wait, write_reply(stream, reply)).await;
+    }
+
+    /// Waits until the connection has something to read, within the deadline that applies to
+    /// it: the line deadline while part of a line is in, else the idle deadline. A connection
+    /// that holds a worker has neither: it sends `load` lines when it likes, or nothing.
+    async fn wait_readable(
+        &self,
+        stream: &UnixStream,
+        connection: &Connection,
+        last_request: Instant,
+        line_began: Option<Instant>,
+    ) -> Result<Readiness, Fatal> {
+        let Deadlines { line, idle } = self.deadlines;
+        let (at, partial) = match line_began {
+            Some(began) if !connection.registered => (began + line, true),
+            _ => (last_request + idle, false),
+        };
+        match tokio::time::timeout_at(at.into(), stream.readable()).await {
+            Ok(Ok(())) => Ok(Readiness::Readable),
+            Ok(Err(_)) => Ok(Readiness::Closed),
+            Err(_) if partial => Err(fatal(
+                ErrorCode::LineTimeout,
+                format!(
+                    "part of a request line waited {} ms for the rest: send each request whole, \
+                     ending with \\n (the daemon allows --control-line-ms {})",
+                    line.as_millis(),
+                    line.as_millis()
+                ),
+            )),
+            Err(_) => {
+                let conn = self.conn;
+                if connection.registered && self.owner.call(move |r| r.holds(conn)).await? {
+                    return Ok(Readiness::StillHolding);
+                }
+                Err(fatal(
+                    ErrorCode::IdleTimeout,
+                    format!(
+                        "no request in {} ms on a connection that holds no worker: send requests \
+                         at once, connect again when you have one, or keep the connection of a \
+                         registered worker (the daemon allows --control-idle-ms {})",
+                        idle.as_millis(),
+                        idle.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
     /// Carries out one request; `None` for requests that get no reply.
     async fn handle_line(
         &self,
         line: &[u8],
+        actor: Actor,
         fds: &mut VecDeque<OwnedFd>,
         connection: &mut Connection,
     ) -> Result<Option<Reply>, Fatal> {
@@ -248,11 +379,14 @@ impl Session {
                         .err()
                         .map_or_else(|| format!("unknown policy {text:?}"), |e| e.to_string()),
                 )),
-                Lenient::Known(policy) => self
-                    .owner
-                    .call(move |r| r.set_policy(policy, group.as_ref()))
-                    .await?
-                    .map(|()| Reply::ok()),
+                Lenient::Known(policy) => match actor.may_set("the policy") {
+                    Err(refusal) => Err(refusal),
+                    Ok(()) => self
+                        .owner
+                        .call(move |r| r.set_policy(policy, group.as_ref()))
+                        .await?
+                        .map(|()| Reply::ok()),
+                },
             },
             Request::Weight {
                 slot,
@@ -260,28 +394,36 @@ impl Session {
                 group,
             } => self
                 .owner
-                .call(move |r| r.set_weight(slot, weight, group.as_ref()))
+                .call(move |r| r.set_weight(actor, slot, weight, group.as_ref()))
                 .await?
                 .map(|()| Reply::ok()),
             Request::Drain { slot, group, close } => self
                 .owner
                 .call(move |r| {
                     if close.unwrap_or(false) {
-                        r.drain_and_close(slot, group.as_ref())
+                        r.drain_and_close(actor, slot, group.as_ref())
                     } else {
-                        r.set_state(slot, SlotState::Draining, group.as_ref())
+                        r.set_state(actor, slot, SlotState::Draining, group.as_ref())
                     }
                 })
                 .await?
                 .map(|()| Reply::ok()),
             Request::Undrain { slot, group } => self
                 .owner
-                .call(move |r| r.set_state(slot, SlotState::Active, group.as_ref()))
+                .call(move |r| r.set_state(actor, slot, SlotState::Active, group.as_ref()))
                 .await?
                 .map(|()| Reply::ok()),
         };
         Ok(Some(reply.unwrap_or_else(Refusal::into_reply)))
     }
+}
+
+/// What waiting for the connection came to.
+enum Readiness {
+    Readable,
+    Closed,
+    /// Its idle deadline passed, but it holds a worker: it stays.
+    StillHolding,
 }
 
 async fn write_reply(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {

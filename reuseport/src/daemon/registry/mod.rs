@@ -19,7 +19,11 @@ use std::{
 
 use log::{info, warn};
 
-use super::{health::HealthConfig, refusal::Refusal};
+use super::{
+    access::{self, Actor, SlotAction},
+    health::HealthConfig,
+    refusal::Refusal,
+};
 use reuseport_steer::{pin, AttachMode, Error, Group, GroupOptions, OnEmpty, Policy, SlotState};
 use reuseport_worker::protocol::GroupRef;
 
@@ -162,27 +166,67 @@ impl Registry {
 
     pub fn set_weight(
         &mut self,
+        actor: Actor,
         slot: u32,
         weight: u32,
         group: Option<&GroupRef>,
     ) -> Result<(), Refusal> {
         let i = self.one_group(group)?;
+        self.groups[i].may_act(actor, slot, SlotAction::Weight)?;
         let entry = &mut self.groups[i];
         entry.group.set_weight(slot, weight)?;
-        info!("{}: slot {slot} weight {weight}", entry.listen);
+        info!(
+            "{}: slot {slot} weight {weight} (uid {})",
+            entry.listen, actor.uid
+        );
         Ok(())
     }
 
+    /// `drain` (to `Draining`) or `undrain` (to `Active`).
     pub fn set_state(
         &mut self,
+        actor: Actor,
         slot: u32,
         state: SlotState,
         group: Option<&GroupRef>,
     ) -> Result<(), Refusal> {
         let i = self.one_group(group)?;
+        let action = match state {
+            SlotState::Active => SlotAction::Undrain,
+            SlotState::Draining | SlotState::Stuck => SlotAction::Drain,
+        };
+        self.groups[i].may_act(actor, slot, action)?;
         let entry = &mut self.groups[i];
         entry.group.set_state(slot, state)?;
-        info!("{}: slot {slot} is now {state}", entry.listen);
+        info!(
+            "{}: slot {slot} is now {state} (uid {})",
+            entry.listen, actor.uid
+        );
         Ok(())
+    }
+
+    /// Whether `conn` still holds a worker (registered, or listed as evicted or closed): such a
+    /// connection is never closed for being idle.
+    pub fn holds(&self, conn: ConnId) -> bool {
+        self.groups.iter().any(|g| {
+            g.workers.values().any(|w| w.conn == conn) || g.evicted.iter().any(|e| e.conn == conn)
+        })
+    }
+}
+
+impl GroupEntry {
+    /// Whether `actor` may act on `slot`: its owner is the uid that registered the worker in
+    /// it; a slot taken over from an earlier daemon has none until its worker registers again.
+    /// An empty slot is left to the group's own refusal (`slot_empty`, `slot_out_of_range`).
+    fn may_act(&self, actor: Actor, slot: u32, action: SlotAction) -> Result<(), Refusal> {
+        if self.group.slot(slot).is_none() {
+            return Ok(());
+        }
+        access::may_act(
+            actor,
+            slot,
+            self.workers.get(&slot).map(|w| w.peer.uid),
+            action,
+        )
     }
 }

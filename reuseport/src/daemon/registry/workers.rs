@@ -11,7 +11,10 @@ use std::{
 use log::{info, warn};
 
 use super::{monitor::push_event, GroupEntry, LoadCell, Refusal, Registry};
-use crate::daemon::health::{Health, Mark};
+use crate::daemon::{
+    access::{Actor, SlotAction},
+    health::{Health, Mark},
+};
 use reuseport_steer::{Error, SlotState, SocketInfo};
 use reuseport_worker::{
     protocol::{EventKind, GroupRef},
@@ -248,8 +251,14 @@ impl Registry {
 
     /// `drain --close`: stop sending new connections to a slot and shut its listener down, so
     /// what waits in its queue moves to the other workers now.
-    pub fn drain_and_close(&mut self, slot: u32, group: Option<&GroupRef>) -> Result<(), Refusal> {
+    pub fn drain_and_close(
+        &mut self,
+        actor: Actor,
+        slot: u32,
+        group: Option<&GroupRef>,
+    ) -> Result<(), Refusal> {
         let i = self.one_group(group)?;
+        self.groups[i].may_act(actor, slot, SlotAction::Close)?;
         let entry = &mut self.groups[i];
         entry.group.set_state(slot, SlotState::Draining)?;
         let Some(worker) = entry.workers.get(&slot) else {

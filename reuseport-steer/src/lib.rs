@@ -6,6 +6,7 @@
 
 pub mod diag;
 pub mod error;
+mod grace;
 pub mod group;
 mod mmap;
 pub mod netns;
@@ -13,6 +14,7 @@ mod object;
 pub mod pin;
 pub mod policy;
 pub mod preflight;
+mod publication;
 pub mod schedule;
 pub mod socket;
 pub mod stats;

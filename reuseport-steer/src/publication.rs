@@ -237,20 +237,24 @@ mod tests {
             .collect();
         assert_eq!(p.active(), &want[..]);
         assert!(p.active[want.len()..].iter().all(|&x| x == 0));
-        assert!(p.schedule().iter().all(|s| want.contains(s)));
+        let mut active = [false; MAX_SLOTS as usize];
+        for &slot in &want {
+            active[slot as usize] = true;
+        }
+        assert!(p.schedule().iter().all(|&s| active[s as usize]));
         assert!(p.schedule[p.schedule().len()..].iter().all(|&x| x == 0));
         assert_eq!(want.is_empty(), p.schedule().is_empty());
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        #![proptest_config(ProptestConfig::with_cases(32))]
 
         /// Every change either publishes lists that match the slot table, with a new
         /// generation, or fails exactly when the model says, with the live publication as it
         /// was (the failed change is not half-applied when the next one builds on it).
         #[test]
         fn every_change_publishes_whole_lists_or_nothing(
-            changes in prop::collection::vec(change(), 1..80)
+            changes in prop::collection::vec(change(), 1..60)
         ) {
             // Sixteen sockets to start with, so most changes find their slots occupied.
             let mut live = next(&Publication::EMPTY, |p| {

@@ -282,7 +282,10 @@ impl Group {
     /// Puts `socket` in the first free slot, active with weight 1, and returns the slot.
     pub fn insert(&mut self, socket: impl AsFd) -> Result<u32> {
         let slots = self.insert_all([socket])?;
-        Ok(slots[0])
+        slots
+            .into_iter()
+            .next()
+            .ok_or(Error::SlotsFull { max: MAX_SLOTS })
     }
 
     /// Puts `socket` in `slot`, active with weight 1.

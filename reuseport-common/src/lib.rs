@@ -312,3 +312,32 @@ mod pod {
     unsafe impl aya::Pod for super::SlotStats {}
     unsafe impl aya::Pod for super::GlobalStats {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A least-loaded word counts only for its own publication; a fresh map's zeros count for
+    /// none (no publication has generation 0).
+    #[test]
+    fn least_loaded_words_belong_to_one_publication() {
+        let word = LeastList::tag(7, 42);
+        assert_eq!(LeastList::untag(word, 7), Some(42));
+        assert_eq!(LeastList::untag(word, 8), None);
+        assert_eq!(LeastList::untag(word, 6), None);
+        assert_eq!(LeastList::untag(0, 1), None);
+        assert_eq!(
+            LeastList::untag(LeastList::tag(u32::MAX, u32::MAX), u32::MAX),
+            Some(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn a_publication_trusts_no_length_past_its_lists() {
+        let mut p = Publication::EMPTY;
+        p.config.active_len = MAX_SLOTS + 5;
+        p.config.schedule_len = u32::MAX;
+        assert_eq!(p.active().len(), MAX_SLOTS as usize);
+        assert_eq!(p.schedule().len(), MAX_SCHEDULE as usize);
+    }
+}

@@ -66,7 +66,7 @@ fn a_storm_of_changes_never_steers_outside_a_publication() -> Result<()> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let started = Instant::now();
     let (outcome, changes) = std::thread::scope(|scope| {
-        let clients: Vec<_> = (0..4)
+        let clients: Vec<_> = (0..2)
             .map(|_| {
                 scope.spawn(|| {
                     let mut out = Outcome::new(N);

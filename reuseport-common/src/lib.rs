@@ -17,7 +17,7 @@ pub use parse::ParseError;
 
 /// Slots in the socket array: the most listeners one group can steer between.
 pub const MAX_SLOTS: u32 = 1024;
-/// Entries in one half of the weighted schedule: the largest sum of (reduced) weights.
+/// Entries of the weighted schedule: the largest sum of (reduced) weights.
 pub const MAX_SCHEDULE: u32 = 8192;
 /// Candidates the program tries before it gives up on a selection (closed slots are skipped).
 pub const MAX_TRIES: u32 = 32;

@@ -4,10 +4,7 @@
 
 use core::{marker::PhantomData, mem::size_of};
 
-use crate::{
-    cursor, Config, GlobalStats, LeastList, SlotConfig, SlotStats, BPF_F_MMAPABLE, MAX_SCHEDULE,
-    MAX_SLOTS,
-};
+use crate::{cursor, GlobalStats, LeastList, Publications, SlotStats, BPF_F_MMAPABLE, MAX_SLOTS};
 
 /// One map of the object, typed by its value.
 #[derive(Debug)]
@@ -53,65 +50,18 @@ pub struct MapShape {
     pub max_entries: u32,
 }
 
-/// A list published while the program reads it: the map holds two halves of `half_len`
-/// entries; userspace rewrites the half that is not live, then flips a [`ListRef`] to it, so the
-/// program never sees a half-written list.
-///
-/// [`ListRef`]: crate::ListRef
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TwoHalves {
-    pub half_len: u32,
-}
-
-impl TwoHalves {
-    /// Entries of the map: both halves.
-    pub const fn entries(self) -> u32 {
-        2 * self.half_len
-    }
-    /// Map index of the first entry of `half` (0 or 1).
-    pub const fn start(self, half: u32) -> u32 {
-        half * self.half_len
-    }
-    /// Map index of entry `i` of `half`.
-    pub const fn index(self, half: u32, i: u32) -> u32 {
-        self.start(half) + i
-    }
-    /// A list's length as the program may trust it: at most one half.
-    pub const fn clamp(self, len: u32) -> u32 {
-        if len > self.half_len {
-            self.half_len
-        } else {
-            len
-        }
-    }
-}
-
-/// The active slots, in the order the policies index them (`Config::active` says which half).
-pub const ACTIVE_LIST: TwoHalves = TwoHalves {
-    half_len: MAX_SLOTS,
-};
-/// The weighted schedule (`Config::schedule` says which half).
-pub const SCHEDULE_LIST: TwoHalves = TwoHalves {
-    half_len: MAX_SCHEDULE,
-};
-/// The least-loaded active slots ([`LeastList::head`] says which half).
-pub const LEAST_LIST: TwoHalves = TwoHalves {
-    half_len: MAX_SLOTS,
-};
-
 /// The group's sockets by slot (a `REUSEPORT_SOCKARRAY`; userspace reads a slot back as the
 /// socket's cookie).
 pub const SOCKETS: MapSpec<u64> = MapSpec::new("SOCKETS", MAX_SLOTS, 0);
-pub const CONFIG: MapSpec<Config> = MapSpec::new("CONFIG", 1, 0);
-pub const ACTIVE: MapSpec<u32> = MapSpec::new("ACTIVE", ACTIVE_LIST.entries(), 0);
-pub const SCHEDULE: MapSpec<u32> = MapSpec::new("SCHEDULE", SCHEDULE_LIST.entries(), 0);
-pub const SLOTS: MapSpec<SlotConfig> = MapSpec::new("SLOTS", MAX_SLOTS, 0);
+/// What the program steers by: one [`Publications`] ring, memory-mapped by userspace, which
+/// writes a publication with no system call.
+pub const PUBLICATION: MapSpec<Publications> = MapSpec::new("PUBLICATION", 1, BPF_F_MMAPABLE);
 pub const CURSORS: MapSpec<u64> = MapSpec::new("CURSORS", cursor::COUNT, 0);
 pub const SLOT_STATS: MapSpec<SlotStats> = MapSpec::new("SLOT_STATS", MAX_SLOTS, BPF_F_MMAPABLE);
 pub const LOAD: MapSpec<u64> = MapSpec::new("LOAD", MAX_SLOTS, BPF_F_MMAPABLE);
 /// One [`LeastList`] spread over `u64` entries, so the program reads each word through a
 /// bounds-checked lookup ([`LeastList::HEAD`], [`LeastList::entry`]) and userspace maps the
-/// whole struct.
+/// whole struct. Not part of the publication: it changes at every sample that moves a load.
 pub const LEAST: MapSpec<u64> = MapSpec::new(
     "LEAST",
     (size_of::<LeastList>() / size_of::<u64>()) as u32,
@@ -121,12 +71,9 @@ pub const LEAST: MapSpec<u64> = MapSpec::new(
 pub const GLOBAL_STATS: MapSpec<GlobalStats> = MapSpec::new("GLOBAL_STATS", 1, 0);
 
 /// Every map that holds a group's state: what is pinned, and what a pin must match.
-pub const STATE: [MapShape; 10] = [
+pub const STATE: [MapShape; 7] = [
     SOCKETS.shape(),
-    CONFIG.shape(),
-    ACTIVE.shape(),
-    SCHEDULE.shape(),
-    SLOTS.shape(),
+    PUBLICATION.shape(),
     CURSORS.shape(),
     SLOT_STATS.shape(),
     GLOBAL_STATS.shape(),
@@ -134,11 +81,12 @@ pub const STATE: [MapShape; 10] = [
     LEAST.shape(),
 ];
 
-// Pins of earlier builds stay compatible: these are the shapes they were created with.
+/// Maps that earlier layouts pinned and this one has not (the state they held is in
+/// [`PUBLICATION`] now): a pin directory that holds one of them belongs to an older build.
+pub const RETIRED: [&str; 4] = ["CONFIG", "ACTIVE", "SCHEDULE", "SLOTS"];
+
 const _: () = {
-    assert!(ACTIVE.max_entries == 2 * MAX_SLOTS);
-    assert!(SCHEDULE.max_entries == 2 * MAX_SCHEDULE);
-    assert!(LEAST.value_size() == 8 && LEAST.max_entries == 1 + 2 * MAX_SLOTS);
+    assert!(LEAST.value_size() == 8 && LEAST.max_entries == 1 + MAX_SLOTS);
     assert!(size_of::<LeastList>() % size_of::<u64>() == 0);
     assert!(SLOT_STATS.value_size() == 16);
 };

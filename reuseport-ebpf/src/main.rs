@@ -4,7 +4,9 @@
 //!
 //! The hot path does a constant amount of work whatever the number of slots: userspace keeps a
 //! dense list of the active slots (and a precomputed weighted schedule), so the program only
-//! indexes into them.
+//! indexes into them. Each run reads which copy of the [`Publications`] ring is live once, then
+//! reads only that copy: userspace never rewrites a copy a run may still be reading, so every
+//! run steers by one whole publication.
 #![no_std]
 #![no_main]
 // Atomic fetch-and-add: core has no AtomicU64::fetch_add for bpfel.
@@ -26,9 +28,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use reuseport_common::{
     cursor,
-    maps::{self, MapSpec, ACTIVE_LIST, LEAST_LIST, SCHEDULE_LIST},
-    select_error, Config, GlobalStats, LeastList, ListRef, OnEmpty, Policy, SlotConfig, SlotStats,
-    MAX_TRIES,
+    maps::{self, MapSpec},
+    select_error, GlobalStats, LeastList, OnEmpty, Policy, Publication, Publications, SlotStats,
+    MAX_SCHEDULE, MAX_SLOTS, MAX_TRIES, PUBLICATION_COPIES,
 };
 
 /// The group's sockets by slot. 8-byte values, so userspace can read a slot back (the kernel
@@ -36,17 +38,10 @@ use reuseport_common::{
 #[btf_map]
 static SOCKETS: ReusePortSockArrayImpl<u64, { maps::SOCKETS.max_entries as usize }> =
     ReusePortSockArrayImpl::new();
+/// The ring of publications and which one is live, written by userspace through its memory
+/// mapping.
 #[map]
-static CONFIG: Array<Config> = array(&maps::CONFIG);
-/// Two halves of active slots; `Config::active` says which one is live.
-#[map]
-static ACTIVE: Array<u32> = array(&maps::ACTIVE);
-/// Two halves of the weighted schedule; `Config::schedule` says which one is live.
-#[map]
-static SCHEDULE: Array<u32> = array(&maps::SCHEDULE);
-/// Userspace's record of each slot; the program does not need it on the hot path.
-#[map]
-static SLOTS: Array<SlotConfig> = array(&maps::SLOTS);
+static PUBLICATION: Array<Publications> = array(&maps::PUBLICATION);
 /// Shared tickets of the round-robin and weighted policies, advanced atomically.
 #[map]
 static CURSORS: Array<u64> = array(&maps::CURSORS);
@@ -59,8 +54,8 @@ static SLOT_STATS: Array<SlotStats> = array(&maps::SLOT_STATS);
 /// loaded slots take turns (least-loaded) or two random picks spread the choices (p2c).
 #[map]
 static LOAD: Array<u64> = array(&maps::LOAD);
-/// The least-loaded active slots, a [`LeastList`] read word by word. Written by the daemon
-/// through its memory mapping.
+/// The least-loaded active slots, a [`LeastList`] read word by word, each word tagged with the
+/// publication it belongs to. Written by the daemon through its memory mapping.
 #[map]
 static LEAST: Array<u64> = array(&maps::LEAST);
 #[map]
@@ -96,16 +91,14 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
     } else {
         global.runs += 1;
     }
-    let Some(config) = CONFIG.get(0) else {
+    let Some(publication) = live_publication() else {
         return SK_PASS;
     };
-    let config = *config;
+    let config = publication.config;
 
-    let active = config.active;
-    let count = ACTIVE_LIST.clamp(active.len());
-    if count > 0 {
-        let base = ACTIVE_LIST.start(active.half());
-        let (first, start) = first_candidate(ctx, &config, count, base);
+    let count = config.active_len;
+    if count > 0 && count <= MAX_SLOTS {
+        let (first, start) = first_candidate(ctx, publication, count);
         if let Some(slot) = first {
             if try_slot(ctx, slot, migrating, global) {
                 return SK_PASS;
@@ -115,8 +108,8 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
         // an active slot can take it.
         let mut i = 0;
         while i < MAX_TRIES && i < count {
-            let index = base + (start + i) % count;
-            if let Some(&slot) = ACTIVE.get(index) {
+            let index = (start + i) % count;
+            if let Some(&slot) = publication.active.get(bounded(index, MAX_SLOTS)) {
                 if try_slot(ctx, slot, migrating, global) {
                     return SK_PASS;
                 }
@@ -140,13 +133,25 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
     }
 }
 
+/// The live publication: its index is read once (one volatile 8-byte load), and every later read
+/// of this run goes to that copy.
+#[inline(always)]
+fn live_publication() -> Option<&'static Publication> {
+    let ring = PUBLICATION.get_ptr(0)?;
+    // SAFETY: a live, aligned map value for the whole run.
+    let live = unsafe { core::ptr::read_volatile(&raw const (*ring).live) };
+    // SAFETY: as above; userspace does not write this copy while a run may read it.
+    let copies = unsafe { &(*ring).copies };
+    copies.get(bounded(live as u32, PUBLICATION_COPIES))
+}
+
 /// The policy's first choice, as (slot to try first, position in the active list to walk from).
+/// `count` is the length of the active list, 1..=MAX_SLOTS.
 #[inline(always)]
 fn first_candidate(
     ctx: &SkReuseportContext,
-    config: &Config,
+    publication: &Publication,
     count: u32,
-    base: u32,
 ) -> (Option<u32>, u32) {
     // The policy stays a `u32` in the map; comparing it against each variant's value keeps an
     // unknown value harmless (it falls through to the hash).
@@ -154,19 +159,19 @@ fn first_candidate(
     const P2C: u32 = Policy::P2c as u32;
     const ROUND_ROBIN: u32 = Policy::RoundRobin as u32;
     const WEIGHTED: u32 = Policy::Weighted as u32;
+    let config = &publication.config;
     match config.policy {
-        LEAST_LOADED => least_loaded(count),
-        P2C => two_choices(count, base),
+        LEAST_LOADED => least_loaded(config.generation, count),
+        P2C => two_choices(publication, count),
         ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
         WEIGHTED => {
-            let schedule = config.schedule;
-            let len = SCHEDULE_LIST.clamp(schedule.len());
-            if len == 0 {
+            let len = config.schedule_len;
+            if len == 0 || len > MAX_SCHEDULE {
                 return (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32);
             }
             let t = ticket(cursor::WEIGHTED);
-            let index = SCHEDULE_LIST.index(schedule.half(), (t % len as u64) as u32);
-            let slot = SCHEDULE.get(index).copied();
+            let index = bounded((t % len as u64) as u32, MAX_SCHEDULE);
+            let slot = publication.schedule.get(index).copied();
             (slot, (t % count as u64) as u32)
         }
         // Policy::Hash and anything unknown: the flow hash, scaled onto the active list.
@@ -176,25 +181,35 @@ fn first_candidate(
 
 /// Round-robin over the least-loaded active slots, a list the daemon republishes whenever a
 /// sample changes it: equally loaded slots take turns, and the cost is O(1) whatever the count.
+/// Only words tagged with this run's publication count ([`LeastList`]); otherwise (the list of
+/// a publication just replaced) the walk over the active list decides.
 #[inline(always)]
-fn least_loaded(count: u32) -> (Option<u32>, u32) {
+fn least_loaded(generation: u32, count: u32) -> (Option<u32>, u32) {
     let t = ticket(cursor::ROUND_ROBIN);
     let start = (t % count as u64) as u32;
-    let Some(&head) = LEAST.get(LeastList::HEAD) else {
+    let Some(len) = least_word(LeastList::HEAD, generation) else {
         return (None, start);
     };
-    let list = ListRef(head as u32);
-    let len = list.len();
-    if len == 0 || len > LEAST_LIST.half_len {
+    if len == 0 || len > MAX_SLOTS {
         return (None, start);
     }
-    let index = LeastList::entry(list.half(), (t % len as u64) as u32);
-    (LEAST.get(index).map(|&slot| slot as u32), start)
+    let slot = least_word(LeastList::entry((t % len as u64) as u32), generation);
+    (slot, start)
+}
+
+/// Word `index` of `LEAST`, if it belongs to the publication of `generation`.
+#[inline(always)]
+fn least_word(index: u32, generation: u32) -> Option<u32> {
+    let word = LEAST.get_ptr(index)?;
+    // SAFETY: a live, aligned map value; one volatile 8-byte load, so the tag and the value
+    // checked are the ones used, whatever the daemon writes meanwhile.
+    let word = unsafe { core::ptr::read_volatile(word) };
+    LeastList::untag(word, generation)
 }
 
 /// Power of two choices: the less loaded of two distinct random active slots.
 #[inline(always)]
-fn two_choices(count: u32, base: u32) -> (Option<u32>, u32) {
+fn two_choices(publication: &Publication, count: u32) -> (Option<u32>, u32) {
     // SAFETY: helper without arguments.
     let a = unsafe { bpf_get_prandom_u32() } % count;
     let b = if count > 1 {
@@ -203,13 +218,23 @@ fn two_choices(count: u32, base: u32) -> (Option<u32>, u32) {
     } else {
         a
     };
-    let slot_a = ACTIVE.get(base + a).copied();
-    let slot_b = ACTIVE.get(base + b).copied();
+    let slot_a = publication.active.get(bounded(a, MAX_SLOTS)).copied();
+    let slot_b = publication.active.get(bounded(b, MAX_SLOTS)).copied();
     match (slot_a, slot_b) {
         (Some(sa), Some(sb)) if load_of(sb) < load_of(sa) => (Some(sb), (b + 1) % count),
         (Some(sa), _) => (Some(sa), (a + 1) % count),
         (None, other) => (other, (b + 1) % count),
     }
+}
+
+/// `index` (below `len`, a power of two) as the verifier can see it bounded: it does not follow
+/// a modulo, and LLVM drops a mask it proves redundant, so the value goes through a volatile
+/// read (opaque to LLVM) before the mask.
+#[inline(always)]
+fn bounded(index: u32, len: u32) -> usize {
+    // SAFETY: reads a live local.
+    let index = unsafe { core::ptr::read_volatile(&index) };
+    (index & (len - 1)) as usize
 }
 
 #[inline(always)]

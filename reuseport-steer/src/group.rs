@@ -3,28 +3,33 @@
 use std::{
     os::fd::{AsFd, BorrowedFd},
     path::PathBuf,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::atomic::{
+        AtomicU64,
+        Ordering::{Relaxed, Release},
+    },
 };
 
 use aya::{
-    maps::{Array, Map, MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::SkReuseport,
     Ebpf, EbpfLoader,
 };
 use log::debug;
 use reuseport_common::{
-    maps::{self, MapSpec, ACTIVE_LIST, SCHEDULE_LIST},
-    names, Config, GlobalStats, LeastList, ListRef, SlotConfig, SlotStats, MAX_SLOTS, MAX_WEIGHT,
+    maps::{self, MapSpec},
+    names, GlobalStats, LeastList, Publication, SlotConfig, SlotStats, MAX_SLOTS,
+    PUBLICATION_COPIES,
 };
 
 use crate::{
     error::{errno_in, Error, Result},
-    mmap::{MappedArray, Shared},
+    grace::Grace,
+    mmap::{MappedArray, PublicationRing, Shared},
     object::OBJECT,
     pin,
     policy::{AttachMode, OnEmpty, Policy, SlotState},
     preflight::{self, KernelVersion},
-    schedule,
+    publication::{self, check_range},
     socket::SocketInfo,
     stats::{GlobalCounters, GroupStats, SlotCounters},
     sys,
@@ -55,38 +60,58 @@ pub struct Slot {
 ///
 /// Dropping a `Group` leaves the program attached with its last state: the kernel keeps
 /// steering by it until [`Group::detach`] (or until every socket of the group is closed).
+///
+/// # Publications
+///
+/// What the program steers by (policy, on-empty, slot table, active list, weighted schedule)
+/// is one [`Publication`]. Every change builds the next one whole from the live one
+/// ([`crate::publication`]), writes it into a copy of the memory-mapped ring that no program
+/// run can be reading, then makes that copy live with one store: a run sees the publication
+/// before or the one after, never a mix, and keeps reading its copy intact however long it
+/// takes, since a copy is rewritten only after an RCU grace period has passed since it was
+/// last live ([`reuseport_common::Publications`]; a thread waits for grace periods in the
+/// background, so a publication waits only if more than `PUBLICATION_COPIES - 1` come within
+/// one grace period, see [`crate::grace`]). A change that cannot be published (a
+/// schedule past `MAX_SCHEDULE` entries) fails before anything is written; a failure later (a
+/// system call) leaves the live publication, the socket array and this struct as they were.
+///
+/// The least-loaded list is not part of it: the daemon republishes it at every sample that
+/// moves a load, through a memory mapping, with no system call. Each of its words carries the
+/// generation of the publication it was computed from, and the program uses only words of the
+/// publication it looked up (see [`LeastList`]), so it never picks a slot the live publication
+/// left out, even between a publication and the next least-loaded list.
 pub struct Group {
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     mode: AttachMode,
     sockets: Map,
-    config_map: Array<MapData, Config>,
-    active_map: Array<MapData, u32>,
-    schedule_map: Array<MapData, u32>,
-    slots_map: Array<MapData, SlotConfig>,
+    /// `PUBLICATION`: the ring of publications.
+    ring: MappedArray<PublicationRing>,
+    /// The live publication, as last made live.
+    published: Box<Publication>,
+    /// Waits, in the background, for the program runs that could read a retired copy.
+    grace: Grace,
+    /// Publications made live so far (counting one for the state found at load).
+    flips: u64,
+    /// For each copy, the value of `flips` when it stopped being live (0: never read).
+    retired_at: [u64; PUBLICATION_COPIES as usize],
     /// `SLOT_STATS`, one entry per slot.
     slot_stats: MappedArray<SlotStats<AtomicU64>>,
     /// `LOAD`, one word per slot.
     loads: MappedArray<AtomicU64>,
     /// `LEAST`: the least-loaded active slots, one struct over the map's words.
     least: MappedArray<LeastList<AtomicU64>>,
-    /// What `LEAST`'s live half holds.
-    least_written: Vec<u32>,
+    /// What `LEAST` holds, untagged, and the generation its words carry.
+    least_written: (u32, Vec<u32>),
     /// Reused buffer for the next least-loaded set (published every sample).
     least_scratch: Vec<u32>,
-    /// The active slots as last published, in list order.
-    active: Vec<u32>,
-    _mapped_maps: [Map; 3],
+    _mapped_maps: [Map; 4],
     global_stats: PerCpuArray<MapData, GlobalStats>,
-    config: Config,
-    slots: Vec<SlotConfig>,
     /// The first socket seen: every other one must match its protocol, family and address.
     identity: Option<SocketInfo>,
     attached: bool,
     /// The state came from pinned maps written by an earlier process.
     adopted: bool,
-    /// What each half of ACTIVE and SCHEDULE holds, so a publish writes only what changed.
-    written: [[Vec<u32>; 2]; 2],
 }
 
 impl Group {
@@ -125,20 +150,19 @@ impl Group {
             })
         };
         let sockets = take(maps::SOCKETS.name)?;
-        let config_map = typed(take(maps::CONFIG.name)?, maps::CONFIG.name)?;
-        let active_map = typed(take(maps::ACTIVE.name)?, maps::ACTIVE.name)?;
-        let schedule_map = typed(take(maps::SCHEDULE.name)?, maps::SCHEDULE.name)?;
-        let slots_map = typed(take(maps::SLOTS.name)?, maps::SLOTS.name)?;
         // The maps stay open (the program is loaded against their fds); reads and writes go
         // through the mappings.
         let mapped_maps = [
             take(maps::SLOT_STATS.name)?,
             take(maps::LOAD.name)?,
             take(maps::LEAST.name)?,
+            take(maps::PUBLICATION.name)?,
         ];
         let slot_stats = mapped(&mapped_maps[0], &maps::SLOT_STATS)?;
         let loads = mapped(&mapped_maps[1], &maps::LOAD)?;
         let least = mapped(&mapped_maps[2], &maps::LEAST)?;
+        let ring = mapped(&mapped_maps[3], &maps::PUBLICATION)?;
+        let grace = Grace::start().map_err(|e| Error::io("starting the grace-period waiter", e))?;
         let global_stats = typed(take(maps::GLOBAL_STATS.name)?, maps::GLOBAL_STATS.name)?;
 
         let prog_name = program_name(options.mode);
@@ -159,37 +183,28 @@ impl Group {
             logger,
             mode: options.mode,
             sockets,
-            config_map,
-            active_map,
-            schedule_map,
-            slots_map,
+            ring,
+            published: Box::new(Publication::EMPTY),
+            grace,
+            flips: 0,
+            retired_at: [0; PUBLICATION_COPIES as usize],
             slot_stats,
             loads,
             least,
-            least_written: Vec::new(),
+            least_written: (0, Vec::new()),
             least_scratch: Vec::new(),
-            active: Vec::new(),
             _mapped_maps: mapped_maps,
             global_stats,
-            config: Config {
-                policy: options.policy as u32,
-                on_empty: options.on_empty as u32,
-                ..Config::default()
-            },
-            slots: vec![SlotConfig::default(); MAX_SLOTS as usize],
             identity: None,
             attached: false,
             adopted: false,
-            written: Default::default(),
         };
-        let pinned = group
-            .config_map
-            .get(&0, 0)
-            .map_err(|e| Error::ebpf("reading the config", e))?;
-        if pinned.generation != 0 {
-            group.adopt(pinned)?;
-        } else {
-            group.write_config()?;
+        if !group.adopt()? {
+            group.change(|p| {
+                p.config.policy = options.policy as u32;
+                p.config.on_empty = options.on_empty as u32;
+                Ok(())
+            })?;
         }
         Ok(group)
     }
@@ -202,20 +217,21 @@ impl Group {
     /// Empties every slot and starts over with `policy` and `on_empty` (the maps stay, so
     /// a pinned group keeps its pins).
     pub fn reset(&mut self, policy: Policy, on_empty: OnEmpty) -> Result<()> {
-        let occupied: Vec<u32> = self.slots().iter().map(|s| s.index).collect();
-        for slot in occupied {
-            self.remove(slot)?;
-        }
-        // Slots the kernel still holds without a record (a crash between the two writes).
+        // Unpublished first, so the program stops choosing the slots before they empty.
+        self.change(|p| {
+            p.slots = Publication::EMPTY.slots;
+            p.config.policy = policy as u32;
+            p.config.on_empty = on_empty as u32;
+            Ok(())
+        })?;
+        // Every slot, including any the kernel holds without a record.
         let fd = self.sockets_fd()?;
         for slot in 0..MAX_SLOTS {
             sys::sockarray_clear(fd, slot)
                 .map_err(|e| Error::io(format!("clearing slot {slot}"), e))?;
         }
-        self.config.policy = policy as u32;
-        self.config.on_empty = on_empty as u32;
         self.adopted = false;
-        self.publish()
+        Ok(())
     }
 
     /// The slot holding this socket (or a dup of it), if any.
@@ -273,82 +289,116 @@ impl Group {
 
     /// Puts `socket` in the first free slot, active with weight 1, and returns the slot.
     pub fn insert(&mut self, socket: impl AsFd) -> Result<u32> {
-        let slot = self.free_slot()?;
-        self.insert_at(slot, socket)?;
-        Ok(slot)
+        let slots = self.insert_all([socket])?;
+        slots
+            .into_iter()
+            .next()
+            .ok_or(Error::SlotsFull { max: MAX_SLOTS })
     }
 
     /// Puts `socket` in `slot`, active with weight 1.
     pub fn insert_at(&mut self, slot: u32, socket: impl AsFd) -> Result<()> {
-        let info = self.admit(socket.as_fd())?;
-        self.insert_inspected_at(slot, socket, &info)
+        self.insert_each([(slot, socket.as_fd(), None)]).map(drop)
     }
 
-    /// [`Group::insert`] for a socket its caller already inspected with [`SocketInfo::of`].
+    /// [`Group::insert`] for a socket its caller already inspected with [`SocketInfo::of`]
+    /// (the daemon does, to route it), so the kernel is not asked again.
     pub fn insert_inspected(&mut self, socket: impl AsFd, info: &SocketInfo) -> Result<u32> {
-        self.admit_inspected(info)?;
-        let slot = self.free_slot()?;
-        self.insert_inspected_at(slot, socket, info)?;
+        let slot = (0..MAX_SLOTS)
+            .find(|&slot| self.published.slots[slot as usize].is_empty())
+            .ok_or(Error::SlotsFull { max: MAX_SLOTS })?;
+        self.insert_each([(slot, socket.as_fd(), Some(*info))])?;
         Ok(slot)
     }
 
-    fn insert_inspected_at(
-        &mut self,
-        slot: u32,
-        socket: impl AsFd,
-        info: &SocketInfo,
-    ) -> Result<()> {
-        self.place(slot, socket.as_fd(), *info)?;
-        if let Err(e) = self.publish() {
-            // Leave the slot as it was: empty.
-            self.slots[slot as usize] = SlotConfig::default();
-            let _ = self.write_slot(slot);
-            let _ = sys::sockarray_clear(self.sockets_fd()?, slot);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Puts several sockets in the first free slots, publishing the active list and schedule
-    /// once at the end rather than once per socket (what filling a large group needs). On an
-    /// error, the sockets placed before it stay, published.
+    /// Puts several sockets in the first free slots, in one publication (what filling a large
+    /// group needs). All or nothing: on an error no socket is placed.
     pub fn insert_all<S: AsFd>(
         &mut self,
         sockets: impl IntoIterator<Item = S>,
     ) -> Result<Vec<u32>> {
-        let mut placed = Vec::new();
+        let sockets: Vec<S> = sockets.into_iter().collect();
+        let free: Vec<u32> = (0..MAX_SLOTS)
+            .filter(|&slot| self.published.slots[slot as usize].is_empty())
+            .take(sockets.len())
+            .collect();
+        if free.len() < sockets.len() {
+            return Err(Error::SlotsFull { max: MAX_SLOTS });
+        }
+        self.insert_each(
+            free.into_iter()
+                .zip(sockets.iter())
+                .map(|(slot, socket)| (slot, socket.as_fd(), None)),
+        )
+    }
+
+    /// Checks every socket, puts each in its slot of the socket array, then publishes them in
+    /// one step; on any error, empties again the slots it filled.
+    fn insert_each<'a>(
+        &mut self,
+        placements: impl IntoIterator<Item = (u32, BorrowedFd<'a>, Option<SocketInfo>)>,
+    ) -> Result<Vec<u32>> {
+        let mut identity = self.identity;
+        let mut placed: Vec<(u32, u64)> = Vec::new();
         let mut outcome = Ok(());
-        for socket in sockets {
-            match self.free_slot().and_then(|slot| {
-                let info = self.admit(socket.as_fd())?;
-                self.place(slot, socket.as_fd(), info).map(|()| slot)
-            }) {
-                Ok(slot) => placed.push(slot),
+        for (slot, socket, info) in placements {
+            match self.place(slot, socket, info, &mut identity, &placed) {
+                Ok(cookie) => placed.push((slot, cookie)),
                 Err(e) => {
                     outcome = Err(e);
                     break;
                 }
             }
         }
-        self.publish()?;
-        outcome.map(|()| placed)
+        let outcome = outcome.and_then(|()| {
+            self.change(|p| {
+                for &(slot, cookie) in &placed {
+                    p.slots[slot as usize] = publication::filled(cookie);
+                }
+                Ok(())
+            })
+        });
+        if let Err(e) = outcome {
+            if let Ok(fd) = self.sockets_fd() {
+                for &(slot, _) in &placed {
+                    let _ = sys::sockarray_clear(fd, slot);
+                }
+            }
+            return Err(e);
+        }
+        self.identity = identity;
+        Ok(placed.into_iter().map(|(slot, _)| slot).collect())
     }
 
-    fn free_slot(&self) -> Result<u32> {
-        self.slots
-            .iter()
-            .position(|s| s.is_empty())
-            .map(|i| i as u32)
-            .ok_or(Error::SlotsFull { max: MAX_SLOTS })
-    }
-
-    /// Puts an admitted socket in `slot` (kernel array and slot table), unpublished.
-    fn place(&mut self, slot: u32, socket: BorrowedFd<'_>, info: SocketInfo) -> Result<()> {
+    /// Checks a socket (on its own, against `identity`, the group's or the batch's first, and
+    /// against the sockets of the group and of the batch) and puts it in `slot` of the socket
+    /// array, unpublished: the program does not choose it yet. Returns its cookie.
+    /// `inspected`: what the caller already read of the socket, so it is not read again.
+    fn place(
+        &mut self,
+        slot: u32,
+        socket: BorrowedFd<'_>,
+        inspected: Option<SocketInfo>,
+        identity: &mut Option<SocketInfo>,
+        batch: &[(u32, u64)],
+    ) -> Result<u64> {
         check_range(slot)?;
+        let info = match inspected {
+            Some(info) => info,
+            None => SocketInfo::of(socket)?,
+        };
+        info.check_joinable()?;
+        if let Some(identity) = identity {
+            info.check_same_group(identity)?;
+        }
         if let Some(existing) = self.slot_of_cookie(info.cookie) {
             return Err(Error::AlreadyInGroup(existing));
         }
-        if !self.slots[slot as usize].is_empty() {
+        if let Some(&(existing, _)) = batch.iter().find(|&&(_, c)| c == info.cookie) {
+            return Err(Error::AlreadyInGroup(existing));
+        }
+        if !self.published.slots[slot as usize].is_empty() || batch.iter().any(|&(s, _)| s == slot)
+        {
             return Err(Error::SlotTaken(slot));
         }
         sys::sockarray_insert(self.sockets_fd()?, slot, socket).map_err(|e| {
@@ -359,60 +409,64 @@ impl Group {
                 _ => Error::io(format!("putting the socket in slot {slot}"), e),
             }
         })?;
-        self.identity.get_or_insert(info);
-        self.reset_slot_stats(slot)?;
-        self.slots[slot as usize] = SlotConfig {
-            state: SlotState::Active as u32,
-            weight: 1,
-            cookie: info.cookie,
-        };
-        self.write_slot(slot)
+        identity.get_or_insert(info);
+        self.reset_slot_stats(slot);
+        Ok(info.cookie)
     }
 
     /// Takes the socket out of `slot`. It stops getting connections at once; what it already
     /// has queued stays with it (closing it then migrates those, in select-or-migrate mode).
     pub fn remove(&mut self, slot: u32) -> Result<()> {
-        self.occupied(slot)?;
-        self.slots[slot as usize] = SlotConfig::default();
-        // Unpublish first, so the program stops choosing the slot before it empties.
-        self.publish()?;
-        self.write_slot(slot)?;
-        sys::sockarray_clear(self.sockets_fd()?, slot)
-            .map_err(|e| Error::io(format!("clearing slot {slot}"), e))?;
+        let before = self.published.clone();
+        // Unpublished first, so the program stops choosing the slot before it empties.
+        self.change(|p| {
+            publication::occupied(p, slot)?;
+            p.slots[slot as usize] = SlotConfig::EMPTY_SLOT;
+            Ok(())
+        })?;
+        let cleared = self.sockets_fd().and_then(|fd| {
+            sys::sockarray_clear(fd, slot)
+                .map_err(|e| Error::io(format!("clearing slot {slot}"), e))
+        });
+        if let Err(e) = cleared {
+            // The socket is still in the array: publish it again rather than lose track of it.
+            let _ = self.change(|p| {
+                p.slots = before.slots;
+                Ok(())
+            });
+            return Err(e);
+        }
         Ok(())
     }
 
-    /// Takes the sockets out of several slots with one publication of the active list, where
-    /// [`Group::remove`] in a loop would rewrite it once per slot (a thousand workers leaving
-    /// at once). Slots already empty are skipped.
+    /// Takes the sockets out of several slots in one publication, where [`Group::remove`] in a
+    /// loop would publish once per slot (a thousand workers leaving at once). Slots already
+    /// empty are skipped.
     pub fn remove_all(&mut self, slots: &[u32]) -> Result<()> {
         let slots: Vec<u32> = slots
             .iter()
             .copied()
-            .filter(|&slot| self.occupied(slot).is_ok())
+            .filter(|&slot| {
+                (slot as usize) < self.published.slots.len()
+                    && !self.published.slots[slot as usize].is_empty()
+            })
             .collect();
         if slots.is_empty() {
             return Ok(());
         }
+        // Unpublished first, so the program stops choosing the slots before they empty.
+        self.change(|p| {
+            for &slot in &slots {
+                p.slots[slot as usize] = SlotConfig::EMPTY_SLOT;
+            }
+            Ok(())
+        })?;
+        let fd = self.sockets_fd()?;
         for &slot in &slots {
-            self.slots[slot as usize] = SlotConfig::default();
-        }
-        // Unpublish first, so the program stops choosing the slots before they empty.
-        self.publish()?;
-        for &slot in &slots {
-            self.write_slot(slot)?;
-            sys::sockarray_clear(self.sockets_fd()?, slot)
+            sys::sockarray_clear(fd, slot)
                 .map_err(|e| Error::io(format!("clearing slot {slot}"), e))?;
         }
         Ok(())
-    }
-
-    /// The slot holding the socket with this cookie (`SocketInfo::cookie`), if any.
-    pub fn slot_of_cookie(&self, cookie: u64) -> Option<u32> {
-        self.slots
-            .iter()
-            .position(|s| !s.is_empty() && s.cookie == cookie)
-            .map(|i| i as u32)
     }
 
     /// Marks a slot active (gets new connections) or draining (keeps what it has, gets nothing
@@ -421,16 +475,9 @@ impl Group {
         self.set_states(&[(slot, state)])
     }
 
-    /// Sets the state of several slots with one publication of the active list.
+    /// Sets the state of several slots with one publication; on an error none changes.
     pub fn set_states(&mut self, changes: &[(u32, SlotState)]) -> Result<()> {
-        for &(slot, _) in changes {
-            self.occupied(slot)?;
-        }
-        for &(slot, state) in changes {
-            self.slots[slot as usize].state = state as u32;
-            self.write_slot(slot)?;
-        }
-        self.publish()
+        self.change(|p| publication::set_states(p, changes))
     }
 
     /// Sets a slot's weight for the `weighted` policy (1..=1000).
@@ -440,56 +487,41 @@ impl Group {
 
     /// Sets several weights with one publication of the schedule; on an error none changes.
     pub fn set_weights(&mut self, changes: &[(u32, u32)]) -> Result<()> {
-        for &(slot, weight) in changes {
-            self.occupied(slot)?;
-            if !(1..=MAX_WEIGHT).contains(&weight) {
-                return Err(Error::InvalidWeight {
-                    weight,
-                    max: MAX_WEIGHT,
-                });
-            }
-        }
-        let previous = self.slots.clone();
-        for &(slot, weight) in changes {
-            self.slots[slot as usize].weight = weight;
-        }
-        if let Err(e) = self.publish() {
-            self.slots = previous;
-            return Err(e);
-        }
-        for &(slot, _) in changes {
-            self.write_slot(slot)?;
-        }
-        Ok(())
+        self.change(|p| publication::set_weights(p, changes))
     }
 
-    /// Switches the policy live: one map update, no re-attach, no connection lost.
+    /// Switches the policy live: one publication, no re-attach, no connection lost.
     pub fn set_policy(&mut self, policy: Policy) -> Result<()> {
-        self.config.policy = policy as u32;
-        self.write_config()
+        self.change(|p| {
+            p.config.policy = policy as u32;
+            Ok(())
+        })
     }
 
     pub fn policy(&self) -> Policy {
-        Policy::from_raw(self.config.policy).unwrap_or_default()
+        Policy::from_raw(self.published.config.policy).unwrap_or_default()
     }
 
     pub fn set_on_empty(&mut self, on_empty: OnEmpty) -> Result<()> {
-        self.config.on_empty = on_empty as u32;
-        self.write_config()
+        self.change(|p| {
+            p.config.on_empty = on_empty as u32;
+            Ok(())
+        })
     }
 
     pub fn on_empty(&self) -> OnEmpty {
-        OnEmpty::from_raw(self.config.on_empty).unwrap_or_default()
+        OnEmpty::from_raw(self.published.config.on_empty).unwrap_or_default()
     }
 
-    /// Changes whenever what the program sees changes.
+    /// Changes whenever what the program sees changes (never 0).
     pub fn generation(&self) -> u32 {
-        self.config.generation
+        self.published.config.generation
     }
 
     /// The occupied slots, in slot order.
     pub fn slots(&self) -> Vec<Slot> {
-        self.slots
+        self.published
+            .slots
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
@@ -505,7 +537,7 @@ impl Group {
 
     /// A slot's state, `None` when empty.
     pub fn slot_state(&self, slot: u32) -> Option<SlotState> {
-        self.slots.get(slot as usize)?.state()
+        self.published.slots.get(slot as usize)?.state()
     }
 
     pub fn slot(&self, slot: u32) -> Option<Slot> {
@@ -514,7 +546,7 @@ impl Group {
 
     /// The active slots in the order the program sees them.
     pub fn active_slots(&self) -> Vec<u32> {
-        self.active.clone()
+        self.published.active().to_vec()
     }
 
     /// Finds slots whose socket was closed behind our back (the kernel empties the array entry
@@ -530,12 +562,15 @@ impl Group {
             }
         }
         if !gone.is_empty() {
+            self.change(|p| {
+                for &slot in &gone {
+                    p.slots[slot as usize] = SlotConfig::EMPTY_SLOT;
+                }
+                Ok(())
+            })?;
             for &slot in &gone {
-                debug!("slot {slot}: socket closed, freeing the slot");
-                self.slots[slot as usize] = SlotConfig::default();
-                self.write_slot(slot)?;
+                debug!("slot {slot}: socket closed, slot freed");
             }
-            self.publish()?;
         }
         Ok(gone)
     }
@@ -549,35 +584,44 @@ impl Group {
     }
 
     /// Republishes the active slots that share the lowest load, which `least-loaded` takes in
-    /// turn. Writes only when the set changed, through the memory mapping (no system call).
+    /// turn. Writes only when the set changed, through the memory mapping (no system call),
+    /// each word tagged with the live publication's generation ([`LeastList`]).
     pub fn publish_least_loaded(&mut self) {
-        let min = self.active.iter().map(|&s| self.slot_load(s)).min();
+        let generation = self.generation();
+        let active = self.published.active();
+        let min = active.iter().map(|&s| self.slot_load(s)).min();
         let mut least = std::mem::take(&mut self.least_scratch);
         least.clear();
         least.extend(
-            self.active
+            active
                 .iter()
                 .copied()
                 .filter(|&s| Some(self.slot_load(s)) == min),
         );
-        if least != self.least_written {
+        let (written_generation, written) = &mut self.least_written;
+        if *written_generation != generation || least != *written {
             if let Some(list) = self.least.get(0) {
-                let live = ListRef(list.head.load(Relaxed) as u32);
-                let half = 1 - live.half();
-                for (cell, &slot) in list.halves[half as usize].iter().zip(&least) {
-                    cell.store(u64::from(slot), Relaxed);
+                for (i, (cell, &slot)) in list.entries.iter().zip(&least).enumerate() {
+                    if *written_generation != generation || written.get(i) != Some(&slot) {
+                        cell.store(LeastList::tag(generation, slot), Release);
+                    }
                 }
-                let head = ListRef::new(half, least.len() as u32);
-                list.head.store(u64::from(head.0), Relaxed);
+                list.head
+                    .store(LeastList::tag(generation, least.len() as u32), Release);
             }
-            std::mem::swap(&mut least, &mut self.least_written);
+            *written_generation = generation;
+            std::mem::swap(&mut least, written);
         }
         self.least_scratch = least;
     }
 
     /// How many slots hold a socket (no allocation, unlike [`Group::slots`]).
     pub fn occupied_count(&self) -> usize {
-        self.slots.iter().filter(|s| !s.is_empty()).count()
+        self.published
+            .slots
+            .iter()
+            .filter(|s| !s.is_empty())
+            .count()
     }
 
     /// The load as the program sees it now.
@@ -642,29 +686,30 @@ impl Group {
         self.logger.as_ref().map(|l| l.as_fd())
     }
 
-    /// Takes over the state an earlier process left in pinned maps.
-    fn adopt(&mut self, config: Config) -> Result<()> {
-        for slot in 0..MAX_SLOTS {
-            self.slots[slot as usize] = self
-                .slots_map
-                .get(&slot, 0)
-                .map_err(|e| Error::ebpf("reading the slot table", e))?;
+    /// Takes over the publication an earlier process left in pinned maps; false when there is
+    /// none. Copies that were ever published are taken as possibly still read.
+    fn adopt(&mut self) -> Result<bool> {
+        let ring = self.ring.get(0).ok_or_else(ring_missing)?;
+        let live = ring.live();
+        self.flips = 1;
+        for (copy, retired) in self.retired_at.iter_mut().enumerate() {
+            let published = ring.read(copy).config.generation != 0;
+            *retired = u64::from(published && copy != live);
         }
-        self.config = config;
+        self.grace.retired(self.flips);
+        let publication = ring.read(live);
+        if publication.config.generation == 0 {
+            return Ok(false);
+        }
+        self.published = publication;
         self.adopted = true;
-        // The order publish() uses, so it matches the live list the earlier process wrote.
-        self.active = self
-            .slots()
-            .into_iter()
-            .filter(|s| s.state == SlotState::Active)
-            .map(|s| s.index)
-            .collect();
         debug!(
-            "adopted pinned state: {} slots, policy {}",
-            self.slots().len(),
-            self.policy()
+            "adopted pinned state: {} slots, policy {}, generation {}",
+            self.occupied_count(),
+            self.policy(),
+            self.generation()
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Checks a socket on its own and against the group's first socket.
@@ -682,71 +727,41 @@ impl Group {
         Ok(())
     }
 
-    fn occupied(&self, slot: u32) -> Result<()> {
-        check_range(slot)?;
-        if self.slots[slot as usize].is_empty() {
-            return Err(Error::SlotEmpty(slot));
-        }
-        Ok(())
-    }
-
-    /// Rewrites the inactive halves of the active list and the weighted schedule, then flips
-    /// `CONFIG` to them in one update.
-    fn publish(&mut self) -> Result<()> {
-        let active: Vec<(u32, u32)> = self
+    /// The slot holding the socket with this cookie (`SocketInfo::cookie`), if any.
+    pub fn slot_of_cookie(&self, cookie: u64) -> Option<u32> {
+        self.published
             .slots
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.state() == Some(SlotState::Active))
-            .map(|(i, s)| (i as u32, s.weight))
-            .collect();
-        let schedule = schedule::smooth_weighted(&active)?;
+            .position(|s| !s.is_empty() && s.cookie == cookie)
+            .map(|i| i as u32)
+    }
 
-        let slots: Vec<u32> = active.iter().map(|&(slot, _)| slot).collect();
-        self.active.clone_from(&slots);
-        let half = 1 - self.config.active.half();
-        let sched_half = 1 - self.config.schedule.half();
-        write_changed(
-            &mut self.active_map,
-            &mut self.written[0][half as usize],
-            ACTIVE_LIST.start(half),
-            &slots,
-        )
-        .map_err(|e| Error::ebpf("writing the active list", e))?;
-        write_changed(
-            &mut self.schedule_map,
-            &mut self.written[1][sched_half as usize],
-            SCHEDULE_LIST.start(sched_half),
-            &schedule,
-        )
-        .map_err(|e| Error::ebpf("writing the weighted schedule", e))?;
-        self.config.active = ListRef::new(half, active.len() as u32);
-        self.config.schedule = ListRef::new(sched_half, schedule.len() as u32);
-        self.write_config()?;
+    /// Publishes the live publication with `edit` applied, whole, in one step; on any error
+    /// nothing changes (see [`Group`]).
+    fn change(&mut self, edit: impl FnOnce(&mut Publication) -> Result<()>) -> Result<()> {
+        let next = publication::next(&self.published, edit)?;
+        let live = self.ring.get(0).ok_or_else(ring_missing)?.live();
+        let target = (live + 1) % PUBLICATION_COPIES as usize;
+        self.grace
+            .wait_past(self.retired_at[target])
+            .map_err(|e| Error::io("waiting for a grace period", e))?;
+        let ring = self.ring.get_mut(0).ok_or_else(ring_missing)?;
+        ring.write(target, &next);
+        ring.set_live(target);
+        self.flips += 1;
+        self.retired_at[live] = self.flips;
+        self.grace.retired(self.flips);
+        self.published = next;
         self.publish_least_loaded();
         Ok(())
     }
 
-    fn write_config(&mut self) -> Result<()> {
-        self.config.generation = self.config.generation.wrapping_add(1);
-        self.config_map
-            .set(0, self.config, 0)
-            .map_err(|e| Error::ebpf("writing the config", e))
-    }
-
-    fn write_slot(&mut self, slot: u32) -> Result<()> {
-        self.slots_map
-            .set(slot, self.slots[slot as usize], 0)
-            .map_err(|e| Error::ebpf("writing the slot table", e))
-    }
-
-    fn reset_slot_stats(&mut self, slot: u32) -> Result<()> {
+    fn reset_slot_stats(&self, slot: u32) {
         if let Some(stats) = self.slot_stats.get(slot as usize) {
             stats.selected.store(0, Relaxed);
             stats.migrated.store(0, Relaxed);
         }
         self.set_load(slot, 0);
-        Ok(())
     }
 
     fn sockets_fd(&self) -> Result<BorrowedFd<'_>> {
@@ -778,24 +793,6 @@ impl Group {
     }
 }
 
-/// Writes `list` at `base` in `map`, skipping the entries `cache` says are there already.
-fn write_changed(
-    map: &mut Array<MapData, u32>,
-    cache: &mut Vec<u32>,
-    base: u32,
-    list: &[u32],
-) -> std::result::Result<(), aya::maps::MapError> {
-    // Taken out first, so a failure mid-way leaves an empty cache (the next write is full).
-    let before = std::mem::take(cache);
-    for (i, &value) in list.iter().enumerate() {
-        if before.get(i) != Some(&value) {
-            map.set(base + i as u32, value, 0)?;
-        }
-    }
-    cache.extend_from_slice(list);
-    Ok(())
-}
-
 /// Maps the array map `spec` describes into memory, viewed as `T`s.
 fn mapped<T: Shared, V>(map: &Map, spec: &MapSpec<V>) -> Result<MappedArray<T>> {
     let name = spec.name;
@@ -809,21 +806,18 @@ fn mapped<T: Shared, V>(map: &Map, spec: &MapSpec<V>) -> Result<MappedArray<T>> 
         .map_err(|e| Error::io(format!("mapping {name} into memory"), e))
 }
 
+fn ring_missing() -> Error {
+    Error::Ebpf {
+        what: format!("map {} is empty", maps::PUBLICATION.name),
+        cause: "object built from other sources".into(),
+    }
+}
+
 fn typed<T>(map: Map, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     T::try_from(map).map_err(|e| Error::ebpf(format!("map {name}"), e))
-}
-
-fn check_range(slot: u32) -> Result<()> {
-    if slot >= MAX_SLOTS {
-        return Err(Error::SlotOutOfRange {
-            slot,
-            max: MAX_SLOTS,
-        });
-    }
-    Ok(())
 }
 
 /// aya takes the attach type from the section name, so the mode picks the program.

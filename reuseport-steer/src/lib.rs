@@ -7,6 +7,7 @@
 
 pub mod diag;
 pub mod error;
+mod grace;
 pub mod group;
 mod mmap;
 pub mod netns;
@@ -15,6 +16,7 @@ pub mod pin;
 pub mod policy;
 pub mod preflight;
 pub mod procs;
+mod publication;
 pub mod schedule;
 pub mod socket;
 pub mod stats;

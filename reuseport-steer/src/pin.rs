@@ -110,7 +110,13 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Refuses pinned maps left by a build with another layout: reusing them would corrupt state.
+/// A map this layout no longer has ([`maps::RETIRED`]) marks an older build too.
 pub(crate) fn check_compatible(dir: &Path) -> Result<()> {
+    if maps::RETIRED.iter().any(|name| dir.join(name).exists()) {
+        return Err(Error::IncompatiblePin {
+            path: dir.to_path_buf(),
+        });
+    }
     for shape in maps::STATE {
         let path = dir.join(shape.name);
         if !path.exists() {

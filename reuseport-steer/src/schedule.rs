@@ -90,4 +90,109 @@ mod tests {
         assert!(smooth_weighted(&[])?.is_empty());
         Ok(())
     }
+
+    use proptest::prelude::*;
+
+    /// Up to 16 slots (any numbers, distinct) with weights 1..=MAX_WEIGHT, sometimes all
+    /// multiples of a common factor.
+    fn weighted_slots() -> impl Strategy<Value = Vec<(u32, u32)>> {
+        let weights = prop_oneof![
+            prop::collection::vec(1..=20u32, 1..=16),
+            prop::collection::vec(1..=reuseport_common::MAX_WEIGHT, 1..=16),
+            (prop::collection::vec(1..=10u32, 1..=16), 2..=100u32)
+                .prop_map(|(ws, k)| ws.into_iter().map(|w| w * k).collect()),
+        ];
+        (weights, 0..1000u32).prop_map(|(ws, first)| {
+            ws.into_iter()
+                .enumerate()
+                .map(|(i, w)| (first + 3 * i as u32, w))
+                .collect()
+        })
+    }
+
+    /// The weights divided by their greatest common divisor, and their sum.
+    fn reduced(slots: &[(u32, u32)]) -> (Vec<u64>, u64) {
+        let g = slots.iter().fold(0, |g, &(_, w)| gcd(g, u64::from(w)));
+        let ws: Vec<u64> = slots.iter().map(|&(_, w)| u64::from(w) / g).collect();
+        let total = ws.iter().sum();
+        (ws, total)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Refused exactly when the reduced weights add up past `MAX_SCHEDULE`; otherwise one
+        /// period long, and every window of W consecutive tickets (wrapping, as the program's
+        /// ticket modulo the length does) gives each slot exactly its reduced weight.
+        #[test]
+        fn every_window_of_one_period_is_exact(slots in weighted_slots()) {
+            let (weights, total) = reduced(&slots);
+            let schedule = match smooth_weighted(&slots) {
+                Err(Error::ScheduleTooLong { len, max }) => {
+                    prop_assert!(total > u64::from(MAX_SCHEDULE));
+                    prop_assert_eq!((len, max), (total, MAX_SCHEDULE));
+                    return Ok(());
+                }
+                other => other.map_err(|e| TestCaseError::fail(e.to_string()))?,
+            };
+            prop_assert!(total <= u64::from(MAX_SCHEDULE));
+            prop_assert_eq!(schedule.len() as u64, total);
+            let w = schedule.len();
+            let index: std::collections::HashMap<u32, usize> =
+                slots.iter().enumerate().map(|(i, &(s, _))| (s, i)).collect();
+            let mut window = vec![0u64; slots.len()];
+            for &s in &schedule {
+                window[index[&s]] += 1;
+            }
+            // Slide the window once around the period: one slot leaves, one comes in.
+            for start in 0..w {
+                prop_assert_eq!(&window, &weights, "window at {}", start);
+                window[index[&schedule[start]]] -= 1;
+                window[index[&schedule[(start + w) % w]]] += 1;
+            }
+        }
+
+        /// Smooth: in any prefix of the period, no slot is ahead of its exact share by a whole
+        /// connection (the slot picked has the largest credit, which is positive, so its
+        /// credit never falls to -W), nor behind by n - 1 (the credits sum to zero); in any
+        /// window, wrapping, the deviation stays below n.
+        #[test]
+        fn every_prefix_and_window_is_close_to_the_weights(slots in weighted_slots()) {
+            let Ok(schedule) = smooth_weighted(&slots) else {
+                return Ok(());
+            };
+            let (weights, total) = reduced(&slots);
+            let n = slots.len() as f64;
+            let index: std::collections::HashMap<u32, usize> =
+                slots.iter().enumerate().map(|(i, &(s, _))| (s, i)).collect();
+            let share = |i: usize, len: usize| len as f64 * weights[i] as f64 / total as f64;
+            let mut counts = vec![0u64; slots.len()];
+            for (t, &s) in schedule.iter().enumerate() {
+                counts[index[&s]] += 1;
+                for (i, &c) in counts.iter().enumerate() {
+                    let ahead = c as f64 - share(i, t + 1);
+                    prop_assert!(ahead < 1.0, "slot {} ahead by {} after {}", i, ahead, t + 1);
+                    prop_assert!(-ahead < (n - 1.0).max(1.0), "slot {} behind by {}", i, -ahead);
+                }
+            }
+            let w = schedule.len();
+            for len in [1, w / 3, w / 2, w - 1] {
+                if len == 0 {
+                    continue;
+                }
+                let mut window = vec![0u64; slots.len()];
+                for &s in &schedule[..len] {
+                    window[index[&s]] += 1;
+                }
+                for start in 0..w {
+                    for (i, &c) in window.iter().enumerate() {
+                        let off = (c as f64 - share(i, len)).abs();
+                        prop_assert!(off < n.max(1.0), "window {}+{}: slot {} off by {}", start, len, i, off);
+                    }
+                    window[index[&schedule[start]]] -= 1;
+                    window[index[&schedule[(start + len) % w]]] += 1;
+                }
+            }
+        }
+    }
 }

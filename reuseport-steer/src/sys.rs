@@ -1,15 +1,23 @@
-//! The socket array through raw bpf(2) calls. aya's `ReusePortSockArray` wants 4-byte values;
-//! ours has 8-byte ones because only then does the kernel answer a lookup (with the socket's
-//! cookie), which is how a closed socket is told from a live one.
+//! Raw bpf(2) calls aya has no API for.
+//!
+//! The socket array: aya's `ReusePortSockArray` wants 4-byte values; ours has 8-byte ones
+//! because only then does the kernel answer a lookup (with the socket's cookie), which is how a
+//! closed socket is told from a live one.
+//!
+//! Grace periods: userspace rewrites a copy of the publication only after every program run
+//! that could read it is over ([`GracePeriod`]).
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
+const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 /// Update flag: only into an empty slot.
 const BPF_NOEXIST: u64 = 1;
 
@@ -21,6 +29,22 @@ struct MapElemAttr {
     key: u64,
     value: u64,
     flags: u64,
+}
+
+fn bpf<A>(cmd: libc::c_long, attr: &A) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live `bpf_attr` prefix for `cmd`; the pointers in it are live.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const A,
+            std::mem::size_of::<A>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
 }
 
 fn map_elem(
@@ -37,19 +61,7 @@ fn map_elem(
         value,
         flags,
     };
-    // SAFETY: `attr` points at a live key and (when non-zero) a live 8-byte value.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &attr as *const MapElemAttr,
-            std::mem::size_of::<MapElemAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    bpf(cmd, &attr).map(drop)
 }
 
 /// Puts `socket` in an empty `slot`.
@@ -90,5 +102,68 @@ pub(crate) fn sockarray_cookie(map: BorrowedFd<'_>, slot: u32) -> io::Result<Opt
         Ok(()) => Ok(Some(cookie)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// `bpf_attr` for BPF_MAP_CREATE, up to the map's name.
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+fn map_create(map_type: u32, inner_map: Option<BorrowedFd<'_>>, name: &str) -> io::Result<OwnedFd> {
+    let mut map_name = [0u8; 16];
+    for (cell, byte) in map_name.iter_mut().zip(name.bytes().take(15)) {
+        *cell = byte;
+    }
+    let attr = MapCreateAttr {
+        map_type,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: 0,
+        inner_map_fd: inner_map.map_or(0, |fd| fd.as_raw_fd() as u32),
+        numa_node: 0,
+        map_name,
+    };
+    let fd = bpf(BPF_MAP_CREATE, &attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits for an RCU grace period: every program run that started before the call is over
+/// when it returns. The kernel does exactly this after each update of an array of maps ("wait
+/// for any running non-sleepable BPF programs to complete", `maybe_wait_bpf_programs` in
+/// kernel/bpf/syscall.c), so the waiter is a one-entry array of maps, updated with the same
+/// inner map every time.
+pub(crate) struct GracePeriod {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl GracePeriod {
+    pub(crate) fn new() -> io::Result<Self> {
+        let inner = map_create(BPF_MAP_TYPE_ARRAY, None, "GRACE_INNER")?;
+        let outer = map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, Some(inner.as_fd()), "GRACE")?;
+        Ok(Self { outer, inner })
+    }
+
+    /// Returns once every program run that had started has ended.
+    pub(crate) fn wait(&self) -> io::Result<()> {
+        let fd = self.inner.as_raw_fd() as u32;
+        map_elem(
+            BPF_MAP_UPDATE_ELEM,
+            self.outer.as_fd(),
+            &0,
+            &fd as *const u32 as u64,
+            0,
+        )
     }
 }

@@ -227,11 +227,15 @@ fn all_1024_slots_taken_gives_slots_full() -> Result<()> {
     limits::raise_nofile(4096, 4096)?;
     let (_, socks) = listeners::group(Family::Ipv4, MAX_SLOTS as usize + 1)?;
     let mut group = load()?;
-    // All 1025 at once: the first 1024 are placed (and published once), the last is refused.
+    // All 1025 at once: refused whole, nothing placed.
     match group.insert_all(&socks) {
         Err(Error::SlotsFull { max }) => assert_eq!(max, 1024),
         other => panic!("1025 sockets: {other:?}"),
     }
+    assert!(group.slots().is_empty());
+    // The first 1024, in one publication.
+    let slots = group.insert_all(&socks[..MAX_SLOTS as usize])?;
+    assert_eq!(slots, (0..MAX_SLOTS).collect::<Vec<_>>());
     assert_eq!(group.active_slots(), (0..MAX_SLOTS).collect::<Vec<_>>());
     match group.insert(&socks[MAX_SLOTS as usize]) {
         Err(Error::SlotsFull { max }) => assert_eq!(max, 1024),
@@ -316,8 +320,9 @@ fn loading_without_the_bpf_syscall_is_bpf_unavailable() -> Result<()> {
     Ok(())
 }
 
-/// Pinned maps of another shape (a build with another layout) are refused before anything is
-/// loaded against them, with the directory named; pins of this layout are taken over.
+/// Pinned maps of another shape (a build with another layout), or a map this layout no longer
+/// has (a build from before publications were one value), are refused before anything is loaded
+/// against them, with the directory named; pins of this layout are taken over.
 #[test]
 fn pins_of_another_map_layout_are_refused() -> Result<()> {
     fresh_netns()?;
@@ -327,16 +332,7 @@ fn pins_of_another_map_layout_are_refused() -> Result<()> {
         pin: Some(dir.clone()),
         ..GroupOptions::default()
     };
-    let outcome = (|| -> Result<()> {
-        drop(Group::load(options())?);
-        anyhow::ensure!(
-            Group::load(options())?.adopted(),
-            "pins of this layout not taken over"
-        );
-        // A map of another shape where LEAST should be: CONFIG's 24-byte single entry.
-        std::fs::remove_file(dir.join("LEAST"))?;
-        std::fs::rename(dir.join("CONFIG"), dir.join("LEAST"))?;
-        // Errors rather than panics, so the pins are removed whatever happens.
+    let refused = |what: &str| -> Result<()> {
         match Group::load(options()) {
             Err(e @ Error::IncompatiblePin { .. })
                 if e.to_string().contains(&*dir.to_string_lossy()) =>
@@ -344,11 +340,28 @@ fn pins_of_another_map_layout_are_refused() -> Result<()> {
                 Ok(())
             }
             Err(e) => anyhow::bail!(
-                "expected IncompatiblePin naming {}, got {e:?}",
+                "{what}: expected IncompatiblePin naming {}, got {e:?}",
                 dir.display()
             ),
-            Ok(_) => anyhow::bail!("pins of another layout were taken over"),
+            Ok(_) => anyhow::bail!("{what}: pins of another layout were taken over"),
         }
+    };
+    let outcome = (|| -> Result<()> {
+        drop(Group::load(options())?);
+        anyhow::ensure!(
+            Group::load(options())?.adopted(),
+            "pins of this layout not taken over"
+        );
+        // A map of another shape where LEAST should be: CURSORS' two entries.
+        std::fs::remove_file(dir.join("LEAST"))?;
+        std::fs::rename(dir.join("CURSORS"), dir.join("LEAST"))?;
+        refused("another shape")?;
+        pin::unpin(&dir)?;
+
+        // A map named as one of an older layout.
+        drop(Group::load(options())?);
+        std::fs::rename(dir.join("CURSORS"), dir.join("CONFIG"))?;
+        refused("an older layout")
     })();
     pin::unpin(&dir)?;
     outcome

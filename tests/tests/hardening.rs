@@ -429,3 +429,31 @@ fn a_registration_naming_an_unrelated_pid_is_refused() -> Result {
     assert_eq!(status.workers[0].pid, std::process::id());
     Ok(())
 }
+
+/// Pins left by a version with another map layout stop a daemon that would take them over
+/// (with the directory named and `--fresh` as the fix); `--fresh` discards them before loading.
+#[test]
+fn fresh_discards_pins_of_another_layout() -> Result {
+    let mut f = Fixture::new("fresh")?;
+    f.stop_daemon(libc::SIGTERM)?;
+    // What an older version left: its CONFIG map (a directory stands in for the pin).
+    let dir = reuseport_steer::pin::group_dir(&f.pins, f.addr);
+    std::fs::create_dir_all(dir.join("CONFIG"))?;
+    let refused = f.start_daemon(&[]);
+    assert!(
+        refused.is_err(),
+        "the daemon took over pins of another layout"
+    );
+    assert!(
+        f.logs().contains("--fresh") || f.logs().contains("rm -r"),
+        "{}",
+        f.logs()
+    );
+    f.stop_daemon(libc::SIGKILL)?;
+    f.start_daemon(&["--fresh"])?;
+    f.echo("w0")?;
+    f.wait_workers(1)?;
+    assert_eq!(f.load_ok(12).values().sum::<u64>(), 12);
+    assert!(!dir.join("CONFIG").exists());
+    Ok(())
+}

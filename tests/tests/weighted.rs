@@ -82,3 +82,60 @@ fn weighted_leaves_out_a_draining_slot() -> Result<()> {
     }
     Ok(())
 }
+
+/// A reactivation the schedule cannot hold (past `MAX_SCHEDULE` entries) is refused and changes
+/// nothing: the slot stays draining in memory, in the pinned slot table a restarted daemon reads
+/// and for the program, and later changes still go through (a new worker is not refused).
+#[test]
+fn a_refused_undrain_leaves_the_group_as_it_was() -> Result<()> {
+    fresh_netns()?;
+    let dir = std::path::Path::new(reuseport_steer::pin::BPFFS)
+        .join(format!("reuseport-test-undrain-{}", std::process::id()));
+    let outcome = refused_undrain(&dir);
+    reuseport_steer::pin::unpin(&dir)?;
+    outcome
+}
+
+fn refused_undrain(dir: &std::path::Path) -> Result<()> {
+    let n = 10;
+    let pool = Pool::bind(Family::Ipv4, n)?;
+    let options = || GroupOptions {
+        policy: Policy::Weighted,
+        pin: Some(dir.to_path_buf()),
+        ..GroupOptions::default()
+    };
+    let mut group = steer::slots(&pool, options())?;
+    // Slots 0..8 weigh 991..998 and slot 9 weighs 1: a schedule of 7,957 entries (no common
+    // divisor to reduce by). Slot 8, draining, weighs 1,000: back in, it would need 8,957.
+    group.set_state(8, SlotState::Draining)?;
+    let mut weights: Vec<(u32, u32)> = (0..8).map(|i| (i, 991 + i)).collect();
+    weights.push((8, 1000));
+    group.set_weights(&weights)?;
+    group.attach(pool.socket(0)?)?;
+    let generation = group.generation();
+    let active = group.active_slots();
+
+    match group.set_state(8, SlotState::Active) {
+        Err(reuseport_steer::Error::ScheduleTooLong { len, max }) => {
+            assert_eq!((len, max), (8957, 8192))
+        }
+        other => anyhow::bail!("undrain past the schedule's length: {other:?}"),
+    }
+    assert_eq!(group.slot_state(8), Some(SlotState::Draining));
+    assert_eq!(group.active_slots(), active);
+    assert_eq!(group.generation(), generation, "something was published");
+    // What a restarted daemon reads back from the kernel.
+    let adopted = Group::load(options())?;
+    assert!(adopted.adopted());
+    assert_eq!(adopted.slot_state(8), Some(SlotState::Draining));
+    assert_eq!(adopted.active_slots(), active);
+    drop(adopted);
+
+    let out = clients::run(pool.addr(), n, 4, 50);
+    assert!(out.is_clean(), "{out}");
+    assert_eq!(out.counts[8], 0, "the draining slot got connections: {out}");
+    // Later publications go through.
+    group.set_weight(9, 2)?;
+    assert_ne!(group.generation(), generation);
+    Ok(())
+}

@@ -79,31 +79,36 @@ impl Registry {
     ) -> Result<Self, Error> {
         let mut groups = Vec::new();
         for &listen in listen {
+            let pin_dir = setup
+                .pin_root
+                .as_deref()
+                .map(|root| pin::group_dir(root, listen));
+            if let (true, Some(dir)) = (setup.fresh, &pin_dir) {
+                // Discarded before loading, so even pins of another layout (an older version)
+                // cannot stop the daemon; the old program steers with its last state until a
+                // worker registers and ours takes the group over.
+                if dir.exists() {
+                    pin::unpin(dir)?;
+                    info!("{listen}: discarded the pinned state (--fresh)");
+                }
+            }
             let mut group = Group::load(GroupOptions {
                 mode: setup.mode,
                 policy: setup.policy.unwrap_or_default(),
                 on_empty: setup.on_empty,
-                pin: setup
-                    .pin_root
-                    .as_deref()
-                    .map(|root| pin::group_dir(root, listen)),
+                pin: pin_dir,
             })?;
             if group.adopted() {
-                if setup.fresh {
-                    group.reset(setup.policy.unwrap_or_default(), setup.on_empty)?;
-                    info!("{listen}: discarded the pinned state (--fresh)");
-                } else {
-                    if let Some(policy) = setup.policy {
-                        group.set_policy(policy)?;
-                    }
-                    group.set_on_empty(setup.on_empty)?;
-                    info!(
-                        "{listen}: took over the pinned state: {} slots, policy {}; workers \
-                         register again on their own",
-                        group.slots().len(),
-                        group.policy()
-                    );
+                if let Some(policy) = setup.policy {
+                    group.set_policy(policy)?;
                 }
+                group.set_on_empty(setup.on_empty)?;
+                info!(
+                    "{listen}: took over the pinned state: {} slots, policy {}; workers \
+                     register again on their own",
+                    group.slots().len(),
+                    group.policy()
+                );
             }
             groups.push(GroupEntry {
                 listen,

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 mod cli;
+mod config;
 mod daemon;
 mod demo;
 mod echo;
@@ -12,11 +13,12 @@ mod man;
 mod metrics;
 mod top;
 
-use daemon::{DaemonConfig, GroupSetup, HealthConfig, OnStuck};
+use config::Flags;
+use daemon::{OnStuck, Source};
 use demo::DemoOptions;
 use echo::EchoOptions;
-use exit::Exit;
-use reuseport_steer::{pin, AttachMode, OnEmpty, Policy};
+use exit::{Exit, UsageError};
+use reuseport_steer::{AttachMode, OnEmpty, Policy};
 use reuseport_worker::protocol::GroupRef;
 
 #[derive(Parser)]
@@ -36,20 +38,26 @@ struct Control {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon: steer the groups on the given addresses.
+    /// Run the daemon: steer the groups of the configuration file, or on the given addresses.
     Run {
-        /// Address of a group to steer (repeat for several groups)
-        #[arg(long, required = true, value_name = "ADDR:PORT")]
+        /// Configuration file [default: /etc/reuseport/reuseport.toml when it exists]; the
+        /// flags below override it
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Address of a group to steer (repeat for several groups); replaces the file's groups
+        #[arg(long, value_name = "ADDR:PORT")]
         listen: Vec<SocketAddr>,
         /// Balancing policy [default: the pinned group's, else round-robin]
         #[arg(long, value_enum)]
         policy: Option<Policy>,
-        /// Which program: select-or-migrate also moves the queued connections of closing listeners
-        #[arg(long, value_enum, default_value_t = AttachMode::SelectOrMigrate)]
-        mode: AttachMode,
-        /// When no active worker can take a connection: pass (kernel hash) or drop
-        #[arg(long, value_enum, default_value_t = OnEmpty::Pass)]
-        on_empty: OnEmpty,
+        /// Which program: select-or-migrate also moves the queued connections of closing
+        /// listeners [default: select-or-migrate]
+        #[arg(long, value_enum)]
+        mode: Option<AttachMode>,
+        /// When no active worker can take a connection: pass (kernel hash) or drop [default:
+        /// pass]
+        #[arg(long, value_enum)]
+        on_empty: Option<OnEmpty>,
         /// Another uid allowed on the control socket (repeatable)
         #[arg(long, value_name = "UID")]
         allow_uid: Vec<u32>,
@@ -62,21 +70,32 @@ enum Command {
         /// Discard the pinned state of an earlier daemon instead of taking it over
         #[arg(long)]
         fresh: bool,
-        /// How often queues are sampled, in milliseconds
-        #[arg(long, default_value_t = 5)]
-        sample_ms: u64,
+        /// How often queues are sampled, in milliseconds [default: 5]
+        #[arg(long)]
+        sample_ms: Option<u64>,
         /// A worker with connections waiting that accepts none for this long is stuck
-        #[arg(long, default_value_t = 50)]
-        stuck_ms: u64,
+        /// [default: 50]
+        #[arg(long)]
+        stuck_ms: Option<u64>,
         /// skip: no new connections while stuck; evict: also shut its listener down so its
-        /// queued connections move to healthy workers
-        #[arg(long, default_value = "skip")]
-        on_stuck: OnStuck,
+        /// queued connections move to healthy workers [default: skip]
+        #[arg(long)]
+        on_stuck: Option<OnStuck>,
         /// Serve Prometheus metrics on http://ADDR:PORT/metrics
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<SocketAddr>,
         #[command(flatten)]
         control: Control,
+    },
+    /// Make the daemon re-read its configuration file and apply what changed (as SIGHUP does).
+    Reload {
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Check a configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Show groups and workers (RECV-Q: connections waiting to be accepted, as in `ss -l`).
     Status {
@@ -171,6 +190,16 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate PATH: every problem with its line and column (exit status 2), or the groups it
+    /// describes.
+    Check {
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyAction {
     /// Print the policy of each group.
     Get {
@@ -228,8 +257,31 @@ fn visible(command: &clap::Command) -> clap::Command {
     copy
 }
 
+/// Logs to stderr; under systemd (journald reads stderr and stamps each line itself) without
+/// a timestamp, with the `<N>` syslog priority journald reads as the line's level.
+fn init_logging() {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let journald = ["JOURNAL_STREAM", "INVOCATION_ID"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if journald {
+        builder.format(|out, record| {
+            use std::io::Write as _;
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(out, "<{priority}>{}: {}", record.target(), record.args())
+        });
+    }
+    builder.init();
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     // A usage error exits with clap's status 2 (Exit::Usage), --help and --version with 0.
     let args = Args::from_arg_matches(&cli_definition().get_matches()).unwrap_or_else(|e| e.exit());
     match dispatch(args.command) {
@@ -244,6 +296,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run {
+            config,
             listen,
             policy,
             mode,
@@ -258,24 +311,34 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             metrics,
             control,
         } => {
-            let config = DaemonConfig {
+            let flags = Flags {
                 listen,
-                setup: GroupSetup {
-                    mode,
-                    policy,
-                    on_empty,
-                    pin_root: (!no_pin).then(|| pin_dir.unwrap_or_else(pin::default_root)),
-                    fresh,
-                },
-                control: cli::path(control.control),
+                policy,
+                mode,
+                on_empty,
                 allow_uids: allow_uid,
-                health: HealthConfig {
-                    sample: Duration::from_millis(sample_ms.max(1)),
-                    stuck_after: Duration::from_millis(stuck_ms),
-                    on_stuck,
-                },
+                pin_dir,
+                no_pin,
+                fresh,
+                sample: sample_ms.map(Duration::from_millis),
+                stuck_after: stuck_ms.map(Duration::from_millis),
+                on_stuck,
                 metrics,
+                control: control.control,
             };
+            let file = config.or_else(|| {
+                let default = PathBuf::from(config::DEFAULT_PATH);
+                default.exists().then_some(default)
+            });
+            let loaded = file.as_deref().map(config::load).transpose()?;
+            let resolved = flags.resolve(loaded.as_ref());
+            if resolved.groups.is_empty() {
+                return Err(anyhow::Error::new(UsageError(format!(
+                    "nothing to serve: give --listen ADDR:PORT or --config PATH with a \
+                     [[group]]{}",
+                    file.map_or_else(String::new, |f| format!(" ({} has none)", f.display()))
+                ))));
+            }
             // The sessions' runtime (the owner of the daemon's state has a thread of its own).
             // Two threads: a session busy with a big reply (`status` of a thousand workers) or
             // a client flooding its connection then holds up no other session. More buy
@@ -284,8 +347,16 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?
-                .block_on(daemon::run(config, daemon::termination()))
+                .block_on(daemon::run(
+                    resolved,
+                    Source { file, flags },
+                    daemon::termination(),
+                ))
         }
+        Command::Reload { control } => cli::reload(&cli::path(control.control)),
+        Command::Config {
+            action: ConfigAction::Check { path },
+        } => config::check(&path),
         Command::Status { json, control } => cli::status(&cli::path(control.control), json),
         Command::Top {
             once,

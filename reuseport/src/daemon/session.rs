@@ -30,7 +30,10 @@ pub struct Session {
     pub conn: ConnId,
     pub peer: Peer,
     pub allowed: bool,
+    /// The peer runs as the daemon's uid: it may reload.
+    pub own_uid: bool,
     pub owner: Handle,
+    pub reloader: Arc<super::Reloader>,
 }
 
 /// Why the daemon closes a connection: said to the client as an error reply first.
@@ -249,6 +252,18 @@ impl Session {
                 })
                 .await?
                 .map(|()| Reply::ok()),
+            Request::Reload if !self.own_uid => Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "uid {} may not reload the daemon: run `reuseport reload` as the daemon's \
+                     user (or send it SIGHUP)",
+                    self.peer.uid
+                ),
+            )),
+            Request::Reload => self.reloader.reload().await.map(|changes| Reply {
+                changes: Some(changes),
+                ..Reply::ok()
+            }),
             Request::Undrain { slot, group } => self
                 .owner
                 .call(move |r| r.set_state(slot, SlotState::Active, group.as_ref()))

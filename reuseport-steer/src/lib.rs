@@ -2,7 +2,8 @@
 //!
 //! [`Group`] loads the kernel program, attaches it to a group and manages its slots, policy and
 //! weights live; [`pin`] keeps its state in bpffs across restarts; [`diag`] reads accept queues
-//! through sock_diag; [`netns`] gives tests and demos a private network namespace.
+//! through sock_diag; [`netns`] gives tests and demos a private network namespace; [`procs`]
+//! reads process ancestry (whose pid a registration may name).
 
 pub mod diag;
 pub mod error;
@@ -13,6 +14,7 @@ mod object;
 pub mod pin;
 pub mod policy;
 pub mod preflight;
+pub mod procs;
 pub mod schedule;
 pub mod socket;
 pub mod stats;

@@ -48,6 +48,27 @@ impl fmt::Display for Child {
     }
 }
 
+/// A command running test `test` (its exact name) of this binary alone with `ROLE_ENV=role`, for
+/// a child the caller drives itself (its stdio as the caller sets it); [`run`] runs one to the
+/// end.
+pub fn command(test: &str, role: &str) -> Result<Command> {
+    let exe = std::env::current_exe().context("finding the test binary")?;
+    Ok(command_of(&exe, test, role))
+}
+
+fn command_of(exe: &std::path::Path, test: &str, role: &str) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(ROLE_ENV, role);
+    cmd
+}
+
+/// The text of a [`report`] line, if `line` (of a child's stdout) is one.
+pub fn reported(line: &str) -> Option<&str> {
+    // libtest prints "test <name> ... " without a newline before the test runs.
+    line.split_once(REPORT).map(|(_, r)| r.trim_end())
+}
+
 /// Runs test `test` (its exact name) of this binary in a child with `ROLE_ENV=role`, as
 /// `uid`/gid `uid` when given (setuid from root drops every capability). As another uid, the
 /// binary runs from a place that uid can reach, wherever the checkout lives.
@@ -60,9 +81,7 @@ pub fn run(test: &str, role: &str, uid: Option<u32>) -> Result<Child> {
         exe = binary::runnable_by_all(&exe, dir)
             .with_context(|| format!("exposing {} in {}", exe.display(), dir.display()))?;
     }
-    let mut cmd = Command::new(&exe);
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(ROLE_ENV, role);
+    let mut cmd = command_of(&exe, test, role);
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
     }
@@ -76,8 +95,7 @@ pub fn run(test: &str, role: &str, uid: Option<u32>) -> Result<Child> {
         status: out.status,
         reports: stdout
             .lines()
-            // libtest prints "test <name> ... " without a newline before the test runs.
-            .filter_map(|l| l.split_once(REPORT).map(|(_, r)| r.to_owned()))
+            .filter_map(|l| reported(l).map(str::to_owned))
             .collect(),
         stdout,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -178,6 +178,24 @@ impl Fixture {
         Ok(pid)
     }
 
+    /// Starts `reuseport spawn` for the fixture's address and control socket, then `args` (its
+    /// own options, `--`, and the server's command line); returns its pid. It is listed among
+    /// the workers, logging to `name.log`, and killed on drop (its server gets SIGTERM then).
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&mut self, name: &str, args: &[S]) -> Result<u32> {
+        let mut cmd = self.command(name)?;
+        cmd.args(["spawn", "--listen", &self.addr.to_string()])
+            .arg("--control")
+            .arg(&self.control)
+            .args(args);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} spawn", self.bin.display()))?;
+        let pid = child.id();
+        self.workers.push(child);
+        self.names.push(name.to_owned());
+        Ok(pid)
+    }
+
     /// Starts `n` echo workers named `w0`, `w1`, ...; returns their pids in that order.
     pub fn echo_workers(&mut self, n: usize) -> Result<Vec<u32>> {
         (0..n).map(|i| self.echo(&format!("w{i}"))).collect()
@@ -239,6 +257,17 @@ impl Fixture {
     pub fn wait_workers(&self, n: usize) -> Result<GroupStatus> {
         self.wait_status(START_LIMIT, &format!("{n} workers registered"), |s| {
             s.workers.len() == n
+        })
+    }
+
+    /// Waits (at most `limit`) until the daemon lists exactly the workers `pids`, each by its
+    /// own pid (a slot taken over from an earlier daemon shows pid 0 until its worker registers
+    /// again); returns that status.
+    pub fn wait_pids(&self, limit: Duration, pids: &[u32]) -> Result<GroupStatus> {
+        let want: BTreeSet<u32> = pids.iter().copied().collect();
+        self.wait_status(limit, &format!("workers {want:?} registered"), |s| {
+            s.workers.len() == want.len()
+                && s.workers.iter().map(|w| w.pid).collect::<BTreeSet<_>>() == want
         })
     }
 
@@ -337,6 +366,15 @@ impl Drop for Fixture {
         }
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_dir_all(&self.pins);
+    }
+}
+
+/// A worker's state as the wire and the CLI spell it (`active`, `draining`, `stuck`, ...),
+/// whatever type the status gives it.
+pub fn state(worker: &WorkerStatus) -> String {
+    match serde_json::to_value(worker.state) {
+        Ok(serde_json::Value::String(state)) => state,
+        other => format!("{other:?}"),
     }
 }
 

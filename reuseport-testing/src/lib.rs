@@ -7,9 +7,12 @@
 //! - [`clients`]: connection drivers for a pool: which listener answered, or just the handshake.
 //! - [`loadgen`]: HTTP load for `reuseport echo` workers (blocking, open-loop, closed-loop).
 //! - [`daemon`]: real processes, a `reuseport run` daemon and `reuseport echo` workers.
+//! - [`servers`]: nginx, gunicorn and uvicorn for `reuseport spawn`, and the apps they serve.
 //! - [`steer`]: a [`reuseport_steer::Group`] steering a whole pool.
 //! - [`limits`], [`wait`]: RLIMIT_NOFILE, and waiting for a condition with a deadline.
 //! - [`child`], [`seccomp`]: re-running a test with fewer rights.
+//! - [`held`]: a registered worker, in a process of its own, that accepts nothing until it
+//!   exits or shuts its listener down.
 //! - [`distribution`], [`expect`]: fairness figures and exact-distribution predicates.
 //! - [`binary`]: finding the `reuseport` binary, and making a binary runnable by another uid.
 
@@ -19,11 +22,13 @@ pub mod clients;
 pub mod daemon;
 pub mod distribution;
 pub mod expect;
+pub mod held;
 pub mod limits;
 pub mod listeners;
 pub mod loadgen;
 pub mod netns;
 pub mod seccomp;
+pub mod servers;
 pub mod steer;
 pub mod wait;
 

@@ -144,6 +144,8 @@ pub enum ErrorCode {
     // Refusals of the daemon's registry.
     /// A worker name that is too long or holds control characters.
     BadName,
+    /// `register` named a pid that is not the registrant's or its descendant's.
+    ForeignPid,
     NoGroup,
     UnknownGroup,
     AmbiguousGroup,

@@ -104,6 +104,16 @@ impl Registration {
     /// Registers `listener` now if the daemon is up (a refusal is returned as an error), or
     /// as soon as it comes up; and again after every daemon restart.
     pub fn start(listener: &impl AsFd, options: &WorkerOptions) -> Result<Self, ClientError> {
+        Self::start_for(listener, options, std::process::id())
+    }
+
+    /// [`Registration::start`] on behalf of process `pid`, which serves the listener: a
+    /// launcher (`reuseport spawn`) names the server it started, its own child.
+    pub fn start_for(
+        listener: &impl AsFd,
+        options: &WorkerOptions,
+        pid: u32,
+    ) -> Result<Self, ClientError> {
         let socket = listener
             .as_fd()
             .try_clone_to_owned()
@@ -115,7 +125,7 @@ impl Registration {
         let request = Request::Register {
             name: options.name.clone(),
             weight: options.weight,
-            pid: Some(std::process::id()),
+            pid: Some(pid),
         };
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),

@@ -11,6 +11,7 @@ mod echo;
 mod exit;
 mod man;
 mod metrics;
+mod spawn;
 mod top;
 
 use config::Flags;
@@ -160,6 +161,9 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Run an unmodified server on listeners of the group, registered on its behalf: systemd
+    /// socket activation (gunicorn, uvicorn --fd {fd}) or NGINX (nginx).
+    Spawn(spawn::SpawnArgs),
     /// A single-threaded HTTP echo worker that joins the group.
     Echo {
         #[arg(long, value_name = "ADDR:PORT")]
@@ -406,6 +410,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             port,
             ..DemoOptions::default()
         }),
+        Command::Spawn(args) => spawn::run(args),
         Command::Echo {
             listen,
             no_register,

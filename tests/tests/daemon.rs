@@ -4,6 +4,7 @@
 use reuseport_worker::protocol::ErrorCode;
 use reuseport_worker::protocol::WorkerState;
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     net::{TcpListener, UdpSocket},
     os::{
@@ -16,9 +17,16 @@ use std::{
 };
 
 use reuseport_steer::netns;
+use reuseport_steer::Policy;
 use reuseport_testing::loadgen::{tally, Load};
-use reuseport_testing::{child::NOBODY, daemon::Fixture, wait, TestResult as Result};
-use reuseport_worker::{self as worker, ClientError, ControlClient, Reply, Request, WorkerOptions};
+use reuseport_testing::{
+    child::NOBODY,
+    daemon::{state, Fixture, START_LIMIT},
+    wait, TestResult as Result,
+};
+use reuseport_worker::{
+    self as worker, ClientError, ControlClient, GroupStatus, Reply, Request, WorkerOptions,
+};
 use socket2::{Domain, Socket, Type};
 
 fn rejected_code(e: ClientError) -> String {
@@ -194,8 +202,18 @@ fn bad_registrations_are_refused_and_serving_goes_on() -> Result {
     let reply: Reply = serde_json::from_str(&line)?;
     assert_eq!(reply.code, Some(ErrorCode::Truncated));
 
-    // The daemon is still there and still steering.
-    assert_eq!(f.wait_workers(2)?.workers.len(), 2);
+    // The daemon is still there, and no refused registration left a slot behind: it lists
+    // exactly the two echo workers, both active, and still steers.
+    let status = f.status()?;
+    let mut listed: Vec<u32> = status.workers.iter().map(|w| w.pid).collect();
+    listed.sort_unstable();
+    let mut started = f.worker_pids();
+    started.sort_unstable();
+    assert_eq!(listed, started, "{status:?}");
+    assert!(
+        status.workers.iter().all(|w| state(w) == "active"),
+        "{status:?}"
+    );
     let counts = f.load_ok(100);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![50, 50]);
     Ok(())
@@ -381,6 +399,45 @@ fn policy_swaps_from_the_cli_under_load_lose_nothing() -> Result {
     Ok(())
 }
 
+/// How long the README says workers take to register again with a restarted daemon ("about
+/// 100 ms"), with room for a machine busy with other builds.
+const COME_BACK_LIMIT: Duration = Duration::from_secs(1);
+
+/// Every worker of the status by slot: (pid, state, weight).
+fn by_slot(status: &GroupStatus) -> BTreeMap<u32, (u32, String, u32)> {
+    status
+        .workers
+        .iter()
+        .map(|w| (w.slot, (w.pid, state(w), w.weight)))
+        .collect()
+}
+
+/// Restarts the daemon with `args` and waits until every worker of `f` is listed by its own pid
+/// again; returns that status and how long it took from the new daemon answering.
+fn restart_until_back(f: &mut Fixture, args: &[&str]) -> Result<(GroupStatus, Duration)> {
+    f.start_daemon(args)?;
+    let answering = Instant::now();
+    let status = wait::until_every(
+        Duration::from_millis(2),
+        START_LIMIT,
+        "every worker registered again",
+        || {
+            f.status().is_ok_and(|s| {
+                let mut back: Vec<u32> = s.workers.iter().map(|w| w.pid).collect();
+                back.sort_unstable();
+                let mut started = f.worker_pids();
+                started.sort_unstable();
+                back == started
+            })
+        },
+    )
+    .and_then(|()| f.status());
+    let took = answering.elapsed();
+    let status = status.map_err(|e| format!("{e:#}\n{}", f.logs()))?;
+    eprintln!("workers back with their pids {took:?} after the new daemon answered");
+    Ok((status, took))
+}
+
 #[test]
 fn steering_survives_the_daemon_and_workers_come_back_to_a_new_one() -> Result {
     restart_round_trip("restart", &[])
@@ -396,7 +453,7 @@ fn workers_come_back_to_a_restarted_daemon_without_pins() -> Result {
 fn restart_round_trip(name: &str, daemon_args: &[&str]) -> Result {
     let mut f = Fixture::with_daemon_args(name, daemon_args)?;
     f.echo_workers(4)?;
-    f.wait_workers(4)?;
+    let before = by_slot(&f.wait_pids(START_LIMIT, &f.worker_pids())?);
     f.stop_daemon(libc::SIGTERM)?;
     assert!(
         !f.control.exists(),
@@ -406,13 +463,134 @@ fn restart_round_trip(name: &str, daemon_args: &[&str]) -> Result {
     let counts = f.load_ok(400);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 4]);
 
-    f.start_daemon(daemon_args)?;
-    let status = f.wait_workers(4)?;
-    assert!(status
-        .workers
-        .iter()
-        .all(|w| w.state == WorkerState::Active));
+    let (status, took) = restart_until_back(&mut f, daemon_args)?;
+    assert!(took <= COME_BACK_LIMIT, "workers back after {took:?}");
+    let after = by_slot(&status);
+    if daemon_args.contains(&"--no-pin") {
+        // New maps: slots are given anew, but every worker is back and active.
+        assert!(
+            after.values().all(|(_, state, _)| state == "active"),
+            "{after:?}"
+        );
+    } else {
+        // Each worker back in its own slot, by its real pid, active.
+        assert_eq!(after, before, "{status:?}");
+    }
     let counts = f.load_ok(400);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 4]);
+    Ok(())
+}
+
+/// The pinned state is the group's: a restarted daemon keeps the policy, the weights and a
+/// drained slot, and steers by them once the workers are back.
+#[test]
+fn weights_states_and_policy_survive_a_daemon_restart() -> Result {
+    let mut f = Fixture::new("keepstate")?;
+    f.echo_workers(4)?;
+    let status = f.wait_pids(START_LIMIT, &f.worker_pids())?;
+    let slots: Vec<u32> = status.workers.iter().map(|w| w.slot).collect();
+    f.set_policy(Policy::Weighted)?;
+    for (&slot, weight) in slots.iter().zip([1, 2, 3, 5]) {
+        let reply = f.request(&Request::Weight {
+            slot,
+            weight,
+            group: None,
+        })?;
+        assert!(reply.ok, "{reply:?}");
+    }
+    let drained = slots[3];
+    let reply = f.request(&Request::Drain {
+        slot: drained,
+        group: None,
+        close: None,
+    })?;
+    assert!(reply.ok, "{reply:?}");
+    let before = by_slot(&f.status()?);
+    assert_eq!(before[&drained].1, "draining");
+
+    f.stop_daemon(libc::SIGTERM)?;
+    let (status, took) = restart_until_back(&mut f, &[])?;
+    assert!(took <= COME_BACK_LIMIT, "workers back after {took:?}");
+    assert_eq!(status.policy.to_string(), "weighted", "{status:?}");
+    assert_eq!(by_slot(&status), before, "{status:?}");
+    // Weights 1:2:3 over the three active slots: 600 connections are 100 whole periods.
+    let counts = f.load_ok(600);
+    let pid = |slot: u32| before[&slot].0;
+    let want: BTreeMap<u32, u64> = [
+        (pid(slots[0]), 100),
+        (pid(slots[1]), 200),
+        (pid(slots[2]), 300),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counts, want, "{status:?}");
+    Ok(())
+}
+
+/// Weights, drains and undrains sent while clients connect cost no connection, and once they
+/// stop the shares are exactly the last weights.
+#[test]
+fn weight_and_state_changes_under_load_lose_nothing() -> Result {
+    let mut f = Fixture::with_daemon_args("reweigh", &["--policy", "weighted"])?;
+    f.echo_workers(4)?;
+    let status = f.wait_pids(START_LIMIT, &f.worker_pids())?;
+    let slots: Vec<u32> = status.workers.iter().map(|w| w.slot).collect();
+    let load = Load::new(f.addr, 6000, 8);
+    let (outcomes, changes) = std::thread::scope(|s| -> Result<_> {
+        let handle = s.spawn(|| load.run());
+        let mut changes = 0usize;
+        while !handle.is_finished() && changes < 5000 {
+            let slot = slots[changes % slots.len()];
+            // At most two slots are draining at a time: each is undrained four changes later.
+            let request = match changes % 3 {
+                0 => Request::Weight {
+                    slot,
+                    weight: 1 + (changes * 7 % 5) as u32,
+                    group: None,
+                },
+                1 => Request::Drain {
+                    slot,
+                    group: None,
+                    close: None,
+                },
+                _ => Request::Undrain { slot, group: None },
+            };
+            let reply = f.request(&request)?;
+            assert!(reply.ok, "{request:?}: {reply:?}");
+            changes += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let outcomes = handle.join().map_err(|_| "load thread panicked")?;
+        Ok((outcomes, changes))
+    })?;
+    eprintln!("{changes} weight and state changes during the load");
+    assert!(changes >= 30, "only {changes} changes during the load");
+    let (counts, errors) = tally(&outcomes);
+    assert!(errors.is_empty(), "{} failed: {errors:?}", errors.len());
+    assert_eq!(counts.values().sum::<u64>(), 6000);
+
+    // The last word: every slot active, weights 1:2:3:4; a fresh window of 100 periods.
+    let weights = [1, 2, 3, 4];
+    for (&slot, weight) in slots.iter().zip(weights) {
+        for request in [
+            Request::Undrain { slot, group: None },
+            Request::Weight {
+                slot,
+                weight,
+                group: None,
+            },
+        ] {
+            let reply = f.request(&request)?;
+            assert!(reply.ok, "{request:?}: {reply:?}");
+        }
+    }
+    let counts = f.load_ok(1000);
+    let want: BTreeMap<u32, u64> = status
+        .workers
+        .iter()
+        .zip(weights)
+        .map(|(w, weight)| (w.pid, 100 * u64::from(weight)))
+        .collect();
+    assert_eq!(counts, want, "{:?}", f.status()?);
     Ok(())
 }

@@ -392,40 +392,40 @@ fn sighup_neither_stops_the_daemon_nor_loses_its_socket() -> Result {
     Ok(())
 }
 
-/// Issue: a slot found stuck just before the daemon restarted stayed stuck for good: the stuck
-/// state was pinned and taken over, but only a stuck state the new daemon's monitor recorded
-/// itself was ever cleared, so a healthy worker got no traffic until someone ran `undrain`.
+/// A registration may name another process as the worker's only when it is the registrant's
+/// descendant with the same uid (`reuseport spawn`); otherwise a worker could pass for any
+/// process, and the daemon would watch the wrong one.
 #[test]
-fn a_slot_stuck_when_the_daemon_restarts_comes_back_with_its_worker() -> Result {
-    use reuseport_worker::protocol::WorkerState;
-    let mut f = Fixture::new("stuck-restart")?;
-    let pids = f.echo_workers(2)?;
-    f.wait_active(2)?;
-    reuseport_testing::daemon::signal(pids[0], libc::SIGSTOP)?;
-    // Connections for the stopped worker wait in its queue until it is found stuck.
-    let addr = f.addr;
-    let clients =
-        std::thread::spawn(move || reuseport_testing::loadgen::Load::new(addr, 8, 8).run());
-    f.wait_worker(Duration::from_secs(5), "worker 0 stuck", |w| {
-        w.pid == pids[0] && w.state == WorkerState::Stuck
-    })?;
-    f.stop_daemon(libc::SIGKILL)?;
-    reuseport_testing::daemon::signal(pids[0], libc::SIGCONT)?;
-    let _ = clients.join();
-    f.start_daemon(&[])?;
-    let status = f.wait_status(Duration::from_secs(5), "both workers back", |s| {
-        s.workers.iter().filter(|w| pids.contains(&w.pid)).count() == 2
-    })?;
-    let stuck: Vec<_> = status
-        .workers
-        .iter()
-        .filter(|w| w.state != WorkerState::Active)
-        .collect();
-    assert!(
-        stuck.is_empty(),
-        "out of rotation after the restart: {stuck:?}"
-    );
-    let counts = f.load_ok(40);
-    assert_eq!(counts.len(), 2, "one worker got nothing: {counts:?}");
+fn a_registration_naming_an_unrelated_pid_is_refused() -> Result {
+    let f = Fixture::new("foreign-pid")?;
+    let listener = reuseport_worker::bind_listener(f.addr, 16)?;
+    let refused = ControlClient::connect(&f.control)?
+        .request_with_fd(
+            &Request::Register {
+                name: Some("liar".into()),
+                weight: None,
+                pid: Some(1),
+            },
+            std::os::fd::AsFd::as_fd(&listener),
+        )
+        .err();
+    match refused {
+        Some(reuseport_worker::ClientError::Rejected { code, message }) => {
+            assert_eq!(code.to_string(), "foreign_pid", "{message}");
+        }
+        other => panic!("pid 1 was accepted: {other:?}"),
+    }
+    // Naming itself is fine, and shown.
+    let mut own = ControlClient::connect(&f.control)?;
+    own.request_with_fd(
+        &Request::Register {
+            name: Some("honest".into()),
+            weight: None,
+            pid: Some(std::process::id()),
+        },
+        std::os::fd::AsFd::as_fd(&listener),
+    )?;
+    let status = f.wait_workers(1)?;
+    assert_eq!(status.workers[0].pid, std::process::id());
     Ok(())
 }

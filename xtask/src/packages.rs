@@ -1,19 +1,30 @@
-//! The Debian packages of the tools the tests check the project's output with (promtool, the
-//! strict OpenMetrics parser). Installed only when missing, with apt; where apt is missing or
-//! fails, a warning: the tests that need a tool skip its check when it is not installed.
+//! The Debian packages the tests use: the real servers they run under `reuseport spawn`
+//! (nginx, gunicorn, uvicorn) and the tools they check the project's output with (promtool, the
+//! strict OpenMetrics parser). Probed in milliseconds; installed only when missing, with one
+//! `apt-get update` and one `apt-get install`; where apt is missing or fails, a warning naming
+//! the command to run (the tests that need a server fail naming it).
 
 use std::process::{Command, Stdio};
 
 /// How to tell a tool is installed.
 enum Probe {
-    /// A command on PATH.
+    /// A command on PATH that answers `--version`.
     Command(&'static str),
-    /// A module Debian's `/usr/bin/python3` imports.
+    /// A file where the package puts it (nginx is in /usr/sbin, which a user's PATH may lack,
+    /// and has no `--version`).
+    File(&'static str),
+    /// A module Debian's `/usr/bin/python3` imports (a pyenv or venv `python3` first in PATH
+    /// may not have it; Debian's uvicorn has no command, the tests run `python3 -m uvicorn`).
     PythonModule(&'static str),
 }
 
 /// What the tests run, and the Debian package that ships it.
 const TEST_TOOLS: &[(Probe, &str)] = &[
+    // Real servers, run under `reuseport spawn` (reuseport-testing's `servers` finds them the
+    // same way).
+    (Probe::File("/usr/sbin/nginx"), "nginx"),
+    (Probe::Command("gunicorn"), "gunicorn"),
+    (Probe::PythonModule("uvicorn"), "python3-uvicorn"),
     // `promtool check metrics` lints the Prometheus text format of /metrics.
     (Probe::Command("promtool"), "prometheus"),
     // The strict OpenMetrics parser checks the OpenMetrics format of /metrics.
@@ -32,6 +43,7 @@ pub fn ensure_test_tools() {
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
+        eprintln!("setup: test servers and tools ok");
         return;
     }
     eprintln!("setup: installing {} for the tests", missing.join(" "));
@@ -42,8 +54,10 @@ pub fn ensure_test_tools() {
     };
     if !installed {
         eprintln!(
-            "setup: warning: could not install {} (apt-get as root is needed); the tests skip \
-             the checks that run them",
+            "setup: warning: could not install {} (apt-get as root is needed): the tests that run \
+             them fail or skip their checks; as root: `apt-get install -y {}`, then `cargo xtask \
+             setup`",
+            missing.join(" "),
             missing.join(" ")
         );
     }
@@ -97,6 +111,7 @@ impl Probe {
                 cmd.arg("--version");
                 cmd
             }
+            Self::File(path) => return std::path::Path::new(path).is_file(),
             Self::PythonModule(module) => {
                 let mut cmd = Command::new("/usr/bin/python3");
                 cmd.args(["-c", &format!("import {module}")]);

@@ -1,5 +1,6 @@
-//! `cargo xtask setup`: makes the eBPF build possible. Idempotent, and quick when all is in
-//! place (filesystem checks and `--version` runs only), because build and test run it first.
+//! `cargo xtask setup`: makes the eBPF build possible, and installs the servers the tests run
+//! (nginx, gunicorn, uvicorn). Idempotent, and quick when all is in place (filesystem checks
+//! and `--version` runs only), because build and test run it first.
 
 use std::{env, path::Path, path::PathBuf};
 

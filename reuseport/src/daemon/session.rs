@@ -144,6 +144,29 @@ impl Session {
         }
     }
 
+    /// The process a registration stands for: the registrant itself, or the process it names
+    /// in `pid` when that is its descendant with the same uid (`reuseport spawn` registers the
+    /// server it starts). The daemon then watches that process (stopped or gone) and `status`
+    /// shows it. Any other pid is refused: a worker cannot pass for an unrelated process.
+    fn serving_process(&self, pid: Option<u32>) -> Result<Peer, Refusal> {
+        let peer = self.peer;
+        match pid {
+            None => Ok(peer),
+            Some(pid) if pid == peer.pid => Ok(peer),
+            Some(pid) => match reuseport_steer::procs::may_name(peer.pid, peer.uid, pid) {
+                Ok(true) => Ok(Peer { pid, ..peer }),
+                Ok(false) | Err(_) => Err(Refusal::new(
+                    ErrorCode::ForeignPid,
+                    format!(
+                        "pid {pid} is neither the registering process ({}) nor one of its \
+                         descendants with uid {}: name your own pid, or a child process's",
+                        peer.pid, peer.uid
+                    ),
+                )),
+            },
+        }
+    }
+
     /// Carries out one request; `None` for requests that get no reply.
     async fn handle_line(
         &self,
@@ -158,7 +181,7 @@ impl Session {
             )
         })?;
         let reply = match request {
-            Request::Register { name, weight, .. } => {
+            Request::Register { name, weight, pid } => {
                 let Some(socket) = fds.pop_front() else {
                     return Err(fatal(
                         ErrorCode::FdMissing,
@@ -169,13 +192,15 @@ impl Session {
                 let inspected = SocketInfo::of(std::os::fd::AsFd::as_fd(&socket))
                     .and_then(|info| info.check_joinable().map(|()| info));
                 let named = name.as_deref().map_or(Ok(()), names::check);
-                match (named, inspected) {
-                    (Err(why), _) => Err(Refusal::new(ErrorCode::BadName, why)),
-                    (_, Err(e)) => Err(e.into()),
-                    (Ok(()), Ok(info)) => {
+                let serving = self.serving_process(pid);
+                match (named, serving, inspected) {
+                    (Err(why), _, _) => Err(Refusal::new(ErrorCode::BadName, why)),
+                    (_, Err(refusal), _) => Err(refusal),
+                    (_, _, Err(e)) => Err(e.into()),
+                    (Ok(()), Ok(peer), Ok(info)) => {
                         let worker = NewWorker {
                             conn: self.conn,
-                            peer: self.peer,
+                            peer,
                             socket,
                             info,
                             name,

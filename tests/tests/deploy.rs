@@ -80,6 +80,16 @@ fn the_systemd_units_verify() -> Result {
             "reuseport.service lacks {line}"
         );
     }
+    // The worker template's spawn flags are spawn's.
+    let worker = fs::read_to_string(dir.join(units[1]))?;
+    let help = Command::new(&bin).args(["spawn", "--help"]).output()?;
+    for flag in ["--listen", "--name"] {
+        assert!(
+            worker.contains(&format!(" spawn {flag}")) || worker.contains(&format!(" {flag} ")),
+            "{flag}"
+        );
+        assert!(text(&help.stdout).contains(flag), "spawn has no {flag}");
+    }
     let paths: Vec<String> = units.iter().map(|u| format!("./{u}")).collect();
     let mut args = vec!["verify", "--man=no"];
     args.extend(paths.iter().map(String::as_str));

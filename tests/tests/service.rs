@@ -265,6 +265,22 @@ fn reload_adds_and_removes_groups() -> Result {
         text(&out.stdout)
     );
 
+    // Health settings change live.
+    fs::write(
+        &file,
+        format!(
+            "[health]\nsample_ms = 10\nstuck_ms = 80\n{}",
+            group(addr, "")
+        ),
+    )?;
+    let out = f.cli(&["reload"])?;
+    assert!(
+        text(&out.stdout).contains("health: sample every 10 ms, stuck after 80 ms"),
+        "{}",
+        text(&out.stdout)
+    );
+    f.load_ok(50);
+
     fs::write(&file, group(addr, "") + &group(extra, "policy = \"hash\""))?;
     let out = f.cli(&["reload"])?;
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -263,7 +263,8 @@ fn place(text: &str, span: Range<usize>) -> (usize, usize) {
 /// What `run` was given on its command line; each one set overrides the file.
 #[derive(Clone, Debug, Default)]
 pub struct Flags {
-    /// Replaces the file's groups (each then with the flags' or the default settings).
+    /// Replaces the file's groups: a listed address the file has keeps the file's settings,
+    /// another gets the defaults (the flags below override both).
     pub listen: Vec<SocketAddr>,
     pub policy: Option<Policy>,
     pub mode: Option<AttachMode>,
@@ -283,17 +284,24 @@ impl Flags {
     /// The daemon's configuration: these flags over `file` (if any) over the defaults.
     pub fn resolve(&self, file: Option<&Config>) -> DaemonConfig {
         let file = file.cloned().unwrap_or_default();
+        // `--listen` chooses the groups; one the file also describes keeps its settings there.
         let mut groups = if self.listen.is_empty() {
             file.groups
         } else {
             self.listen
                 .iter()
-                .map(|&listen| GroupConfig {
-                    listen,
-                    mode: AttachMode::default(),
-                    policy: None,
-                    on_empty: OnEmpty::default(),
-                    weights: BTreeMap::new(),
+                .map(|&listen| {
+                    file.groups
+                        .iter()
+                        .find(|g| g.listen == listen)
+                        .cloned()
+                        .unwrap_or_else(|| GroupConfig {
+                            listen,
+                            mode: AttachMode::default(),
+                            policy: None,
+                            on_empty: OnEmpty::default(),
+                            weights: BTreeMap::new(),
+                        })
                 })
                 .collect()
         };
@@ -508,6 +516,18 @@ listen = "[::1]:9090"
         .resolve(Some(&c));
         assert_eq!(d.groups.len(), 1);
         assert_eq!(d.groups[0].policy, None);
+        // A --listen address the file describes keeps the file's settings.
+        let c = parse(
+            "[[group]]\nlisten = \"127.0.0.1:1\"\npolicy = \"p2c\"\n[[group]]\nlisten = \"127.0.0.1:2\"\n",
+            Path::new("t.toml"),
+        )?;
+        let d = Flags {
+            listen: vec!["127.0.0.1:1".parse().map_err(|_| unreachable())?],
+            ..Flags::default()
+        }
+        .resolve(Some(&c));
+        assert_eq!(d.groups.len(), 1);
+        assert_eq!(d.groups[0].policy, Some(Policy::P2c));
         Ok(())
     }
 }

@@ -227,6 +227,16 @@ fn reload_under_load_applies_policy_and_weights_losing_nothing() -> Result {
         "a refused file changed the policy"
     );
 
+    // SIGHUP of a bad file: logged with the place, the configuration stays.
+    daemon::signal(f.daemon_pid().unwrap_or(0), libc::SIGHUP)?;
+    let log = f.dir.join("daemon.log");
+    reuseport_testing::wait::until(START_LIMIT, "the refused SIGHUP in the log", || {
+        fs::read_to_string(&log).is_ok_and(|l| l.contains("reload refused"))
+    })?;
+    let logged = fs::read_to_string(&log)?;
+    assert!(logged.contains("reuseport.toml:5:6:"), "{logged}");
+    assert_eq!(f.status()?.policy, Policy::Weighted);
+
     // SIGHUP: the same as `reload`.
     fs::write(
         &file,
@@ -351,5 +361,36 @@ fn reload_without_a_file_is_refused() -> Result {
         "{}",
         text(&out.stderr)
     );
+    Ok(())
+}
+
+/// Only the daemon's uid may reload, even when other uids may use the socket.
+#[test]
+fn another_uid_may_not_reload() -> Result {
+    const NOBODY: u32 = 65534;
+    netns::fresh()?;
+    let addr: SocketAddr = "127.0.0.1:8080".parse()?;
+    let mut f = Fixture::on(addr, "service-uid", binary::locate()?)?;
+    let file = f.dir.join("reuseport.toml");
+    fs::write(
+        &file,
+        format!("allowed_uids = [{NOBODY}]\n{}", group(addr, "")),
+    )?;
+    f.start_daemon_with_config(&file)?;
+    let out = f
+        .command_as(NOBODY)?
+        .args(["reload", "--control"])
+        .arg(&f.control)
+        .output()?;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("uid 65534 may not reload"), "{err}");
+    // It may still read.
+    let out = f
+        .command_as(NOBODY)?
+        .args(["status", "--control"])
+        .arg(&f.control)
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
     Ok(())
 }

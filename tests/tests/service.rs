@@ -159,7 +159,7 @@ fn reload_under_load_applies_policy_and_weights_losing_nothing() -> Result {
     f.wait_active(2)?;
     f.wait_answers(2)?;
 
-    let load = std::thread::spawn(move || Load::new(addr, 3000, 4).run());
+    let load = std::thread::spawn(move || Load::new(addr, 6000, 4).run());
     std::thread::sleep(Duration::from_millis(50));
     fs::write(
         &file,
@@ -185,7 +185,7 @@ fn reload_under_load_applies_policy_and_weights_losing_nothing() -> Result {
         errors.len(),
         &errors[..errors.len().min(5)]
     );
-    assert_eq!(counts.values().sum::<u64>(), 3000);
+    assert_eq!(counts.values().sum::<u64>(), 6000);
 
     let status = f.status()?;
     assert_eq!(status.policy, Policy::Weighted);

@@ -9,6 +9,7 @@ mod daemon;
 mod demo;
 mod echo;
 mod exit;
+mod logging;
 mod man;
 mod metrics;
 mod spawn;
@@ -25,6 +26,15 @@ use reuseport_worker::protocol::GroupRef;
 #[derive(Parser)]
 #[command(name = "reuseport", about = "Steer a SO_REUSEPORT group with eBPF")]
 struct Args {
+    /// Log lines as text (a timestamp unless journald stamps them) or JSON
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        global = true,
+        env = "REUSEPORT_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -261,33 +271,10 @@ fn visible(command: &clap::Command) -> clap::Command {
     copy
 }
 
-/// Logs to stderr; under systemd (journald reads stderr and stamps each line itself) without
-/// a timestamp, with the `<N>` syslog priority journald reads as the line's level.
-fn init_logging() {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    let journald = ["JOURNAL_STREAM", "INVOCATION_ID"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
-    if journald {
-        builder.format(|out, record| {
-            use std::io::Write as _;
-            let priority = match record.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
-            writeln!(out, "<{priority}>{}: {}", record.target(), record.args())
-        });
-    }
-    builder.init();
-}
-
 fn main() -> ExitCode {
-    init_logging();
     // A usage error exits with clap's status 2 (Exit::Usage), --help and --version with 0.
     let args = Args::from_arg_matches(&cli_definition().get_matches()).unwrap_or_else(|e| e.exit());
+    logging::init(args.log_format);
     match dispatch(args.command) {
         Ok(()) => Exit::Success.into(),
         Err(e) => {

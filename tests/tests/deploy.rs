@@ -120,7 +120,7 @@ fn the_systemd_units_verify() -> Result {
 }
 
 /// The daemon under sd_notify: READY=1 once it serves, RELOADING=1 (with MONOTONIC_USEC) and
-/// READY=1 around a reload, STOPPING=1; and journald-style log lines.
+/// READY=1 around a reload, STOPPING=1; and log lines without a timestamp under journald.
 #[test]
 fn the_daemon_speaks_sd_notify() -> Result {
     use std::os::unix::net::UnixDatagram;
@@ -132,13 +132,20 @@ fn the_daemon_speaks_sd_notify() -> Result {
     let config = dir.join("reuseport.toml");
     fs::write(&config, "[[group]]\nlisten = \"127.0.0.1:8080\"\n")?;
     let log = fs::File::create(dir.join("daemon.log"))?;
+    // journald's variable names the stream the daemon's stderr is.
+    let journal = {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = log.metadata()?;
+        format!("{}:{}", meta.dev(), meta.ino())
+    };
     let mut daemon = Command::new(binary::locate()?)
         .args(["run", "--no-pin", "--control"])
         .arg(dir.join("control.sock"))
         .arg("--config")
         .arg(&config)
         .env("NOTIFY_SOCKET", &socket)
-        .env("INVOCATION_ID", "0123")
+        .env("JOURNAL_STREAM", journal)
+        .env_remove("NO_COLOR")
         .stderr(log)
         .spawn()?;
     let next = || -> Result<String> {

@@ -120,7 +120,6 @@ impl Registry {
                 entry
                     .group
                     .set_load(slot, worker.load.load(queue.waiting, now, config.sample));
-                let pid = worker.peer.pid;
                 let verdict = worker.health.observe(
                     now,
                     entry.group.dispatched(slot),
@@ -136,12 +135,15 @@ impl Registry {
                             at: SystemTime::now(),
                             why,
                         };
-                        warn!(
-                            "{}: worker {} (pid {pid}, slot {slot}) is stuck: {}",
-                            entry.listen, worker.name, mark.why
-                        );
                         entry.stuck_events += 1;
-                        push_event(&mut entry.events, slot, worker, EventKind::Stuck, &mark);
+                        push_event(
+                            &mut entry.events,
+                            entry.listen,
+                            slot,
+                            worker,
+                            EventKind::Stuck,
+                            &mark,
+                        );
                         worker.health.stuck = Some(mark);
                         if state == Some(SlotState::Active) {
                             if let Err(e) = entry.group.set_state(slot, SlotState::Stuck) {
@@ -157,11 +159,14 @@ impl Registry {
                             at: SystemTime::now(),
                             why: "accepting again, queue empty".into(),
                         };
-                        info!(
-                            "{}: worker {} (pid {pid}, slot {slot}) recovered",
-                            entry.listen, worker.name
+                        push_event(
+                            &mut entry.events,
+                            entry.listen,
+                            slot,
+                            worker,
+                            EventKind::Recovered,
+                            &mark,
                         );
-                        push_event(&mut entry.events, slot, worker, EventKind::Recovered, &mark);
                         worker.health.stuck = None;
                         if state == Some(SlotState::Stuck) {
                             if let Err(e) = entry.group.set_state(slot, SlotState::Active) {
@@ -211,19 +216,35 @@ impl Registry {
     }
 }
 
+/// Records an event for `status` and writes it as one log line with the same fields (target
+/// `reuseport::event`), so a log search and `status` tell the same story.
 pub(super) fn push_event(
     events: &mut VecDeque<Event>,
+    group: std::net::SocketAddr,
     slot: u32,
     worker: &Worker,
     what: EventKind,
     mark: &Mark,
 ) {
+    let name = reuseport_worker::names::printable(&worker.name);
+    let pid = worker.peer.pid;
+    let why = mark.why.as_str();
+    match what {
+        EventKind::Stuck => tracing::warn!(
+            target: "reuseport::event", event = %what, %group, slot, pid, %name, why,
+            "worker {name} (pid {pid}) in slot {slot} of {group} is stuck: {why}"
+        ),
+        _ => tracing::info!(
+            target: "reuseport::event", event = %what, %group, slot, pid, %name, why,
+            "worker {name} (pid {pid}) in slot {slot} of {group}: {what}: {why}"
+        ),
+    }
     if events.len() == EVENTS {
         events.pop_front();
     }
     events.push_back(Event {
         slot,
-        pid: worker.peer.pid,
+        pid,
         name: worker.name.clone(),
         what,
         mark: mark.clone(),

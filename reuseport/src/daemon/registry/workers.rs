@@ -290,11 +290,7 @@ impl GroupEntry {
         {
             warn!("{}: shutting slot {slot} down: {e}", self.listen);
         }
-        info!(
-            "{}: worker {} (pid {}) {what}: {}; its queued connections moved to the others",
-            self.listen, worker.name, worker.peer.pid, mark.why
-        );
-        push_event(&mut self.events, slot, &worker, what, &mark);
+        push_event(&mut self.events, self.listen, slot, &worker, what, &mark);
         self.evicted.push(Evicted {
             conn: worker.conn,
             peer: worker.peer,

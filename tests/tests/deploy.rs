@@ -171,10 +171,14 @@ fn the_daemon_speaks_sd_notify() -> Result {
     let log = fs::read_to_string(dir.join("daemon.log"))?;
     assert!(
         log.lines()
-            .any(|l| l.starts_with("<6>reuseport::daemon: serving")),
+            .any(|l| l.contains("INFO") && l.contains("serving")),
         "{log}"
     );
-    assert!(!log.contains("Z INFO"), "a timestamp under systemd: {log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with(|c: char| c.is_ascii_digit())),
+        "a timestamp under journald: {log}"
+    );
     fs::remove_dir_all(&dir)?;
     Ok(())
 }

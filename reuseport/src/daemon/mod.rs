@@ -91,7 +91,6 @@ pub async fn run(
     let diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
     let (owner, owner_thread) = owner::spawn(registry, diag, config.health)
         .context("starting the thread that owns the daemon's state")?;
-    let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
     let metrics = match config.metrics {
         Some(addr) => {
             let owner = owner.clone();
@@ -106,6 +105,8 @@ pub async fn run(
         }
         None => None,
     };
+    // Last: a client that finds the control socket finds the metrics endpoint too.
+    let listener = control_socket::bind(&config.control, !config.allow_uids.is_empty())?;
     let own_uid = nix::unistd::geteuid().as_raw();
     info!(
         "serving {}; control socket {}{}",

@@ -127,6 +127,26 @@ impl Fixture {
         })
     }
 
+    /// Starts `reuseport run --config FILE` with the control socket and pins of the fixture
+    /// (its groups are the file's), and waits until it answers.
+    pub fn start_daemon_with_config(&mut self, file: &std::path::Path) -> Result<()> {
+        let mut cmd = self.command("daemon")?;
+        cmd.arg("run")
+            .arg("--config")
+            .arg(file)
+            .arg("--control")
+            .arg(&self.control)
+            .arg("--pin-dir")
+            .arg(&self.pins);
+        self.daemon = Some(
+            cmd.spawn()
+                .with_context(|| format!("starting {} run", self.bin.display()))?,
+        );
+        wait::until(START_LIMIT, "the daemon answering on its socket", || {
+            ControlClient::connect(&self.control).is_ok()
+        })
+    }
+
     /// Sends `signal` to the daemon and reaps it.
     pub fn stop_daemon(&mut self, signal: libc::c_int) -> Result<()> {
         if let Some(mut d) = self.daemon.take() {

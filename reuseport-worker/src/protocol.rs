@@ -66,6 +66,8 @@ pub enum Request {
         #[serde(default)]
         group: Option<GroupRef>,
     },
+    /// Re-read the daemon's configuration file and apply what changed (the daemon's uid only).
+    Reload,
 }
 
 /// The `group` field of a request: a group's address, `ADDR:PORT`.
@@ -192,6 +194,12 @@ pub enum ErrorCode {
     NothingToDetach,
     Ebpf,
     Io,
+    // Reloading the configuration.
+    /// The configuration file is not valid: `error` lists every problem with its line and
+    /// column.
+    InvalidConfig,
+    /// The daemon runs without a configuration file.
+    NoConfig,
     /// A code this build does not know (from a newer daemon): still a refusal, shown by its
     /// `error`.
     #[serde(untagged)]
@@ -238,6 +246,9 @@ pub struct Reply {
     pub policy: Option<Policy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<GroupStatus>>,
+    /// What a `reload` changed, one sentence each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<String>>,
 }
 
 impl Reply {

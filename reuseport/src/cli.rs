@@ -177,3 +177,13 @@ pub fn drain(
     ControlClient::connect(control)?.request(&request)?;
     Ok(())
 }
+
+/// `reload`: prints what changed, or why the daemon refused (a bad file: every problem with
+/// its line and column).
+pub fn reload(control: &Path) -> anyhow::Result<()> {
+    let reply = ControlClient::connect(control)?.request(&Request::Reload)?;
+    for change in reply.changes.unwrap_or_default() {
+        println!("{change}");
+    }
+    Ok(())
+}

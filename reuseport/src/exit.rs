@@ -29,14 +29,26 @@ impl Exit {
         Self::Refused,
     ];
 
-    /// The status an error ends the command with: that of the first control-socket error in
-    /// its chain, else [`Exit::Failure`].
+    /// The status an error ends the command with: [`Exit::Usage`] for an invalid configuration
+    /// file or a [`UsageError`], else that of the first control-socket error in its chain, else
+    /// [`Exit::Failure`].
     pub fn of(error: &anyhow::Error) -> Self {
+        let usage = error
+            .chain()
+            .any(|cause| cause.is::<crate::config::Invalid>() || cause.is::<UsageError>());
+        if usage {
+            return Self::Usage;
+        }
         let client = error
             .chain()
             .find_map(|cause| cause.downcast_ref::<ClientError>());
         match client {
             Some(ClientError::NotRunning(_)) => Self::NotRunning,
+            // `reload` of a bad file: the same status as `config check` gives it.
+            Some(ClientError::Rejected {
+                code: reuseport_worker::ErrorCode::InvalidConfig,
+                ..
+            }) => Self::Usage,
             Some(ClientError::PermissionDenied(_) | ClientError::Rejected { .. }) => Self::Refused,
             _ => Self::Failure,
         }
@@ -50,7 +62,9 @@ impl Exit {
         match self {
             Self::Success => "success",
             Self::Failure => "any other failure (I/O, the daemon failing to start, a bad reply)",
-            Self::Usage => "usage error: an unknown command, flag or value",
+            Self::Usage => {
+                "usage error: an unknown command, flag or value, or an invalid configuration file"
+            }
             Self::NotRunning => "the daemon is not running (no control socket to connect to)",
             Self::Refused => {
                 "the daemon refused the request (unknown group or slot, bad value, or the \
@@ -68,6 +82,11 @@ impl Exit {
         out
     }
 }
+
+/// A command line (or configuration) that cannot work, found after clap parsed it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 mod cli;
+mod config;
 mod daemon;
 mod demo;
 mod echo;
@@ -14,11 +15,12 @@ mod metrics;
 mod spawn;
 mod top;
 
-use daemon::{ControlLimits, DaemonConfig, Deadlines, GroupSetup, HealthConfig, OnStuck};
+use config::Flags;
+use daemon::{ControlLimits, Deadlines, OnStuck, Source};
 use demo::DemoOptions;
 use echo::EchoOptions;
-use exit::Exit;
-use reuseport_steer::{pin, AttachMode, OnEmpty, Policy};
+use exit::{Exit, UsageError};
+use reuseport_steer::{AttachMode, OnEmpty, Policy};
 use reuseport_worker::protocol::GroupRef;
 
 #[derive(Parser)]
@@ -47,20 +49,26 @@ struct Control {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon: steer the groups on the given addresses.
+    /// Run the daemon: steer the groups of the configuration file, or on the given addresses.
     Run {
-        /// Address of a group to steer (repeat for several groups)
-        #[arg(long, required = true, value_name = "ADDR:PORT")]
+        /// Configuration file [default: /etc/reuseport/reuseport.toml when it exists]; the
+        /// flags below override it
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Address of a group to steer (repeat for several groups); replaces the file's groups
+        #[arg(long, value_name = "ADDR:PORT")]
         listen: Vec<SocketAddr>,
         /// Balancing policy [default: the pinned group's, else round-robin]
         #[arg(long, value_enum)]
         policy: Option<Policy>,
-        /// Which program: select-or-migrate also moves the queued connections of closing listeners
-        #[arg(long, value_enum, default_value_t = AttachMode::SelectOrMigrate)]
-        mode: AttachMode,
-        /// When no active worker can take a connection: pass (kernel hash) or drop
-        #[arg(long, value_enum, default_value_t = OnEmpty::Pass)]
-        on_empty: OnEmpty,
+        /// Which program: select-or-migrate also moves the queued connections of closing
+        /// listeners [default: select-or-migrate]
+        #[arg(long, value_enum)]
+        mode: Option<AttachMode>,
+        /// When no active worker can take a connection: pass (kernel hash) or drop [default:
+        /// pass]
+        #[arg(long, value_enum)]
+        on_empty: Option<OnEmpty>,
         /// Another uid allowed on the control socket: it may register workers, act on their
         /// slots and read the status (repeatable)
         #[arg(long, value_name = "UID")]
@@ -90,21 +98,32 @@ enum Command {
         /// Discard the pinned state of an earlier daemon instead of taking it over
         #[arg(long)]
         fresh: bool,
-        /// How often queues are sampled, in milliseconds
-        #[arg(long, default_value_t = 5)]
-        sample_ms: u64,
+        /// How often queues are sampled, in milliseconds [default: 5]
+        #[arg(long)]
+        sample_ms: Option<u64>,
         /// A worker with connections waiting that accepts none for this long is stuck
-        #[arg(long, default_value_t = 50)]
-        stuck_ms: u64,
+        /// [default: 50]
+        #[arg(long)]
+        stuck_ms: Option<u64>,
         /// skip: no new connections while stuck; evict: also shut its listener down so its
-        /// queued connections move to healthy workers
-        #[arg(long, default_value = "skip")]
-        on_stuck: OnStuck,
+        /// queued connections move to healthy workers [default: skip]
+        #[arg(long)]
+        on_stuck: Option<OnStuck>,
         /// Serve Prometheus metrics on http://ADDR:PORT/metrics
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<SocketAddr>,
         #[command(flatten)]
         control: Control,
+    },
+    /// Make the daemon re-read its configuration file and apply what changed (as SIGHUP does).
+    Reload {
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Check a configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Show groups and workers (RECV-Q: connections waiting to be accepted, as in `ss -l`).
     Status {
@@ -202,6 +221,16 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate PATH: every problem with its line and column (exit status 2), or the groups it
+    /// describes.
+    Check {
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyAction {
     /// Print the policy of each group.
     Get {
@@ -275,6 +304,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run {
+            config,
             listen,
             policy,
             mode,
@@ -293,16 +323,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             metrics,
             control,
         } => {
-            let config = DaemonConfig {
+            let flags = Flags {
                 listen,
-                setup: GroupSetup {
-                    mode,
-                    policy,
-                    on_empty,
-                    pin_root: (!no_pin).then(|| pin_dir.unwrap_or_else(pin::default_root)),
-                    fresh,
-                },
-                control: cli::path(control.control),
+                policy,
+                mode,
+                on_empty,
                 allow_uids: allow_uid,
                 admin_uids: admin_uid,
                 limits: ControlLimits {
@@ -312,13 +337,28 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                         idle: Duration::from_millis(control_idle_ms),
                     },
                 },
-                health: HealthConfig {
-                    sample: Duration::from_millis(sample_ms.max(1)),
-                    stuck_after: Duration::from_millis(stuck_ms),
-                    on_stuck,
-                },
+                pin_dir,
+                no_pin,
+                fresh,
+                sample: sample_ms.map(Duration::from_millis),
+                stuck_after: stuck_ms.map(Duration::from_millis),
+                on_stuck,
                 metrics,
+                control: control.control,
             };
+            let file = config.or_else(|| {
+                let default = PathBuf::from(config::DEFAULT_PATH);
+                default.exists().then_some(default)
+            });
+            let loaded = file.as_deref().map(config::load).transpose()?;
+            let resolved = flags.resolve(loaded.as_ref());
+            if resolved.groups.is_empty() {
+                return Err(anyhow::Error::new(UsageError(format!(
+                    "nothing to serve: give --listen ADDR:PORT or --config PATH with a \
+                     [[group]]{}",
+                    file.map_or_else(String::new, |f| format!(" ({} has none)", f.display()))
+                ))));
+            }
             // The sessions' runtime (the owner of the daemon's state has a thread of its own).
             // Two threads: a session busy with a big reply (`status` of a thousand workers) or
             // a client flooding its connection then holds up no other session. More buy
@@ -327,8 +367,16 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?
-                .block_on(daemon::run(config, daemon::termination()))
+                .block_on(daemon::run(
+                    resolved,
+                    Source { file, flags },
+                    daemon::termination(),
+                ))
         }
+        Command::Reload { control } => cli::reload(&cli::path(control.control)),
+        Command::Config {
+            action: ConfigAction::Check { path },
+        } => config::check(&path),
         Command::Status { json, control } => cli::status(&cli::path(control.control), json),
         Command::Top {
             once,

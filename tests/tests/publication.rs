@@ -120,7 +120,21 @@ fn a_storm_of_changes_never_steers_outside_a_publication() -> Result<()> {
     assert_eq!(stats.global.fallbacks, 0, "{stats:?}");
     assert_eq!(stats.global.drops, 0, "{stats:?}");
     assert_eq!(steer::select_errors(&stats), 0, "{stats:?}");
-    assert_eq!(steer::selected(&stats, N), outcome.counts, "{stats:?}");
+    // What the program counted is what the clients saw, but for a SYN the kernel sent twice
+    // (a retransmission on a loaded machine runs the program again): a handful at most.
+    let selected = steer::selected(&stats, N);
+    let extra: u64 = selected
+        .iter()
+        .zip(&outcome.counts)
+        .map(|(&s, &c)| {
+            assert!(s >= c, "{stats:?} against {outcome}");
+            s - c
+        })
+        .sum();
+    assert!(
+        extra <= outcome.served() / 1000 + 2,
+        "{extra} selections answered by no client: {stats:?}"
+    );
     Ok(())
 }
 

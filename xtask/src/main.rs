@@ -5,6 +5,7 @@
 
 mod bpf_linker;
 mod command;
+mod install;
 mod packages;
 mod setup;
 mod test;
@@ -50,6 +51,20 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "target/man")]
         out: PathBuf,
     },
+    /// Build the release binary and install it with the systemd units, the example
+    /// configuration (/etc/reuseport/reuseport.toml, only if absent), the completions and the
+    /// man pages. Units go to /etc/systemd/system with the default prefix, else to
+    /// PREFIX/lib/systemd/system.
+    Install {
+        #[arg(long, value_name = "DIR", default_value = install::DEFAULT_PREFIX)]
+        prefix: PathBuf,
+        /// Stage everything under DIR instead of / (for a package, or a test)
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Install this binary instead of building the release one
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
     /// Setup, then run the demo (`reuseport demo`).
     Demo,
     /// Setup, then run the benchmark (`reuseport-bench`) with ARGS.
@@ -82,6 +97,23 @@ fn try_main() -> Result<()> {
             run(&mut cmd)
         }
         Command::Test { args } => test::test(&root, &args),
+        Command::Install {
+            prefix,
+            root: dest,
+            binary,
+        } => {
+            if binary.is_none() {
+                setup::setup(&root)?;
+            }
+            install::install(
+                &root,
+                &install::Install {
+                    prefix,
+                    root: dest,
+                    binary,
+                },
+            )
+        }
         Command::Man { out } => {
             setup::setup(&root)?;
             // The pages come from the binary's own command line definition.

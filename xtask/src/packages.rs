@@ -63,6 +63,46 @@ pub fn ensure_test_tools() {
     }
 }
 
+/// The Python package of the Kubernetes schema validator the tests check
+/// deploy/kubernetes with (it ships the schemas: no network at test time).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate";
+
+/// Where [`ensure_python_tools`] puts it: a virtual environment of its own (Debian's python3
+/// refuses pip installs into the system, PEP 668), whose `bin/` the tests look in.
+pub const TOOLS_VENV: &str = "target/tools/venv";
+
+/// Installs kubernetes-validate from PyPI into [`TOOLS_VENV`] when it is on neither PATH nor
+/// there. Never fails.
+pub fn ensure_python_tools(workspace: &std::path::Path) {
+    let venv = workspace.join(TOOLS_VENV);
+    let in_venv = venv.join("bin").join(KUBERNETES_VALIDATE);
+    let found = |cmd: &std::path::Path| {
+        Command::new(cmd)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if found(std::path::Path::new(KUBERNETES_VALIDATE)) || found(&in_venv) {
+        return;
+    }
+    eprintln!(
+        "setup: installing {KUBERNETES_VALIDATE} into {}",
+        venv.display()
+    );
+    let run = |cmd: &mut Command| cmd.stdin(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        && run(Command::new(venv.join("bin/pip")).args(["install", "-q", KUBERNETES_VALIDATE]));
+    if !ok {
+        eprintln!(
+            "setup: warning: could not install {KUBERNETES_VALIDATE} (python3 -m venv and pip \
+             are needed); the tests then only check the manifest's structure"
+        );
+    }
+}
+
 impl Probe {
     fn found(&self) -> bool {
         let mut cmd = match self {

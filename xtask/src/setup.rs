@@ -13,6 +13,7 @@ use crate::{
 
 pub fn setup(root: &Path) -> Result<()> {
     crate::packages::ensure_test_tools();
+    crate::packages::ensure_python_tools(root);
     let nightly_sysroot = toolchain::ensure_nightly(root)?;
     toolchain::ensure_components(root, Some("nightly"), &nightly_sysroot, NIGHTLY_COMPONENTS)?;
     let default_sysroot = toolchain::default_sysroot(root)?;

@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
 /// What the daemon does with a stuck worker.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnStuck {
     /// Take it out of the active set: no new connection until it recovers.
     #[default]
@@ -38,7 +39,7 @@ impl std::fmt::Display for OnStuck {
 }
 
 /// How health is judged.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HealthConfig {
     pub sample: Duration,
     pub stuck_after: Duration,

@@ -12,12 +12,14 @@
 //! descriptors, replies); the state ([`registry`]: groups, workers, health, load, status) has
 //! one owner, [`owner`], on a thread of its own, to which sessions and [`metrics_http`] send
 //! commands; [`health`] is the pure stuck/recovered judgement; [`refusal`] the error replies;
-//! [`access`] who may do what (docs/security.md).
+//! [`access`] who may do what (docs/security.md); [`Reloader`] re-reads the configuration
+//! file (SIGHUP, `reuseport reload`); [`notify`] tells systemd how the daemon is doing.
 
 mod access;
 mod control_socket;
 mod health;
 mod metrics_http;
+mod notify;
 mod owner;
 mod refusal;
 mod registry;
@@ -37,23 +39,28 @@ use tokio::{net::UnixStream, sync::Semaphore};
 
 pub use health::{HealthConfig, OnStuck};
 
+use crate::config::{self, Flags};
 use access::Access;
-pub use registry::{ConnId, GroupSetup, Peer, Registry};
+use refusal::Refusal;
+pub use registry::{ConnId, GroupConfig, Peer, Pins, Registry};
 use reuseport_steer::diag::ListenerDiag;
 use reuseport_worker::{ErrorCode, Reply};
 pub use session::Deadlines;
 use session::Session;
 
-/// Everything `reuseport run` is told.
-#[derive(Clone, Debug)]
+/// Everything `reuseport run` is told: its flags over the configuration file.
+#[derive(Clone, Debug, PartialEq)]
 pub struct DaemonConfig {
-    pub listen: Vec<SocketAddr>,
-    pub setup: GroupSetup,
+    pub groups: Vec<GroupConfig>,
+    /// Pin the maps under this directory (one subdirectory per group); `None`: no pins.
+    pub pin_root: Option<PathBuf>,
+    /// Discard pinned state instead of taking it over.
+    pub fresh: bool,
     pub control: PathBuf,
     /// Uids besides the daemon's own that may use the control socket.
     pub allow_uids: Vec<u32>,
     /// Uids that may also change group-wide settings and act on every slot, as the daemon's
-    /// own uid does.
+    /// own uid does (and reload the configuration).
     pub admin_uids: Vec<u32>,
     /// Bounds on the control connections.
     pub limits: ControlLimits,
@@ -64,12 +71,24 @@ pub struct DaemonConfig {
 }
 
 /// What a control connection may cost the daemon.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ControlLimits {
     /// Connections served at once (`--max-connections`); one more gets `too_many_connections`.
     pub max_connections: usize,
     /// For the rest of a line, and for the next request of a connection holding no worker.
     pub deadlines: Deadlines,
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: Self::MAX_CONNECTIONS as usize,
+            deadlines: Deadlines {
+                line: Duration::from_millis(Self::LINE_MS),
+                idle: Duration::from_millis(Self::IDLE_MS),
+            },
+        }
+    }
 }
 
 impl ControlLimits {
@@ -83,14 +102,35 @@ impl ControlLimits {
     pub const MAX_MS: u64 = 86_400_000;
 }
 
+/// Where the configuration came from, to read it again on a reload.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    /// The configuration file, if the daemon has one.
+    pub file: Option<PathBuf>,
+    /// The flags, which override the file again on every reload.
+    pub flags: Flags,
+}
+
 /// Runs the daemon until `shutdown` completes.
-pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: DaemonConfig,
+    source: Source,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !config.listen.is_empty(),
-        "nothing to serve: give at least one --listen ADDR:PORT"
+        !config.groups.is_empty(),
+        "nothing to serve: give at least one --listen ADDR:PORT, or a [[group]] in the \
+         configuration file"
     );
+    // SIGHUP reloads; installed first, as its default action would kill the daemon.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     raise_fd_limit(config.limits.max_connections);
-    let registry = Registry::new(&config.listen, &config.setup, config.health)
+    let pins = Pins {
+        root: config.pin_root.clone(),
+        fresh: config.fresh,
+    };
+    let registry = Registry::new(&config.groups, &pins, config.health)
         .context("loading the steering program")?;
     let diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
     let (owner, owner_thread) = owner::spawn(registry, diag, config.health)
@@ -100,7 +140,6 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
         allow: config.allow_uids.clone(),
         admin: config.admin_uids.clone(),
     };
-    let listener = control_socket::bind(&config.control, access.open_to_others())?;
     let metrics = match config.metrics {
         Some(addr) => {
             let owner = owner.clone();
@@ -117,23 +156,49 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
     };
     let permits = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut last_full_warning: Option<Instant> = None;
+    // Last: a client that finds the control socket finds the metrics endpoint too.
+    let listener = control_socket::bind(&config.control, access.open_to_others())?;
     info!(
-        "serving {} ({}); control socket {}",
+        "serving {}; control socket {}{}",
         config
-            .listen
+            .groups
             .iter()
-            .map(ToString::to_string)
+            .map(|g| format!("{} ({})", g.listen, g.mode))
             .collect::<Vec<_>>()
             .join(", "),
-        config.setup.mode,
-        config.control.display()
+        config.control.display(),
+        source
+            .file
+            .as_ref()
+            .map_or_else(String::new, |f| format!("; configuration {}", f.display()))
     );
+    let reloader = Arc::new(Reloader {
+        source,
+        running: std::sync::Mutex::new(config.clone()),
+        owner: owner.clone(),
+        one_at_a_time: tokio::sync::Mutex::new(()),
+    });
+    notify::notify("READY=1");
 
     let mut next_conn: ConnId = 0;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    match reloader.reload().await {
+                        // Each change is logged as it is applied.
+                        Ok(changes) => info!("reloaded: {} changes", changes.len()),
+                        Err(refusal) => warn!(
+                            "reload refused, the running configuration stays: {}",
+                            refusal.message
+                        ),
+                    }
+                });
+            }
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
@@ -173,11 +238,13 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> an
                     owner: owner.clone(),
                     deadlines: config.limits.deadlines,
                     permit,
+                    reloader: reloader.clone(),
                 };
                 tokio::spawn(session.serve(stream));
             }
         }
     }
+    notify::notify("STOPPING=1");
     owner_thread.stop().await;
     if let Some(m) = metrics {
         m.abort();
@@ -231,24 +298,96 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives. SIGHUP, whose default action would kill the daemon
-/// and leave its socket file behind, is the conventional reload signal: with nothing to reload
-/// yet (no configuration file), it is logged and ignored.
+/// Resolves when SIGTERM or SIGINT arrives ([`run`] takes SIGHUP: a reload).
 pub async fn termination() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
     ) else {
         warn!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return info!("SIGTERM: stopping"),
-            _ = int.recv() => return info!("SIGINT: stopping"),
-            _ = hup.recv() => info!("SIGHUP: nothing to reload (no configuration file); ignored"),
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+}
+
+/// Re-reads the configuration file and applies what changed (SIGHUP, the `reload` request).
+/// A bad file is refused with every problem and its place; the running configuration stays.
+pub struct Reloader {
+    source: Source,
+    /// What runs now, to name the settings only a restart applies.
+    running: std::sync::Mutex<DaemonConfig>,
+    owner: owner::Handle,
+    /// Reloads arriving together are applied one after the other.
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// Reloads; returns what changed, one line each.
+    pub async fn reload(&self) -> Result<Vec<String>, Refusal> {
+        let _turn = self.one_at_a_time.lock().await;
+        let Some(path) = &self.source.file else {
+            return Err(Refusal::new(
+                ErrorCode::NoConfig,
+                format!(
+                    "the daemon runs without a configuration file (no --config, and {} is \
+                     absent): nothing to reload; restart it with --config PATH",
+                    config::DEFAULT_PATH
+                ),
+            ));
+        };
+        notify::reloading();
+        let outcome = self.apply(path).await;
+        notify::notify("READY=1");
+        outcome
+    }
+
+    async fn apply(&self, path: &std::path::Path) -> Result<Vec<String>, Refusal> {
+        let file = config::load(path)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidConfig, format!("{e:#}")))?;
+        let new = self.source.flags.resolve(Some(&file));
+        if new.groups.is_empty() {
+            return Err(Refusal::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "{} has no [[group]] left: a daemon serves at least one group (stop it \
+                     instead)",
+                    path.display()
+                ),
+            ));
         }
+        let (groups, health) = (new.groups.clone(), new.health);
+        let mut changes = self
+            .owner
+            .call(move |r| r.reconfigure(&groups, health))
+            .await
+            .map_err(|_| Refusal::new(ErrorCode::Io, "the daemon is stopping"))??;
+        let mut running = self
+            .running
+            .lock()
+            .map_err(|_| Refusal::new(ErrorCode::Io, "the reload state is poisoned"))?;
+        let restart = [
+            ("control", new.control != running.control),
+            ("metrics", new.metrics != running.metrics),
+            ("pin_dir", new.pin_root != running.pin_root),
+            ("allowed_uids", new.allow_uids != running.allow_uids),
+            ("admin_uids", new.admin_uids != running.admin_uids),
+        ];
+        for (setting, changed) in restart {
+            if changed {
+                changes.push(format!(
+                    "{setting} changed: it takes effect when the daemon restarts"
+                ));
+            }
+        }
+        running.groups = new.groups;
+        running.health = new.health;
+        if changes.is_empty() {
+            changes.push("nothing changed".into());
+        }
+        Ok(changes)
     }
 }

@@ -134,11 +134,8 @@ async fn own(
     health: HealthConfig,
     mut rx: mpsc::Receiver<Command>,
 ) {
-    let period = health.sample.max(Duration::from_millis(1));
-    // Housekeeping (sockets closed behind our back, program logs) every ~20 ms.
-    let housekeeping_every = (Duration::from_millis(20).as_micros() / period.as_micros()).max(1);
-    let mut sampler = tokio::time::interval(period);
-    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut period = health.sample.max(Duration::from_millis(1));
+    let (mut sampler, mut housekeeping_every) = sampler(period);
     let mut retry = tokio::time::interval(RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut queues = HashMap::new();
@@ -154,6 +151,11 @@ async fn own(
                     handle(&mut registry, command, &mut waiting);
                 }
                 registry.flush();
+                // A reload may have changed the sample period.
+                if registry.health().sample != period {
+                    period = registry.health().sample.max(Duration::from_millis(1));
+                    (sampler, housekeeping_every) = self::sampler(period);
+                }
             }
             _ = sampler.tick() => {
                 registry.sample(&mut diag, &mut queues);
@@ -169,6 +171,15 @@ async fn own(
             }
         }
     }
+}
+
+/// The sample timer for `period`, and every how many samples housekeeping runs (sockets
+/// closed behind our back, program logs: every ~20 ms).
+fn sampler(period: Duration) -> (tokio::time::Interval, u128) {
+    let mut sampler = tokio::time::interval(period);
+    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = (Duration::from_millis(20).as_micros() / period.as_micros()).max(1);
+    (sampler, every)
 }
 
 fn handle(registry: &mut Registry, command: Command, waiting: &mut Waiting) {

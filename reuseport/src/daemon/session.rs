@@ -43,11 +43,12 @@ pub struct Session {
     pub deadlines: Deadlines,
     /// The connection's place under `--max-connections`, given back when the session ends.
     pub permit: OwnedSemaphorePermit,
+    pub reloader: Arc<super::Reloader>,
 }
 
 /// How long a connection that holds no worker may keep the daemon waiting (a registered
 /// worker's connection is open for good: closing it unregisters the worker).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Deadlines {
     /// For the rest of a line once part of it arrived (`--control-line-ms`).
     pub line: Duration,
@@ -408,6 +409,13 @@ impl Session {
                 })
                 .await?
                 .map(|()| Reply::ok()),
+            Request::Reload => match actor.may_set("the configuration (reload)") {
+                Err(refusal) => Err(refusal),
+                Ok(()) => self.reloader.reload().await.map(|changes| Reply {
+                    changes: Some(changes),
+                    ..Reply::ok()
+                }),
+            },
             Request::Undrain { slot, group } => self
                 .owner
                 .call(move |r| r.set_state(actor, slot, SlotState::Active, group.as_ref()))

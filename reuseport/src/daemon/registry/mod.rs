@@ -8,6 +8,7 @@
 
 mod load;
 mod monitor;
+mod reconfigure;
 mod routing;
 mod status;
 mod workers;
@@ -33,15 +34,24 @@ pub use workers::{ConnId, Joined, NewWorker, Peer, Registered, TakeOver};
 use monitor::{Event, Quiet};
 use workers::{Evicted, Worker};
 
-/// How the daemon sets up its groups.
-#[derive(Clone, Debug, Default)]
-pub struct GroupSetup {
+/// One group as configured (`--listen` and the flags, or a `[[group]]` of the file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupConfig {
+    pub listen: SocketAddr,
     pub mode: AttachMode,
     /// `None`: keep the pinned group's policy, or round-robin for a new group.
     pub policy: Option<Policy>,
     pub on_empty: OnEmpty,
+    /// Weights by worker name, applied when a worker of that name registers (over the weight
+    /// it asks for: the operator decides) and on reload.
+    pub weights: BTreeMap<String, u32>,
+}
+
+/// Where the groups keep their state.
+#[derive(Clone, Debug, Default)]
+pub struct Pins {
     /// Pin the maps under this directory (one subdirectory per group).
-    pub pin_root: Option<std::path::PathBuf>,
+    pub root: Option<std::path::PathBuf>,
     /// Discard pinned state instead of taking it over.
     pub fresh: bool,
 }
@@ -49,6 +59,8 @@ pub struct GroupSetup {
 struct GroupEntry {
     listen: SocketAddr,
     group: Group,
+    /// The configured weights by worker name.
+    weights: BTreeMap<String, u32>,
     workers: BTreeMap<u32, Worker>,
     /// Workers that left (connection closed, listener shut down) whose slots are not freed
     /// yet: [`Registry::flush`] frees them all with one publication. Their sockets stay open
@@ -64,66 +76,25 @@ struct GroupEntry {
 pub struct Registry {
     groups: Vec<GroupEntry>,
     health: HealthConfig,
+    /// Where groups added by a reload pin their state.
+    pins: Pins,
     /// What the last full sample saw, to skip the next when nothing can have changed.
     quiet: Quiet,
 }
 
 impl Registry {
-    /// Loads one program per listen address, taking over the pinned state of an earlier
-    /// daemon under `pin_root` (unless `fresh`). Nothing is attached until a worker registers:
-    /// the group only exists once a worker has bound its socket.
-    pub fn new(
-        listen: &[SocketAddr],
-        setup: &GroupSetup,
-        health: HealthConfig,
-    ) -> Result<Self, Error> {
-        let mut groups = Vec::new();
-        for &listen in listen {
-            let pin_dir = setup
-                .pin_root
-                .as_deref()
-                .map(|root| pin::group_dir(root, listen));
-            if let (true, Some(dir)) = (setup.fresh, &pin_dir) {
-                // Discarded before loading, so even pins of another layout (an older version)
-                // cannot stop the daemon; the old program steers with its last state until a
-                // worker registers and ours takes the group over.
-                if dir.exists() {
-                    pin::unpin(dir)?;
-                    info!("{listen}: discarded the pinned state (--fresh)");
-                }
-            }
-            let mut group = Group::load(GroupOptions {
-                mode: setup.mode,
-                policy: setup.policy.unwrap_or_default(),
-                on_empty: setup.on_empty,
-                pin: pin_dir,
-            })?;
-            if group.adopted() {
-                if let Some(policy) = setup.policy {
-                    group.set_policy(policy)?;
-                }
-                group.set_on_empty(setup.on_empty)?;
-                info!(
-                    "{listen}: took over the pinned state: {} slots, policy {}; workers \
-                     register again on their own",
-                    group.slots().len(),
-                    group.policy()
-                );
-            }
-            groups.push(GroupEntry {
-                listen,
-                group,
-                workers: BTreeMap::new(),
-                leaving: Vec::new(),
-                evicted: Vec::new(),
-                events: VecDeque::new(),
-                stuck_events: 0,
-                closed_pids: Vec::new(),
-            });
-        }
+    /// Loads one program per configured group, taking over the pinned state of an earlier
+    /// daemon under the pin root (unless `fresh`). Nothing is attached until a worker
+    /// registers: the group only exists once a worker has bound its socket.
+    pub fn new(groups: &[GroupConfig], pins: &Pins, health: HealthConfig) -> Result<Self, Error> {
+        let groups = groups
+            .iter()
+            .map(|config| GroupEntry::load(config, pins))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             groups,
             health,
+            pins: pins.clone(),
             quiet: Quiet::default(),
         })
     }
@@ -233,5 +204,54 @@ impl GroupEntry {
             self.workers.get(&slot).map(|w| w.peer.uid),
             action,
         )
+    }
+}
+
+impl GroupEntry {
+    /// Loads the group's program (taking over its pinned state, unless `fresh`).
+    fn load(config: &GroupConfig, pins: &Pins) -> Result<Self, Error> {
+        let listen = config.listen;
+        let pin_dir = pins
+            .root
+            .as_deref()
+            .map(|root| pin::group_dir(root, listen));
+        if let (true, Some(dir)) = (pins.fresh, &pin_dir) {
+            // Discarded before loading, so even pins of another layout (an older version)
+            // cannot stop the daemon; the old program steers with its last state until a
+            // worker registers and ours takes the group over.
+            if dir.exists() {
+                pin::unpin(dir)?;
+                info!("{listen}: discarded the pinned state (--fresh)");
+            }
+        }
+        let mut group = Group::load(GroupOptions {
+            mode: config.mode,
+            policy: config.policy.unwrap_or_default(),
+            on_empty: config.on_empty,
+            pin: pin_dir,
+        })?;
+        if group.adopted() {
+            if let Some(policy) = config.policy {
+                group.set_policy(policy)?;
+            }
+            group.set_on_empty(config.on_empty)?;
+            info!(
+                "{listen}: took over the pinned state: {} slots, policy {}; workers \
+                 register again on their own",
+                group.slots().len(),
+                group.policy()
+            );
+        }
+        Ok(Self {
+            listen,
+            group,
+            weights: config.weights.clone(),
+            workers: BTreeMap::new(),
+            leaving: Vec::new(),
+            evicted: Vec::new(),
+            events: VecDeque::new(),
+            stuck_events: 0,
+            closed_pids: Vec::new(),
+        })
     }
 }

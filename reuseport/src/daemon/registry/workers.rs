@@ -183,6 +183,11 @@ impl Registry {
             weight,
             load,
         } = worker;
+        // The file's weight for this name wins over the one the worker asks for.
+        let weight = name
+            .as_deref()
+            .and_then(|n| entry.weights.get(n).copied())
+            .or(weight);
         let attached = entry.group.attach_inspected(socket.as_fd(), &info);
         let weighted = weight.map(|w| entry.group.set_weight(slot, w));
         if let Err(e) = attached.and(weighted.unwrap_or(Ok(()))) {

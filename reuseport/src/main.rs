@@ -4,15 +4,13 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 mod cli;
-mod daemon;
 mod demo;
 mod echo;
-mod metrics;
 mod top;
 
-use daemon::{DaemonConfig, GroupSetup, HealthConfig, OnStuck};
 use demo::DemoOptions;
 use echo::EchoOptions;
+use reuseport::daemon::{self, DaemonConfig, GroupSetup, HealthConfig, OnStuck};
 use reuseport_steer::{pin, AttachMode, OnEmpty, Policy};
 use reuseport_worker::protocol::GroupRef;
 

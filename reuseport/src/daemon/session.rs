@@ -19,7 +19,7 @@ use super::{
     refusal::Refusal,
     registry::{ConnId, LoadCell, NewWorker, Peer},
 };
-use reuseport_steer::{Policy, SlotState, SocketInfo};
+use reuseport_steer::{Error, Policy, SlotState, SocketInfo};
 use reuseport_worker::{
     fdpass,
     protocol::{ErrorCode, Lenient, Reply, Request, MAX_LINE},
@@ -78,7 +78,7 @@ impl Session {
 
     async fn read_loop(&self, stream: &mut UnixStream) -> Result<(), Fatal> {
         let mut buf: Vec<u8> = Vec::new();
-        let mut fds: VecDeque<OwnedFd> = VecDeque::new();
+        let mut fds: VecDeque<Option<OwnedFd>> = VecDeque::new();
         let mut chunk = vec![0u8; 16 * 1024];
         let mut connection = Connection::default();
         loop {
@@ -100,7 +100,7 @@ impl Session {
                     "send exactly one descriptor, with the register line",
                 ));
             }
-            fds.extend(received.fds);
+            fds.extend(received.fds.into_iter().map(keep_if_inet));
             if received.len == 0 {
                 if buf.is_empty() {
                     return Ok(());
@@ -145,7 +145,7 @@ impl Session {
     async fn handle_line(
         &self,
         line: &[u8],
-        fds: &mut VecDeque<OwnedFd>,
+        fds: &mut VecDeque<Option<OwnedFd>>,
         connection: &mut Connection,
     ) -> Result<Option<Reply>, Fatal> {
         let request: Request = serde_json::from_slice(line).map_err(|e| {
@@ -156,12 +156,17 @@ impl Session {
         })?;
         let reply = match request {
             Request::Register { name, weight, .. } => {
-                let Some(socket) = fds.pop_front() else {
-                    return Err(fatal(
-                        ErrorCode::FdMissing,
-                        "register needs the listening socket attached (SCM_RIGHTS) to the line",
-                    ));
-                };
+                let socket =
+                    match fds.pop_front() {
+                        Some(Some(socket)) => socket,
+                        Some(None) => {
+                            return Ok(Some(Refusal::from(Error::UnsupportedSocket).into_reply()))
+                        }
+                        None => return Err(fatal(
+                            ErrorCode::FdMissing,
+                            "register needs the listening socket attached (SCM_RIGHTS) to the line",
+                        )),
+                    };
                 // Inspected once, here, off the owner's thread; the owner routes and inserts.
                 let inspected = SocketInfo::of(std::os::fd::AsFd::as_fd(&socket))
                     .and_then(|info| info.check_joinable().map(|()| info));
@@ -255,6 +260,16 @@ impl Session {
         };
         Ok(Some(reply.unwrap_or_else(Refusal::into_reply)))
     }
+}
+
+/// A received descriptor is kept (until its register line is complete) only if it is an IPv4
+/// or IPv6 socket, the only kind that can join a group; anything else is closed at once and
+/// stands as `None` for the refusal. A Unix socket held here could be the client's own end of
+/// this very connection: the connection would then never end, and hold both descriptors for
+/// good, after the client closed it (found by the fuzzer).
+fn keep_if_inet(fd: OwnedFd) -> Option<OwnedFd> {
+    let domain = socket2::SockRef::from(&fd).domain().ok()?;
+    (domain == socket2::Domain::IPV4 || domain == socket2::Domain::IPV6).then_some(fd)
 }
 
 async fn write_reply(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {

@@ -90,9 +90,11 @@ impl Harness {
             .iter()
             .map(|g| g.parse())
             .collect::<Result<Vec<SocketAddr>, _>>()?;
+        remove_left_behind();
         let dir = std::env::temp_dir().join(format!("reuseport-fuzz-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        remove_at_exit(&dir);
         let control = dir.join("control.sock");
         let config = DaemonConfig {
             listen: groups.clone(),
@@ -453,6 +455,39 @@ fn trace() -> bool {
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(usize::MAX, Iterator::count)
+}
+
+/// Removes the directories of harnesses whose process is gone (killed, or built before
+/// [`remove_at_exit`]).
+fn remove_left_behind() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("reuseport-fuzz-"))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// libFuzzer ends the process with `exit`, never dropping the harness: the temporary directory
+/// goes then.
+fn remove_at_exit(dir: &std::path::Path) {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn remove() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    if DIR.set(dir.to_path_buf()).is_ok() {
+        // SAFETY: registers a function that takes no arguments and does not unwind.
+        unsafe { libc::atexit(remove) };
+    }
 }
 
 /// Counts panics (then lets the hook that was there report them, or abort under libFuzzer).

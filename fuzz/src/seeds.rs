@@ -241,6 +241,17 @@ pub fn all() -> Vec<(String, Vec<u8>)> {
             Script::new().connect().send(REGISTER, &[OWN]).wait(1),
         ),
         (
+            // The first crash: the session held the connection's own end and never ended.
+            "own-connection-with-a-partial-line-then-close".into(),
+            Script::new()
+                .connect()
+                .send(b"{\"op\":\"register\"", &[OWN])
+                .close()
+                .connect()
+                .send(STATUS, &[])
+                .wait(1),
+        ),
+        (
             "truncated-line".into(),
             Script::new()
                 .connect()

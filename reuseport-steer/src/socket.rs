@@ -46,7 +46,14 @@ impl SocketInfo {
             let what = what.to_owned();
             move |e| Error::io(what, e)
         };
-        let family = match sock.domain().map_err(io("SO_DOMAIN"))? {
+        let domain = match sock.domain() {
+            // A file or a pipe: no socket at all, which is the sender's mistake, not an I/O error.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+                return Err(Error::UnsupportedSocket)
+            }
+            other => other.map_err(io("SO_DOMAIN"))?,
+        };
+        let family = match domain {
             d if d == socket2::Domain::IPV4 => Family::Ipv4,
             d if d == socket2::Domain::IPV6 => Family::Ipv6,
             _ => return Err(Error::UnsupportedSocket),

@@ -328,7 +328,9 @@ impl Flags {
                     .unwrap_or_else(pin::default_root)
             }),
             fresh: self.fresh,
-            control: crate::cli::path(self.control.clone().or(file.control)),
+            control: reuseport_worker::control_path(
+                self.control.clone().or(file.control).as_deref(),
+            ),
             allow_uids,
             admin_uids,
             limits: self.limits,

@@ -4,14 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 mod cli;
-mod config;
-mod daemon;
 mod demo;
 mod echo;
 mod exit;
 mod logging;
 mod man;
-mod metrics;
 mod spawn;
 mod top;
 
@@ -20,6 +17,8 @@ use daemon::{ControlLimits, Deadlines, OnStuck, Source};
 use demo::DemoOptions;
 use echo::EchoOptions;
 use exit::{Exit, UsageError};
+// The daemon and its configuration are the library (the fuzz harness runs the daemon too).
+use reuseport::{config, daemon};
 use reuseport_steer::{AttachMode, OnEmpty, Policy};
 use reuseport_worker::protocol::GroupRef;
 

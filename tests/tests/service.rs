@@ -384,7 +384,10 @@ fn another_uid_may_not_reload() -> Result {
         .output()?;
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(err.contains("uid 65534 may not reload"), "{err}");
+    assert!(
+        err.contains("uid 65534 may not reload") && err.contains("--admin-uid"),
+        "{err}"
+    );
     // It may still read.
     let out = f
         .command_as(NOBODY)?

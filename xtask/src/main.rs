@@ -1,10 +1,11 @@
-//! `cargo xtask`: the project's developer commands (setup, build, test, demo, bench).
+//! `cargo xtask`: the project's developer commands (setup, build, test, fuzz, demo, bench).
 //!
 //! Depends on nothing that needs the eBPF build, because `setup` is what makes that build
 //! possible.
 
 mod bpf_linker;
 mod command;
+mod fuzz;
 mod install;
 mod packages;
 mod setup;
@@ -67,6 +68,15 @@ enum Command {
     },
     /// Setup, then run the demo (`reuseport demo`).
     Demo,
+    /// Build the control-protocol fuzz target with libFuzzer and run it for SECS seconds,
+    /// merging what adds coverage into fuzz/corpus/control_protocol. Needs root.
+    Fuzz {
+        #[arg(default_value_t = 60)]
+        secs: u64,
+        /// Passed to libFuzzer as is (e.g. `-- -jobs=2 -workers=2`).
+        #[arg(last = true)]
+        libfuzzer_args: Vec<String>,
+    },
     /// Setup, then run the benchmark (`reuseport-bench`) with ARGS.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -132,6 +142,10 @@ fn try_main() -> Result<()> {
                 .arg("--out")
                 .arg(out))
         }
+        Command::Fuzz {
+            secs,
+            libfuzzer_args,
+        } => fuzz::fuzz(&root, secs, &libfuzzer_args),
         Command::Demo => {
             setup::setup(&root)?;
             run(cargo(&root).args([

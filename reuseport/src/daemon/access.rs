@@ -49,7 +49,7 @@ impl Actor {
         Err(Refusal::new(
             ErrorCode::NotAdmin,
             format!(
-                "uid {uid} may not set {what}: group-wide settings belong to the daemon's uid and \
+                "uid {uid} may not {what}: group-wide settings belong to the daemon's uid and \
                  to uids given with --admin-uid; ask an admin, or start the daemon with \
                  --admin-uid {uid}",
                 uid = self.uid
@@ -174,9 +174,9 @@ mod tests {
                 && r.message.contains("may drain it")));
         let refused = may_act(user, 3, None, SlotAction::Weight).err();
         assert!(refused.is_some_and(|r| r.message.contains("taken over")));
-        assert!(user.may_set("the policy").is_err_and(
+        assert!(user.may_set("set the policy").is_err_and(
             |r| r.code == ErrorCode::NotAdmin && r.message.contains("--admin-uid 1001")
         ));
-        assert!(admin.may_set("the policy").is_ok());
+        assert!(admin.may_set("set the policy").is_ok());
     }
 }

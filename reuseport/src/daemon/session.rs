@@ -27,7 +27,7 @@ use super::{
     refusal::Refusal,
     registry::{ConnId, LoadCell, NewWorker, Peer},
 };
-use reuseport_steer::{Policy, SlotState, SocketInfo};
+use reuseport_steer::{Error, Policy, SlotState, SocketInfo};
 use reuseport_worker::{
     fdpass, names,
     protocol::{ErrorCode, Lenient, Reply, Request, MAX_LINE},
@@ -110,7 +110,7 @@ impl Session {
 
     async fn read_loop(&self, stream: &mut UnixStream, actor: Actor) -> Result<(), Fatal> {
         let mut buf: Vec<u8> = Vec::new();
-        let mut fds: VecDeque<OwnedFd> = VecDeque::new();
+        let mut fds: VecDeque<Option<OwnedFd>> = VecDeque::new();
         let mut connection = Connection::default();
         // When the last request ended, and when the line under way began.
         let mut last_request = Instant::now();
@@ -148,7 +148,7 @@ impl Session {
                     "send exactly one descriptor, with the register line",
                 ));
             }
-            fds.extend(received.fds);
+            fds.extend(received.fds.into_iter().map(keep_if_inet));
             if received.len == 0 {
                 if buf.is_empty() {
                     return Ok(());
@@ -300,7 +300,7 @@ impl Session {
         &self,
         line: &[u8],
         actor: Actor,
-        fds: &mut VecDeque<OwnedFd>,
+        fds: &mut VecDeque<Option<OwnedFd>>,
         connection: &mut Connection,
     ) -> Result<Option<Reply>, Fatal> {
         let request: Request = serde_json::from_slice(line).map_err(|e| {
@@ -311,11 +311,18 @@ impl Session {
         })?;
         let reply = match request {
             Request::Register { name, weight, pid } => {
-                let Some(socket) = fds.pop_front() else {
-                    return Err(fatal(
-                        ErrorCode::FdMissing,
-                        "register needs the listening socket attached (SCM_RIGHTS) to the line",
-                    ));
+                let socket = match fds.pop_front() {
+                    Some(Some(socket)) => socket,
+                    Some(None) => {
+                        return Ok(Some(Refusal::from(Error::UnsupportedSocket).into_reply()))
+                    }
+                    None => {
+                        return Err(fatal(
+                            ErrorCode::FdMissing,
+                            "register needs the listening socket attached (SCM_RIGHTS) to the \
+                             line",
+                        ))
+                    }
                 };
                 // Inspected once, here, off the owner's thread; the owner routes and inserts.
                 let inspected = SocketInfo::of(std::os::fd::AsFd::as_fd(&socket))
@@ -380,7 +387,7 @@ impl Session {
                         .err()
                         .map_or_else(|| format!("unknown policy {text:?}"), |e| e.to_string()),
                 )),
-                Lenient::Known(policy) => match actor.may_set("the policy") {
+                Lenient::Known(policy) => match actor.may_set("set the policy") {
                     Err(refusal) => Err(refusal),
                     Ok(()) => self
                         .owner
@@ -409,7 +416,7 @@ impl Session {
                 })
                 .await?
                 .map(|()| Reply::ok()),
-            Request::Reload => match actor.may_set("the configuration (reload)") {
+            Request::Reload => match actor.may_set("reload the configuration") {
                 Err(refusal) => Err(refusal),
                 Ok(()) => self.reloader.reload().await.map(|changes| Reply {
                     changes: Some(changes),
@@ -432,6 +439,16 @@ enum Readiness {
     Closed,
     /// Its idle deadline passed, but it holds a worker: it stays.
     StillHolding,
+}
+
+/// A received descriptor is kept (until its register line is complete) only if it is an IPv4
+/// or IPv6 socket, the only kind that can join a group; anything else is closed at once and
+/// stands as `None` for the refusal. A Unix socket held here could be the client's own end of
+/// this very connection: the connection would then never end, and hold both descriptors for
+/// good, after the client closed it (found by the fuzzer).
+fn keep_if_inet(fd: OwnedFd) -> Option<OwnedFd> {
+    let domain = socket2::SockRef::from(&fd).domain().ok()?;
+    (domain == socket2::Domain::IPV4 || domain == socket2::Domain::IPV6).then_some(fd)
 }
 
 async fn write_reply(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {

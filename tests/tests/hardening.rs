@@ -457,3 +457,37 @@ fn fresh_discards_pins_of_another_layout() -> Result {
     assert!(!dir.join("CONFIG").exists());
     Ok(())
 }
+
+/// Every event `status` lists is also one log line with the same fields: here a worker
+/// stopped with connections queued is found stuck, and the JSON log has a `reuseport::event`
+/// line with its slot, pid and name.
+#[test]
+fn status_events_are_json_log_lines_with_the_same_fields() -> Result {
+    let mut f = Fixture::new("event-log")?;
+    f.stop_daemon(libc::SIGTERM)?;
+    f.start_daemon(&["--log-format", "json"])?;
+    let pids = f.echo_workers(2)?;
+    f.wait_workers(2)?;
+    reuseport_testing::daemon::signal(pids[0], libc::SIGSTOP)?;
+    let addr = f.addr;
+    let clients =
+        std::thread::spawn(move || reuseport_testing::loadgen::Load::new(addr, 8, 8).run());
+    let stuck = f.wait_worker(Duration::from_secs(5), "worker 0 stuck", |w| {
+        w.pid == pids[0] && w.state == reuseport_worker::protocol::WorkerState::Stuck
+    })?;
+    reuseport_testing::daemon::signal(pids[0], libc::SIGCONT)?;
+    let _ = clients.join();
+    let logs = f.logs();
+    let event = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "reuseport::event" && v["fields"]["event"] == "stuck")
+        .ok_or_else(|| format!("no stuck event line in the log:\n{logs}"))?;
+    let fields = &event["fields"];
+    assert_eq!(fields["slot"], stuck.slot, "{event}");
+    assert_eq!(fields["pid"], stuck.pid, "{event}");
+    assert_eq!(fields["name"], stuck.name.as_str(), "{event}");
+    assert_eq!(fields["group"], "127.0.0.1:8080", "{event}");
+    assert_eq!(event["level"], "WARN", "{event}");
+    Ok(())
+}

@@ -414,6 +414,32 @@ impl Group {
         Ok(info.cookie)
     }
 
+    /// Puts a slot's own socket back into the socket array after the kernel emptied the entry
+    /// (a `shutdown()` of the listener does), keeping the slot's published state, weight and
+    /// counters: the socket listens again and is the same socket (same cookie), so nothing the
+    /// program steers by changes. What a daemon needs to evict a listener and take it back
+    /// without its server noticing.
+    pub fn reinsert(&mut self, slot: u32, socket: impl AsFd) -> Result<()> {
+        check_range(slot)?;
+        let socket = socket.as_fd();
+        let info = SocketInfo::of(socket)?;
+        info.check_joinable()?;
+        let published = self.published.slots[slot as usize];
+        if published.is_empty() {
+            return Err(Error::SlotEmpty(slot));
+        }
+        if published.cookie != info.cookie {
+            return Err(Error::SlotTaken(slot));
+        }
+        sys::sockarray_insert(self.sockets_fd()?, slot, socket).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EBUSY) => Error::HeldElsewhere,
+                Some(libc::EINVAL) => Error::NotListening,
+                _ => Error::io(format!("putting the socket back in slot {slot}"), e),
+            }
+        })
+    }
+
     /// Takes the socket out of `slot`. It stops getting connections at once; what it already
     /// has queued stays with it (closing it then migrates those, in select-or-migrate mode).
     pub fn remove(&mut self, slot: u32) -> Result<()> {

@@ -81,6 +81,8 @@ pub struct Health {
     pub stuck: Option<Mark>,
     /// The queue seen at the last sample.
     pub waiting: u32,
+    /// When this record started (the worker registered, or came back after an eviction).
+    pub since: Instant,
 }
 
 impl Health {
@@ -90,6 +92,7 @@ impl Health {
             last_progress: now,
             stuck: None,
             waiting: 0,
+            since: now,
         }
     }
 

@@ -174,6 +174,15 @@ impl Registry {
         self.groups[i].may_act(actor, slot, action)?;
         let entry = &mut self.groups[i];
         entry.group.set_state(slot, state)?;
+        if state == SlotState::Active {
+            // Undrained (or put back by hand): a listener the daemon shut down and made listen
+            // again is in rotation now.
+            if let Some(w) = entry.workers.get_mut(&slot) {
+                if w.out.take().is_some() {
+                    w.health = super::health::Health::new(std::time::Instant::now());
+                }
+            }
+        }
         info!(
             "{}: slot {slot} is now {state} (uid {})",
             entry.listen, actor.uid

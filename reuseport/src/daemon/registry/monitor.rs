@@ -11,8 +11,12 @@ use std::{
 
 use log::{info, warn};
 
-use super::{routing::family_of, workers::Worker, Registry};
-use crate::daemon::health::{process_stopped, Mark, OnStuck, Verdict};
+use super::{
+    routing::family_of,
+    workers::{probation, Worker, PROBATION_CAP},
+    Registry,
+};
+use crate::daemon::health::{process_stopped, Health, Mark, OnStuck, Verdict};
 use reuseport_steer::{
     diag::{ListenerDiag, Queue},
     Family, SlotState,
@@ -120,6 +124,46 @@ impl Registry {
                 entry
                     .group
                     .set_load(slot, worker.load.load(queue.waiting, now, config.sample));
+                worker.backlog = queue.backlog;
+                if let Some(out) = &worker.out {
+                    // Shut down and listening again, out of rotation: an evicted worker comes
+                    // back once its probation passed and its process runs (if it is still
+                    // stuck, it is found stuck and evicted again: its queue migrates again).
+                    // A closed one waits for `undrain`.
+                    if out.what != EventKind::Evicted
+                        || now < out.until
+                        || worker.proc_stat.as_ref().is_some_and(process_stopped)
+                    {
+                        continue;
+                    }
+                    let mark = Mark {
+                        at: SystemTime::now(),
+                        why: "running again after its eviction: back in rotation".into(),
+                    };
+                    push_event(
+                        &mut entry.events,
+                        entry.listen,
+                        slot,
+                        worker,
+                        EventKind::Recovered,
+                        &mark,
+                    );
+                    worker.out = None;
+                    worker.health = Health::new(now);
+                    if entry.group.slot_state(slot) == Some(SlotState::Stuck) {
+                        if let Err(e) = entry.group.set_state(slot, SlotState::Active) {
+                            warn!("{}: putting slot {slot} back: {e}", entry.listen);
+                        }
+                    }
+                    continue;
+                }
+                if worker.evictions > 0
+                    && worker.health.stuck.is_none()
+                    && now.saturating_duration_since(worker.health.since) > 2 * PROBATION_CAP
+                {
+                    // Served a while since it came back: the next eviction starts afresh.
+                    worker.evictions = 0;
+                }
                 let verdict = worker.health.observe(
                     now,
                     entry.group.dispatched(slot),
@@ -190,12 +234,16 @@ impl Registry {
             }
             entry.group.publish_least_loaded();
             for slot in evict {
-                let why = entry
-                    .workers
-                    .get(&slot)
-                    .and_then(|w| w.health.stuck.as_ref())
+                let Some(worker) = entry.workers.get(&slot) else {
+                    continue;
+                };
+                let why = worker
+                    .health
+                    .stuck
+                    .as_ref()
                     .map_or_else(|| "stuck".to_owned(), |m| m.why.clone());
-                entry.shut_down(slot, EventKind::Evicted, why);
+                let wait = probation(config.stuck_after, worker.evictions);
+                entry.shut_down(slot, EventKind::Evicted, why, wait);
             }
             for slot in gone {
                 if let Some(w) = entry.workers.remove(&slot) {

@@ -34,13 +34,20 @@ impl GroupEntry {
             .map(|slot| {
                 let worker = self.workers.get(&slot.index);
                 let counters = stats.slot(slot.index);
-                let stuck = worker.and_then(|w| w.health.stuck.as_ref());
+                let out = worker.and_then(|w| w.out.as_ref());
+                let stuck = out
+                    .map(|o| &o.mark)
+                    .or_else(|| worker.and_then(|w| w.health.stuck.as_ref()));
                 WorkerStatus {
                     slot: slot.index,
                     pid: worker.map_or(0, |w| w.peer.pid),
                     uid: worker.map_or(0, |w| w.peer.uid),
                     name: worker.map_or_else(String::new, |w| w.name.clone()),
-                    state: slot.state.into(),
+                    state: if out.is_some() {
+                        WorkerState::Evicted
+                    } else {
+                        slot.state.into()
+                    },
                     weight: slot.weight,
                     selected: counters.map_or(0, |c| c.selected),
                     migrated: counters.map_or(0, |c| c.migrated),

@@ -48,7 +48,38 @@ pub(super) struct Worker {
     pub health: Health,
     /// /proc/PID/stat, opened once: read again (pread) to tell a stopped process.
     pub proc_stat: Option<std::fs::File>,
+    /// Set while the daemon keeps the worker's listener out of rotation after shutting it down
+    /// and putting it back (eviction, `drain --close`).
+    pub out: Option<Out>,
+    /// Evictions since the worker last served a while in rotation: each doubles the probation.
+    pub evictions: u32,
+    /// The accept queue's capacity at the last sample, to listen again with the same backlog.
+    pub backlog: u32,
 }
+
+/// A listener the daemon shut down (its queue migrated) and made listen again, out of rotation:
+/// the server's own descriptor accepts from it again without knowing anything happened.
+pub(super) struct Out {
+    /// [`EventKind::Evicted`] or [`EventKind::Closed`].
+    pub what: EventKind,
+    pub mark: Mark,
+    /// Evicted: back in rotation once this passed and its process is not stopped. Closed: it
+    /// stays draining until `undrain`.
+    pub until: Instant,
+}
+
+/// The longest probation of a worker evicted again and again.
+pub(super) const PROBATION_CAP: Duration = Duration::from_secs(1);
+
+/// How long a worker evicted `evictions` times in a row waits before it gets connections again:
+/// `base` (the stuck time), doubled at each repeated eviction, up to [`PROBATION_CAP`].
+pub(super) fn probation(base: Duration, evictions: u32) -> Duration {
+    base.saturating_mul(1 << evictions.min(10))
+        .min(PROBATION_CAP.max(base))
+}
+
+/// Listen backlog when the accept queue's capacity was never sampled.
+const DEFAULT_BACKLOG: i32 = libc::SOMAXCONN;
 
 /// A worker whose listener the daemon shut down; listed until it registers again or leaves.
 pub(super) struct Evicted {
@@ -201,9 +232,34 @@ impl Registry {
         entry
             .evicted
             .retain(|e| e.conn != conn && e.peer.pid != peer.pid);
-        if let Some(i) = entry.closed_pids.iter().position(|&p| p == peer.pid) {
-            // Drained with --close: its new listener stays out of rotation too (once).
+        // A worker whose accept() ran into the instant its listener was shut down registers a
+        // new one: its old listener leaves (no orphan stays in the group), and a closed one's
+        // replacement stays out of rotation like it.
+        let replaced: Vec<u32> = entry
+            .workers
+            .iter()
+            .filter(|(_, w)| w.out.is_some() && (w.conn == conn || w.peer.pid == peer.pid))
+            .map(|(&s, _)| s)
+            .collect();
+        let mut out = None;
+        for old in replaced {
+            if let Some(mut w) = entry.workers.remove(&old) {
+                info!(
+                    "{}: worker {} (pid {}) replaced its listener in slot {old} by slot {slot}",
+                    entry.listen, w.name, w.peer.pid
+                );
+                if w.out.as_ref().is_some_and(|o| o.what == EventKind::Closed) {
+                    out = w.out.take();
+                }
+                entry.leaving.push((old, w));
+            }
+        }
+        let closed_before = entry.closed_pids.iter().position(|&p| p == peer.pid);
+        if let Some(i) = closed_before {
             entry.closed_pids.swap_remove(i);
+        }
+        if out.is_some() || closed_before.is_some() {
+            // Drained with --close: its new listener stays out of rotation too (once).
             if let Err(e) = entry.group.set_state(slot, SlotState::Draining) {
                 warn!("{}: keeping slot {slot} draining: {e}", entry.listen);
             }
@@ -223,6 +279,9 @@ impl Registry {
                 socket,
                 health: Health::new(Instant::now()),
                 proc_stat: std::fs::File::open(format!("/proc/{}/stat", peer.pid)).ok(),
+                out,
+                evictions: 0,
+                backlog: 0,
             },
         );
         Ok(Joined {
@@ -275,31 +334,80 @@ impl Registry {
                 ),
             ));
         };
-        let pid = worker.peer.pid;
-        entry.closed_pids.push(pid);
-        entry.shut_down(slot, EventKind::Closed, "reuseport drain --close".into());
+        let _ = worker;
+        entry.shut_down(
+            slot,
+            EventKind::Closed,
+            "reuseport drain --close".into(),
+            Duration::ZERO,
+        );
         Ok(())
     }
 }
 
 impl GroupEntry {
     /// Shuts a worker's listener down: the kernel hands its queued connections to the
-    /// migrate program, which moves them to active slots. The slot is freed at the next
-    /// flush; the worker is listed as `what` until it registers a new listener or leaves.
-    pub(super) fn shut_down(&mut self, slot: u32, what: EventKind, why: String) {
-        let Some(worker) = self.workers.remove(&slot) else {
+    /// migrate program, which moves them to active slots. Then the daemon's copy listens again
+    /// (the same socket rejoins the kernel group on its explicit port) and goes back into the
+    /// same slot, still out of rotation (the caller made it stuck or draining): the worker keeps
+    /// its record and its server keeps accepting on its own descriptor. An evicted worker comes
+    /// back after `probation` (see [`super::monitor`]), a closed one on `undrain`.
+    ///
+    /// When the socket cannot listen again (bound to port 0, or the kernel refuses), the slot
+    /// is freed at the next flush and the worker listed as `what` until it registers a new
+    /// listener or leaves, as before.
+    pub(super) fn shut_down(
+        &mut self,
+        slot: u32,
+        what: EventKind,
+        why: String,
+        probation: Duration,
+    ) {
+        let Some(worker) = self.workers.get_mut(&slot) else {
             return;
         };
         let mark = Mark {
             at: SystemTime::now(),
             why,
         };
-        if let Err(e) =
-            nix::sys::socket::shutdown(worker.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both)
-        {
+        let fd = worker.socket.as_raw_fd();
+        if let Err(e) = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both) {
             warn!("{}: shutting slot {slot} down: {e}", self.listen);
         }
-        push_event(&mut self.events, self.listen, slot, &worker, what, &mark);
+        push_event(&mut self.events, self.listen, slot, worker, what, &mark);
+        let back = relisten(worker, self.listen).and_then(|()| {
+            self.group
+                .reinsert(slot, worker.socket.as_fd())
+                .map_err(|e| e.to_string())
+        });
+        match back {
+            Ok(()) => {
+                if what == EventKind::Evicted {
+                    worker.evictions = worker.evictions.saturating_add(1);
+                }
+                worker.health = Health::new(Instant::now());
+                worker.out = Some(Out {
+                    what,
+                    mark,
+                    until: Instant::now() + probation,
+                });
+                return;
+            }
+            Err(e) => {
+                info!(
+                    "{}: slot {slot} not listening again ({e}); freeing it until its worker \
+                     registers a new listener",
+                    self.listen
+                );
+                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+            }
+        }
+        let Some(worker) = self.workers.remove(&slot) else {
+            return;
+        };
+        if what == EventKind::Closed {
+            self.closed_pids.push(worker.peer.pid);
+        }
         self.evicted.push(Evicted {
             conn: worker.conn,
             peer: worker.peer,
@@ -309,4 +417,27 @@ impl GroupEntry {
         });
         self.leaving.push((slot, worker));
     }
+}
+
+/// Makes a listener the daemon shut down listen again, if it can do so on the group's port:
+/// only a socket bound to an explicit port keeps its port across a shutdown.
+fn relisten(worker: &Worker, group: SocketAddr) -> Result<(), String> {
+    if group.port() == 0 {
+        return Err("the group's port is 0".into());
+    }
+    let backlog = match i32::try_from(worker.backlog) {
+        Ok(0) | Err(_) => DEFAULT_BACKLOG,
+        Ok(b) => b,
+    };
+    socket2::SockRef::from(&worker.socket)
+        .listen(backlog)
+        .map_err(|e| format!("listen: {e}"))?;
+    let port = SocketInfo::of(worker.socket.as_fd())
+        .map_err(|e| e.to_string())?
+        .local
+        .port();
+    if port != group.port() {
+        return Err(format!("it listens on port {port}, not {}", group.port()));
+    }
+    Ok(())
 }

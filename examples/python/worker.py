@@ -23,9 +23,12 @@ echo` does).
 Accepting: one connection per loop round, so the connections this single-threaded worker has not
 taken yet stay in the kernel's queue, where the daemon can still move them to another worker if
 this one blocks. When the daemon shuts the listener down (the worker was evicted as stuck, or
-drained with `reuseport drain --close`), accept() fails with EINVAL: the worker then closes the
-old listener and control connection, binds a new listener and registers it (as `reuseport echo`
-does), and keeps serving the connections it already had.
+drained with `reuseport drain --close`), its queue moves to the other workers and the daemon
+makes the same listener listen again at once: the worker keeps accepting on it. Only an accept()
+that runs into the instant between the two fails with EINVAL; if the listener does not listen
+again within a few milliseconds, the worker closes the old listener and control connection, binds
+a new listener and registers it (as `reuseport echo` does), and keeps serving the connections it
+already had.
 """
 
 import argparse
@@ -52,6 +55,9 @@ REPLY_TIMEOUT = 2.0
 MAX_LINE = 64 * 1024
 MAX_HEAD = 16 * 1024
 MAX_SLEEP_MS = 60_000
+# After an accept() EINVAL, how many times (1 ms apart) to check whether the daemon made the
+# listener listen again before binding a new one.
+RELISTEN_CHECKS = 10
 U64_MAX = 2**64 - 1
 BACKLOG = 1024
 
@@ -404,6 +410,16 @@ class ListenerShutDown(Exception):
     other workers."""
 
 
+def listens_again(listener):
+    """After an accept() EINVAL: whether the daemon made the listener listen again (it does so
+    right after shutting it down), checked for a few milliseconds."""
+    for _ in range(RELISTEN_CHECKS):
+        if listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return True
+        time.sleep(0.001)
+    return False
+
+
 def serve(listener, registration, conns):
     """Serves until the listener is shut down (raises ListenerShutDown). `conns` (fd -> Conn)
     outlives the listener: accepted connections are served to their end."""
@@ -439,7 +455,7 @@ def serve_round(listener, registration, conns, accepted):
     except (BlockingIOError, InterruptedError):
         pass
     except OSError as e:
-        if e.errno == errno.EINVAL:
+        if e.errno == errno.EINVAL and not listens_again(listener):
             raise ListenerShutDown() from None
         if e.errno not in (errno.ECONNABORTED, errno.EPROTO):
             log(f"accept: {e}")

@@ -36,7 +36,8 @@ struct Conn {
 }
 
 /// Serves until the process is killed. When the daemon shuts the listener down (a stuck
-/// worker evicted, `drain --close`), joins again with a new one once it runs.
+/// worker evicted, `drain --close`), it makes it listen again at once and the worker keeps
+/// accepting; if it does not listen again, the worker joins again with a new one.
 pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
     let mut conns: Vec<Conn> = Vec::new();
     loop {
@@ -102,8 +103,10 @@ fn serve(listener: &TcpListener, registration: Option<&Registration>, conns: &mu
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // Not listening any more: shut down from outside.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            // Not listening any more: shut down from outside, and not listening again (the
+            // daemon makes an evicted or closed listener listen again right away).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !listens_again(listener) => return,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => warn!("accept: {e}"),
         }
 
@@ -121,6 +124,24 @@ fn serve(listener: &TcpListener, registration: Option<&Registration>, conns: &mu
             conns.swap_remove(i);
         }
     }
+}
+
+/// How many times (1 ms apart) to check, after an accept() EINVAL, whether the listener
+/// listens again before joining with a new one.
+const RELISTEN_CHECKS: u32 = 10;
+
+/// After an accept() EINVAL: whether the daemon made the listener listen again (it shuts a
+/// listener down to move its queue, then makes it listen again at once), within a few ms.
+fn listens_again(listener: &TcpListener) -> bool {
+    (0..RELISTEN_CHECKS).any(|_| {
+        let listening =
+            nix::sys::socket::getsockopt(listener, nix::sys::socket::sockopt::AcceptConn)
+                .unwrap_or(false);
+        if !listening {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        listening
+    })
 }
 
 /// Reads what is there and answers complete requests. Returns false when the connection is

@@ -104,8 +104,9 @@ enum Command {
         /// [default: 50]
         #[arg(long)]
         stuck_ms: Option<u64>,
-        /// skip: no new connections while stuck; evict: also shut its listener down so its
-        /// queued connections move to healthy workers [default: skip]
+        /// evict: shut a stuck worker's listener down so its queued connections move to
+        /// healthy workers, and take it back when it runs again; skip: only send it no new
+        /// connections while stuck [default: evict]
         #[arg(long)]
         on_stuck: Option<OnStuck>,
         /// Serve Prometheus metrics on http://ADDR:PORT/metrics

@@ -17,16 +17,19 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use reuseport_testing::{
     daemon::{signal, Fixture, START_LIMIT},
-    loadgen::{request, tally, Load},
+    loadgen::request,
     servers::{self, children, Server},
     wait,
 };
 use reuseport_worker::protocol::WorkerState;
 
 const EVICT: &[&str] = &["--on-stuck", "evict"];
-/// Requests of the load around the stop, and its concurrent clients.
-const REQUESTS: usize = 600;
+/// The paced load around the stop: clients, requests each (a new connection each), and the
+/// pause between two requests of a client (so the load outlasts the stop).
 const CLIENTS: usize = 8;
+const PER_CLIENT: usize = 150;
+const PAUSE: Duration = Duration::from_millis(5);
+const REQUESTS: usize = CLIENTS * PER_CLIENT;
 /// How long the victim stays stopped: well past detection, within a client's patience.
 const STOPPED: Duration = Duration::from_millis(300);
 /// How soon a resumed worker is back in rotation (probation, at most 1 s, and a sample).
@@ -51,7 +54,8 @@ fn listeners(addr: SocketAddr) -> Result<BTreeSet<u64>> {
         u32::from_le_bytes(v4.ip().octets()),
         v4.port()
     );
-    let table = fs::read_to_string("/proc/self/net/tcp")?;
+    // The test thread's namespace (each test runs in a fresh one).
+    let table = fs::read_to_string("/proc/thread-self/net/tcp")?;
     Ok(table
         .lines()
         .skip(1)
@@ -86,25 +90,44 @@ fn stop_and_resume(f: &Fixture, victim: u32, slot: Option<u32>) -> Result<u32> {
         "{before:?}\n{}",
         f.logs()
     );
-    let mut load = Load::new(f.addr, REQUESTS, CLIENTS);
-    load.timeout = Duration::from_secs(5);
+    let addr = f.addr;
     let mut evicted = None;
     let outcomes = std::thread::scope(|s| -> Result<_> {
-        let clients = s.spawn(|| load.run());
-        std::thread::sleep(Duration::from_millis(50));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                s.spawn(move || {
+                    (0..PER_CLIENT)
+                        .map(|_| {
+                            std::thread::sleep(PAUSE);
+                            request(addr, "/", Duration::from_secs(5)).map_err(|e| e.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
         signal(victim, libc::SIGSTOP)?;
         let seen = f.wait_worker(Duration::from_secs(3), "the stopped worker evicted", |w| {
             w.state == WorkerState::Evicted && slot.is_none_or(|s| s == w.slot)
         });
         std::thread::sleep(STOPPED);
         signal(victim, libc::SIGCONT)?;
+        let outcomes = clients
+            .into_iter()
+            .map(|c| c.join().map_err(|_| anyhow::anyhow!("clients panicked")))
+            .collect::<Result<Vec<_>>>()?;
         evicted = Some(seen?.slot);
-        clients
-            .join()
-            .map_err(|_| anyhow::anyhow!("clients panicked"))
+        Ok(outcomes.concat())
     })?;
     let slot = evicted.context("no eviction")?;
-    let (counts, errors) = tally(&outcomes);
+    let mut counts = BTreeMap::<u32, u64>::new();
+    let mut errors = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(pid) => *counts.entry(pid).or_default() += 1,
+            Err(e) => errors.push(e),
+        }
+    }
     ensure!(errors.is_empty(), "{errors:?}\n{}", f.logs());
     ensure!(
         counts.values().sum::<u64>() == REQUESTS as u64,

@@ -465,7 +465,7 @@ fn fresh_discards_pins_of_another_layout() -> Result {
 fn status_events_are_json_log_lines_with_the_same_fields() -> Result {
     let mut f = Fixture::new("event-log")?;
     f.stop_daemon(libc::SIGTERM)?;
-    f.start_daemon(&["--log-format", "json"])?;
+    f.start_daemon(&["--log-format", "json", "--on-stuck", "skip"])?;
     let pids = f.echo_workers(2)?;
     f.wait_workers(2)?;
     reuseport_testing::daemon::signal(pids[0], libc::SIGSTOP)?;

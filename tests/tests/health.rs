@@ -44,7 +44,7 @@ fn under_load(load: &Load, during: impl FnOnce() -> Result) -> Result<Vec<Outcom
 
 #[test]
 fn a_stopped_worker_is_skipped_quickly_and_comes_back() -> Result {
-    let mut f = Fixture::with_daemon_args("skip", &["--sample-ms", "20"])?;
+    let mut f = Fixture::with_daemon_args("skip", &["--sample-ms", "20", "--on-stuck", "skip"])?;
     let pids = workers(&mut f, 4)?;
     let victim = pids[2];
     let mut load = Load::new(f.addr, 64 * 40, 64);
@@ -280,7 +280,7 @@ fn a_worker_that_shuts_its_listener_down_loses_none_of_its_50_queued_connections
 /// stuck state the monitor itself recorded is ever cleared.
 #[test]
 fn a_slot_stuck_when_the_daemon_restarts_is_active_again_once_its_worker_is() -> Result {
-    let mut f = Fixture::new("stuckrestart")?;
+    let mut f = Fixture::with_daemon_args("stuckrestart", &["--on-stuck", "skip"])?;
     let pids = workers(&mut f, 2)?;
     let victim = pids[1];
     signal(victim, libc::SIGSTOP);
@@ -297,7 +297,7 @@ fn a_slot_stuck_when_the_daemon_restarts_is_active_again_once_its_worker_is() ->
     // Healthy again while no daemon runs: it accepts its queue.
     signal(victim, libc::SIGCONT);
     drop(held);
-    f.start_daemon(&[])?;
+    f.start_daemon(&["--on-stuck", "skip"])?;
     f.wait_pids(daemon::START_LIMIT, &pids)?;
     f.wait_worker(
         Duration::from_secs(3),
@@ -355,7 +355,8 @@ fn killing_the_daemon_under_load_fails_nothing_and_the_restart_takes_over() -> R
 fn least_loaded_and_p2c_send_nothing_to_a_drained_or_stuck_slot() -> Result {
     // No stuck verdict from a queue that does not move (the busy workers' queues grow), but a
     // stopped process with a queue is still found stuck within a sample.
-    let mut f = Fixture::with_daemon_args("llstates", &["--stuck-ms", "60000"])?;
+    let mut f =
+        Fixture::with_daemon_args("llstates", &["--stuck-ms", "60000", "--on-stuck", "skip"])?;
     let pids = f.echo_workers(4)?;
     let status = f.wait_pids(daemon::START_LIMIT, &pids)?;
     let slot = |pid: u32| status.workers.iter().find(|w| w.pid == pid).map(|w| w.slot);

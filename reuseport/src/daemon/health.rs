@@ -9,11 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnStuck {
-    /// Take it out of the active set: no new connection until it recovers.
-    #[default]
+    /// Take it out of the active set: no new connection until it recovers. The connections
+    /// queued before detection wait for it.
     Skip,
-    /// Also shut its listener down: the queued connections migrate to healthy workers and the
-    /// worker registers a new listener when it runs again.
+    /// Also shut its listener down, so the queued connections migrate to healthy workers, and
+    /// make the same socket listen again out of rotation until the worker runs again: servers
+    /// keep accepting on their own descriptor (nginx, gunicorn, uvicorn are tested to).
+    #[default]
     Evict,
 }
 
@@ -51,7 +53,7 @@ impl Default for HealthConfig {
         Self {
             sample: Duration::from_millis(5),
             stuck_after: Duration::from_millis(50),
-            on_stuck: OnStuck::Skip,
+            on_stuck: OnStuck::Evict,
         }
     }
 }

@@ -374,12 +374,14 @@ impl GroupEntry {
         if let Err(e) = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both) {
             warn!("{}: shutting slot {slot} down: {e}", self.listen);
         }
-        push_event(&mut self.events, self.listen, slot, worker, what, &mark);
+        // Listening again first, then the log line: a server's accept() between the two
+        // fails with EINVAL, so the window stays as short as two system calls.
         let back = relisten(worker, self.listen).and_then(|()| {
             self.group
                 .reinsert(slot, worker.socket.as_fd())
                 .map_err(|e| e.to_string())
         });
+        push_event(&mut self.events, self.listen, slot, worker, what, &mark);
         match back {
             Ok(()) => {
                 if what == EventKind::Evicted {

@@ -346,3 +346,53 @@ fn nginx_under_spawn_survives_eviction_without_accept_errors() -> Result<()> {
     ensure!(accept_errors <= 5, "{accept_errors} accept errors:\n{log}");
     Ok(())
 }
+
+/// A worker whose accept() ran into the instant between the shutdown and the new listen() gets
+/// EINVAL, closes its listener and registers a new one on the same control connection: the old
+/// slot is freed and the old socket closes with the daemon's copy (no orphan listener stays in
+/// the group), and the new one starts draining like the closed one.
+#[test]
+fn a_replacement_registered_after_drain_close_frees_the_old_slot() -> Result<()> {
+    use reuseport_worker::{self as worker, ControlClient, Request};
+    use std::os::fd::AsFd;
+
+    let mut f = Fixture::with_daemon_args("evict-replace", &["--stuck-ms", "60000"])?;
+    let echo = f.echo("w0")?;
+    f.wait_workers(1)?;
+    let register = Request::Register {
+        name: Some("race".into()),
+        weight: None,
+        pid: None,
+    };
+    let old = worker::bind_listener(f.addr, 16)?;
+    let mut control = ControlClient::connect(&f.control)?;
+    control.request_with_fd(&register, old.as_fd())?;
+    let status = f.wait_workers(2)?;
+    let slot = status
+        .workers
+        .iter()
+        .find(|w| w.name == "race")
+        .context("not listed")?
+        .slot;
+    let out = f.cli(&["drain", &slot.to_string(), "--close"])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(listeners(f.addr)?.len() == 2, "{:?}", listeners(f.addr));
+    drop(old);
+    let new = worker::bind_listener(f.addr, 16)?;
+    control.request_with_fd(&register, new.as_fd())?;
+    wait::until(START_LIMIT, "the old listener closed", || {
+        listeners(f.addr).is_ok_and(|l| l.len() == 2)
+    })?;
+    let status = f.wait_workers(2)?;
+    let race: Vec<_> = status.workers.iter().filter(|w| w.name == "race").collect();
+    ensure!(race.len() == 1, "{status:?}");
+    ensure!(race[0].state == WorkerState::Draining, "{status:?}");
+    // Nothing goes to the drained replacement, which accepts nothing.
+    let counts = f.load_ok(50);
+    ensure!(counts.keys().eq([&echo]), "{counts:?}");
+    Ok(())
+}

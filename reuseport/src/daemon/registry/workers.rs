@@ -233,24 +233,23 @@ impl Registry {
             .evicted
             .retain(|e| e.conn != conn && e.peer.pid != peer.pid);
         // A worker whose accept() ran into the instant its listener was shut down registers a
-        // new one: its old listener leaves (no orphan stays in the group), and a closed one's
-        // replacement stays out of rotation like it.
+        // new one on the same connection: its old listener leaves (no orphan stays in the
+        // group), and a closed one's replacement stays out of rotation like it. (One that
+        // registers on a new connection closed the old one, which freed the old slot.)
         let replaced: Vec<u32> = entry
             .workers
             .iter()
-            .filter(|(_, w)| w.out.is_some() && (w.conn == conn || w.peer.pid == peer.pid))
+            .filter(|(_, w)| w.out.is_some() && w.conn == conn)
             .map(|(&s, _)| s)
             .collect();
-        let mut out = None;
+        let mut was_closed = false;
         for old in replaced {
-            if let Some(mut w) = entry.workers.remove(&old) {
+            if let Some(w) = entry.workers.remove(&old) {
                 info!(
                     "{}: worker {} (pid {}) replaced its listener in slot {old} by slot {slot}",
                     entry.listen, w.name, w.peer.pid
                 );
-                if w.out.as_ref().is_some_and(|o| o.what == EventKind::Closed) {
-                    out = w.out.take();
-                }
+                was_closed |= w.out.as_ref().is_some_and(|o| o.what == EventKind::Closed);
                 entry.leaving.push((old, w));
             }
         }
@@ -258,7 +257,7 @@ impl Registry {
         if let Some(i) = closed_before {
             entry.closed_pids.swap_remove(i);
         }
-        if out.is_some() || closed_before.is_some() {
+        if was_closed || closed_before.is_some() {
             // Drained with --close: its new listener stays out of rotation too (once).
             if let Err(e) = entry.group.set_state(slot, SlotState::Draining) {
                 warn!("{}: keeping slot {slot} draining: {e}", entry.listen);
@@ -279,7 +278,7 @@ impl Registry {
                 socket,
                 health: Health::new(Instant::now()),
                 proc_stat: std::fs::File::open(format!("/proc/{}/stat", peer.pid)).ok(),
-                out,
+                out: None,
                 evictions: 0,
                 backlog: 0,
             },
@@ -325,7 +324,7 @@ impl Registry {
         self.groups[i].may_act(actor, slot, SlotAction::Close)?;
         let entry = &mut self.groups[i];
         entry.group.set_state(slot, SlotState::Draining)?;
-        let Some(worker) = entry.workers.get(&slot) else {
+        if !entry.workers.contains_key(&slot) {
             return Err(Refusal::new(
                 ErrorCode::NotRegistered,
                 format!(
@@ -333,8 +332,7 @@ impl Registry {
                      it is draining; wait for its worker to register again to close it"
                 ),
             ));
-        };
-        let _ = worker;
+        }
         entry.shut_down(
             slot,
             EventKind::Closed,
@@ -442,4 +440,21 @@ fn relisten(worker: &Worker, group: SocketAddr) -> Result<(), String> {
         return Err(format!("it listens on port {port}, not {}", group.port()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probation_starts_at_the_stuck_time_and_doubles_up_to_the_cap() {
+        let base = Duration::from_millis(50);
+        assert_eq!(probation(base, 0), base);
+        assert_eq!(probation(base, 1), Duration::from_millis(100));
+        assert_eq!(probation(base, 4), Duration::from_millis(800));
+        assert_eq!(probation(base, 5), PROBATION_CAP);
+        assert_eq!(probation(base, u32::MAX), PROBATION_CAP);
+        // A stuck time above the cap is the probation itself.
+        assert_eq!(probation(Duration::from_secs(5), 3), Duration::from_secs(5));
+    }
 }

@@ -45,6 +45,9 @@ pub struct Fixture {
     /// The workers in start order, with their names (their log files).
     pub workers: Vec<Child>,
     names: Vec<String>,
+    /// Stuck detection off unless the daemon's flags ask for health behaviour (tests made
+    /// with [`Fixture::new`] and friends, which count exact shares).
+    pub exact: bool,
 }
 
 impl Fixture {
@@ -67,6 +70,7 @@ impl Fixture {
     fn start(name: &str, addr: SocketAddr, extra: &[&str]) -> Result<Self> {
         netns::fresh()?;
         let mut f = Self::on(addr, &format!("test-{name}"), binary::locate()?)?;
+        f.exact = true;
         f.start_daemon(extra)?;
         Ok(f)
     }
@@ -91,6 +95,7 @@ impl Fixture {
             daemon: None,
             workers: Vec::new(),
             names: Vec::new(),
+            exact: false,
         })
     }
 
@@ -116,6 +121,13 @@ impl Fixture {
             .arg(&self.control);
         if !extra.contains(&"--no-pin") {
             cmd.arg("--pin-dir").arg(&self.pins);
+        }
+        // A test that does not ask for health behaviour counts exact shares: on a loaded
+        // machine a worker caught between two accepts could be judged stuck and evicted (the
+        // default), which bends them. Such tests get no stuck detection.
+        let health = ["--stuck-ms", "--on-stuck", "--sample-ms"];
+        if self.exact && !extra.iter().any(|a| health.contains(a)) {
+            cmd.args(["--stuck-ms", "600000"]);
         }
         cmd.args(extra);
         self.daemon = Some(

@@ -373,7 +373,7 @@ fn policy_swaps_from_the_cli_under_load_lose_nothing() -> Result {
     let status = f.wait_workers(4)?;
     let out = f.cli(&["weight", &status.workers[3].slot.to_string(), "4"])?;
     assert!(out.status.success());
-    let load = Load::new(f.addr, 1600, 8);
+    let load = Load::new(f.addr, 4000, 8);
     let outcomes = std::thread::scope(|s| -> Result<_> {
         let handle = s.spawn(|| load.run());
         let mut swaps = 0;
@@ -395,7 +395,7 @@ fn policy_swaps_from_the_cli_under_load_lose_nothing() -> Result {
     })?;
     let (counts, errors) = tally(&outcomes);
     assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(counts.values().sum::<u64>(), 1600);
+    assert_eq!(counts.values().sum::<u64>(), 4000);
     let out = f.cli(&["policy", "get"])?;
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("127.0.0.1:8080 "));
     Ok(())

@@ -278,6 +278,10 @@ pub struct GroupStatus {
     pub policy: Policy,
     pub on_empty: OnEmpty,
     pub mode: AttachMode,
+    /// IPv6 groups: `true` for an IPv6-only group (its sockets set IPV6_V6ONLY=1), `false` for
+    /// a dual-stack one (IPV6_V6ONLY=0, IPv4 clients too). Always `false` for IPv4 groups.
+    #[serde(default)]
+    pub v6only: bool,
     pub workers: Vec<WorkerStatus>,
     /// Connections handed to the kernel's hash because no active slot took them.
     pub fallbacks: u64,
@@ -306,6 +310,7 @@ impl GroupStatus {
             policy,
             on_empty,
             mode,
+            v6only: false,
             workers: Vec::new(),
             fallbacks: 0,
             drops: 0,

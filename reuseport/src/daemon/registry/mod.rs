@@ -42,6 +42,10 @@ pub struct GroupConfig {
     /// `None`: keep the pinned group's policy, or round-robin for a new group.
     pub policy: Option<Policy>,
     pub on_empty: OnEmpty,
+    /// IPv6 groups: IPv6-only (every socket sets IPV6_V6ONLY=1) rather than dual-stack (the
+    /// Linux default, IPv4 clients too). The kernel keeps the two kinds in separate reuseport
+    /// groups, so a socket of the other kind is refused. Ignored for IPv4 groups.
+    pub v6only: bool,
     /// Weights by worker name, applied when a worker of that name registers (over the weight
     /// it asks for: the operator decides) and on reload.
     pub weights: BTreeMap<String, u32>,
@@ -229,6 +233,7 @@ impl GroupEntry {
             policy: config.policy.unwrap_or_default(),
             on_empty: config.on_empty,
             pin: pin_dir,
+            v6only: listen.is_ipv6().then_some(config.v6only),
         })?;
         if group.adopted() {
             if let Some(policy) = config.policy {

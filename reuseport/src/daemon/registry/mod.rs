@@ -211,6 +211,18 @@ impl GroupEntry {
     }
 }
 
+/// The IPV6_V6ONLY every socket of the group has: `None` for IPv4. Only the unspecified
+/// address `[::]` has two kinds, as configured; the kernel makes every socket bound to a
+/// specific IPv6 address IPv6-only at bind() (a v4-mapped one stays dual-stack), whatever it
+/// set, so there the kind follows from the address.
+fn group_kind(listen: SocketAddr, v6only: bool) -> Option<bool> {
+    match listen.ip() {
+        std::net::IpAddr::V4(_) => None,
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => Some(v6only),
+        std::net::IpAddr::V6(ip) => Some(ip.to_ipv4_mapped().is_none()),
+    }
+}
+
 impl GroupEntry {
     /// Loads the group's program (taking over its pinned state, unless `fresh`).
     fn load(config: &GroupConfig, pins: &Pins) -> Result<Self, Error> {
@@ -233,7 +245,7 @@ impl GroupEntry {
             policy: config.policy.unwrap_or_default(),
             on_empty: config.on_empty,
             pin: pin_dir,
-            v6only: listen.is_ipv6().then_some(config.v6only),
+            v6only: group_kind(listen, config.v6only),
         })?;
         if group.adopted() {
             if let Some(policy) = config.policy {

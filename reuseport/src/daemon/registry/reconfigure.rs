@@ -111,7 +111,10 @@ impl GroupEntry {
                 config.mode
             ));
         }
-        if listen.is_ipv6() && Some(config.v6only) != self.group.v6only() {
+        if listen.ip().is_unspecified()
+            && listen.is_ipv6()
+            && Some(config.v6only) != self.group.v6only()
+        {
             changes.push(format!(
                 "{listen}: stays {} (the file says {}): changing the kind of an IPv6 group needs \
                  a restart, and its workers' sockets made again",

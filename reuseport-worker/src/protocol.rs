@@ -569,7 +569,7 @@ mod tests {
             line,
             concat!(
                 r#"{"ok":true,"groups":[{"listen":"127.0.0.1:8080","proto":"tcp","#,
-                r#""policy":"least-loaded","on_empty":"drop","mode":"select","workers":["#,
+                r#""policy":"least-loaded","on_empty":"drop","mode":"select","v6only":false,"workers":["#,
                 r#"{"slot":0,"pid":31028,"uid":0,"name":"rs-1","state":"draining","weight":1,"#,
                 r#""selected":0,"migrated":0,"inflight":0,"queue":0,"load":0},"#,
                 r#"{"slot":1,"pid":31031,"uid":0,"name":"rs-2","state":"evicted","weight":0,"#,

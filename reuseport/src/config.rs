@@ -538,6 +538,28 @@ listen = "[::1]:9090"
     }
 
     #[test]
+    fn v6only_is_per_ipv6_group_and_the_flag_applies_to_every_ipv6_group() -> Result<(), Invalid> {
+        let p = problems("[[group]]\nlisten = \"127.0.0.1:80\"\nv6only = true\n");
+        assert_eq!((p[0].0, p[0].1), (3, 10), "{p:?}");
+        assert!(p[0].2.contains("IPv6 groups"), "{p:?}");
+        let text =
+            "[[group]]\nlisten = \"[::]:1\"\nv6only = true\n[[group]]\nlisten = \"[::]:2\"\n\
+                    [[group]]\nlisten = \"127.0.0.1:3\"\n";
+        let c = parse(text, Path::new("t.toml"))?;
+        let kinds = |d: &DaemonConfig| d.groups.iter().map(|g| g.v6only).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(&Flags::default().resolve(Some(&c))),
+            [true, false, false]
+        );
+        let flag = Flags {
+            v6only: true,
+            ..Flags::default()
+        };
+        assert_eq!(kinds(&flag.resolve(Some(&c))), [true, true, false]);
+        Ok(())
+    }
+
+    #[test]
     fn an_empty_file_is_valid_and_flags_supply_the_groups() -> Result<(), Invalid> {
         let c = parse("", Path::new("t.toml"))?;
         assert!(c.groups.is_empty());

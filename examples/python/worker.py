@@ -6,7 +6,11 @@ socket.send_fds). Single-threaded on purpose, like a sync Python worker: `/sleep
 which is what the daemon's policies are there to work around.
 
     python3 worker.py --listen 127.0.0.1:8080 [--control PATH] [--name NAME] [--weight N]
-                      [--no-register]
+                      [--no-register] [--v6only]
+
+IPv6: `--listen [::]:PORT` makes a dual-stack socket (IPV6_V6ONLY=0: IPv4 clients too), as the
+daemon's IPv6 groups are by default; give `--v6only` when the daemon runs with `--v6only` (its
+IPv6-only groups). The daemon refuses a socket of the other kind (`wrong_v6only`).
 
 HTTP/1.1 with keep-alive: `GET /` answers `pid=<PID>\\n`, `GET /sleep?ms=N` answers the same
 after N ms (at most 60 s), other paths 404, other methods 405.
@@ -113,6 +117,12 @@ def parse_args(argv):
     )
     p.add_argument("--name", help="name shown by `reuseport status`")
     p.add_argument("--weight", type=parse_u32, help="weight for the weighted policy (1..=1000)")
+    p.add_argument(
+        "--v6only",
+        action="store_true",
+        help="IPv6: an IPv6-only socket (IPV6_V6ONLY=1), for a daemon run with --v6only "
+        "[default: dual-stack]",
+    )
     args = p.parse_args(argv)
     args.control = args.control or os.environ.get(CONTROL_ENV) or DEFAULT_CONTROL
     return args
@@ -122,14 +132,16 @@ def parse_args(argv):
 # The listening socket
 
 
-def bind_listener(family, sockaddr):
-    """SO_REUSEPORT before bind(), as the kernel requires; IPv6 sockets are IPv6-only."""
+def bind_listener(family, sockaddr, v6only=False):
+    """SO_REUSEPORT before bind(), as the kernel requires. IPV6_V6ONLY is set explicitly on IPv6
+    sockets (dual-stack unless `v6only`), whatever the net.ipv6.bindv6only sysctl says: it
+    decides which kernel reuseport group the socket joins."""
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
         s.bind(sockaddr)
         s.listen(BACKLOG)
         s.setblocking(False)
@@ -480,7 +492,7 @@ def main(argv):
     try:
         while True:
             try:
-                listener = bind_listener(family, sockaddr)
+                listener = bind_listener(family, sockaddr, args.v6only)
             except OSError as e:
                 print(f"error: binding {shown}: {e}", file=sys.stderr)
                 return 1

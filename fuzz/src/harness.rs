@@ -104,6 +104,7 @@ impl Harness {
                     mode: AttachMode::SelectOrMigrate,
                     policy: None,
                     on_empty: OnEmpty::Pass,
+                    v6only: false,
                     weights: Default::default(),
                 })
                 .collect(),

@@ -85,9 +85,12 @@ pub enum Error {
     WrongAddress { want: SocketAddr, got: SocketAddr },
 
     #[error(
-        "socket is {}, the group's sockets are {}: the kernel keeps the two kinds in separate \
-         reuseport groups; set IPV6_V6ONLY to {} on the socket before bind()",
-        stack(*got), stack(*want), u8::from(*want)
+        "socket is {}, the group is {}: the kernel keeps the two kinds in separate reuseport \
+         groups; set IPV6_V6ONLY to {} on the socket before bind() (workers: {}), or serve \
+         the group {} (the daemon's --v6only, or v6only in its [[group]])",
+        stack(*got), stack(*want), u8::from(*want),
+        if *want { "--v6only" } else { "no --v6only" },
+        if *got { "IPv6-only" } else { "dual-stack" }
     )]
     WrongV6Only { want: bool, got: bool },
 

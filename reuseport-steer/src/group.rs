@@ -45,6 +45,11 @@ pub struct GroupOptions {
     /// Directory on a bpffs where the group's maps are pinned (see [`crate::pin`]). Existing
     /// pins there are reused, so the group continues where a previous process left it.
     pub pin: Option<PathBuf>,
+    /// IPv6 groups: the IPV6_V6ONLY every socket must have, as the group was configured
+    /// (`true`: IPv6-only, `false`: dual-stack). The kernel keeps the two kinds in separate
+    /// reuseport groups, so the kind is the group's, not whichever socket comes first.
+    /// `None`: the first socket decides (and IPv4 sockets are never checked).
+    pub v6only: Option<bool>,
 }
 
 /// What a slot holds, as userspace last set it.
@@ -109,12 +114,19 @@ pub struct Group {
     global_stats: PerCpuArray<MapData, GlobalStats>,
     /// The first socket seen: every other one must match its protocol, family and address.
     identity: Option<SocketInfo>,
+    /// The IPV6_V6ONLY the group was configured with ([`GroupOptions::v6only`]).
+    v6only: Option<bool>,
     attached: bool,
     /// The state came from pinned maps written by an earlier process.
     adopted: bool,
 }
 
 impl Group {
+    /// The IPV6_V6ONLY the group requires, if it was configured ([`GroupOptions::v6only`]).
+    pub fn v6only(&self) -> Option<bool> {
+        self.v6only
+    }
+
     /// Loads the program and its maps (nothing is attached yet).
     pub fn load(options: GroupOptions) -> Result<Self> {
         preflight::check_privileges()?;
@@ -182,6 +194,7 @@ impl Group {
             ebpf,
             logger,
             mode: options.mode,
+            v6only: options.v6only,
             sockets,
             ring,
             published: Box::new(Publication::EMPTY),
@@ -388,6 +401,7 @@ impl Group {
             None => SocketInfo::of(socket)?,
         };
         info.check_joinable()?;
+        info.check_v6only(self.v6only)?;
         if let Some(identity) = identity {
             info.check_same_group(identity)?;
         }
@@ -747,6 +761,7 @@ impl Group {
 
     fn admit_inspected(&self, info: &SocketInfo) -> Result<()> {
         info.check_joinable()?;
+        info.check_v6only(self.v6only)?;
         if let Some(identity) = &self.identity {
             info.check_same_group(identity)?;
         }

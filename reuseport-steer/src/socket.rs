@@ -106,6 +106,20 @@ impl SocketInfo {
         Ok(())
     }
 
+    /// Checks an IPv6 socket's IPV6_V6ONLY against the kind its group was configured with
+    /// (`None`: not configured; IPv4 sockets have no such flag and always pass).
+    pub fn check_v6only(&self, want: Option<bool>) -> Result<()> {
+        match want {
+            Some(want) if self.family == Family::Ipv6 && self.v6only != want => {
+                Err(Error::WrongV6Only {
+                    want,
+                    got: self.v6only,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks that the socket belongs to the group whose first socket was `group`.
     pub fn check_same_group(&self, group: &SocketInfo) -> Result<()> {
         if self.protocol != group.protocol {

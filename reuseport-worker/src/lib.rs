@@ -15,4 +15,6 @@ pub use client::{control_path, ClientError, ControlClient};
 pub use protocol::{ErrorCode, EventStatus, GroupStatus, Reply, Request, WorkerStatus};
 #[cfg(feature = "tokio")]
 pub use registration::listen_tokio;
-pub use registration::{bind_listener, listen, Registration, WorkerOptions};
+pub use registration::{
+    bind_listener, bind_listener_with, group_v6only, listen, Registration, WorkerOptions,
+};

@@ -278,6 +278,10 @@ pub struct GroupStatus {
     pub policy: Policy,
     pub on_empty: OnEmpty,
     pub mode: AttachMode,
+    /// IPv6 groups: `true` for an IPv6-only group (its sockets set IPV6_V6ONLY=1), `false` for
+    /// a dual-stack one (IPV6_V6ONLY=0, IPv4 clients too). Always `false` for IPv4 groups.
+    #[serde(default)]
+    pub v6only: bool,
     pub workers: Vec<WorkerStatus>,
     /// Connections handed to the kernel's hash because no active slot took them.
     pub fallbacks: u64,
@@ -306,6 +310,7 @@ impl GroupStatus {
             policy,
             on_empty,
             mode,
+            v6only: false,
             workers: Vec::new(),
             fallbacks: 0,
             drops: 0,
@@ -564,7 +569,7 @@ mod tests {
             line,
             concat!(
                 r#"{"ok":true,"groups":[{"listen":"127.0.0.1:8080","proto":"tcp","#,
-                r#""policy":"least-loaded","on_empty":"drop","mode":"select","workers":["#,
+                r#""policy":"least-loaded","on_empty":"drop","mode":"select","v6only":false,"workers":["#,
                 r#"{"slot":0,"pid":31028,"uid":0,"name":"rs-1","state":"draining","weight":1,"#,
                 r#""selected":0,"migrated":0,"inflight":0,"queue":0,"load":0},"#,
                 r#"{"slot":1,"pid":31031,"uid":0,"name":"rs-2","state":"evicted","weight":0,"#,

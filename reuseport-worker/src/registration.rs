@@ -31,6 +31,10 @@ pub struct WorkerOptions {
     pub name: Option<String>,
     pub weight: Option<u32>,
     pub backlog: i32,
+    /// IPv6 listeners: IPV6_V6ONLY=1, for a group the daemon serves IPv6-only (`run
+    /// --v6only`). Default: dual-stack, the Linux default and the daemon's (see
+    /// [`group_v6only`] to ask the daemon). Ignored for IPv4.
+    pub v6only: bool,
 }
 
 impl Default for WorkerOptions {
@@ -40,17 +44,27 @@ impl Default for WorkerOptions {
             name: None,
             weight: None,
             backlog: 1024,
+            v6only: false,
         }
     }
 }
 
-/// Binds a listening TCP socket with SO_REUSEPORT (set before bind, as the kernel requires).
+/// Binds a listening TCP socket with SO_REUSEPORT (set before bind, as the kernel requires);
+/// an IPv6 one is dual-stack (IPV6_V6ONLY=0, the Linux default), as the daemon's IPv6 groups
+/// are unless it runs with `--v6only`.
 pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    bind_listener_with(addr, backlog, false)
+}
+
+/// [`bind_listener`] choosing IPV6_V6ONLY for an IPv6 address: `true` for an IPv6-only
+/// group. The flag is set explicitly either way (before bind, where it decides the kernel
+/// group), so a changed `net.ipv6.bindv6only` sysctl does not change the socket's kind.
+pub fn bind_listener_with(addr: SocketAddr, backlog: i32, v6only: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(v6only)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
@@ -62,12 +76,28 @@ pub fn listen(
     addr: SocketAddr,
     options: &WorkerOptions,
 ) -> Result<(TcpListener, Registration), ClientError> {
-    let listener = bind_listener(addr, options.backlog).map_err(|cause| ClientError::Io {
-        path: PathBuf::from(addr.to_string()),
-        cause,
+    let listener = bind_listener_with(addr, options.backlog, options.v6only).map_err(|cause| {
+        ClientError::Io {
+            path: PathBuf::from(addr.to_string()),
+            cause,
+        }
     })?;
     let registration = Registration::start(&listener, options)?;
     Ok((listener, registration))
+}
+
+/// Whether the running daemon serves its group on `addr` IPv6-only (`Some(true)`) or
+/// dual-stack (`Some(false)`); `None` when no daemon answers on `control` or it has no such
+/// group. Lets a worker make the socket the group needs without being told.
+pub fn group_v6only(control: &std::path::Path, addr: SocketAddr) -> Option<bool> {
+    let reply = ControlClient::connect(control)
+        .and_then(|mut c| c.request(&Request::Status))
+        .ok()?;
+    reply
+        .groups?
+        .into_iter()
+        .find(|g| g.listen == addr)
+        .map(|g| g.v6only)
 }
 
 /// The tokio flavour of [`listen`].

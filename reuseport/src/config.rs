@@ -65,6 +65,8 @@ struct GroupFile {
     policy: Option<Policy>,
     on_empty: Option<OnEmpty>,
     mode: Option<AttachMode>,
+    /// IPv6 groups: IPv6-only instead of dual-stack.
+    v6only: Option<Spanned<bool>>,
     adopt: Option<Spanned<bool>>,
     #[serde(default)]
     weights: BTreeMap<String, Spanned<u32>>,
@@ -201,6 +203,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
                 );
             }
         }
+        if let Some(v6only) = &g.v6only {
+            if listen.is_ipv4() && *v6only.get_ref() {
+                problem(
+                    v6only.span(),
+                    format!(
+                        "v6only applies to IPv6 groups, {listen} is IPv4: remove the line, or \
+                         listen on [::]:{} for an IPv6-only group",
+                        listen.port()
+                    ),
+                );
+            }
+        }
         let mut weights = BTreeMap::new();
         for (name, weight) in &g.weights {
             if let Err(why) = reuseport_worker::names::check(name) {
@@ -224,6 +238,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
             mode: g.mode.unwrap_or_default(),
             policy: g.policy,
             on_empty: g.on_empty.unwrap_or_default(),
+            v6only: listen.is_ipv6() && g.v6only.as_ref().is_some_and(|v| *v.get_ref()),
             weights,
         });
     }
@@ -269,6 +284,8 @@ pub struct Flags {
     pub policy: Option<Policy>,
     pub mode: Option<AttachMode>,
     pub on_empty: Option<OnEmpty>,
+    /// `--v6only`: every IPv6 group is IPv6-only (over the file's `v6only`).
+    pub v6only: bool,
     pub allow_uids: Vec<u32>,
     pub admin_uids: Vec<u32>,
     /// Bounds on the control connections (flags only).
@@ -303,6 +320,7 @@ impl Flags {
                             mode: AttachMode::default(),
                             policy: None,
                             on_empty: OnEmpty::default(),
+                            v6only: false,
                             weights: BTreeMap::new(),
                         })
                 })
@@ -312,6 +330,7 @@ impl Flags {
             g.mode = self.mode.unwrap_or(g.mode);
             g.policy = self.policy.or(g.policy);
             g.on_empty = self.on_empty.unwrap_or(g.on_empty);
+            g.v6only = g.listen.is_ipv6() && (self.v6only || g.v6only);
         }
         let defaults = HealthConfig::default();
         let pin = !self.no_pin && file.pin.unwrap_or(true);
@@ -365,8 +384,13 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     println!("{}: valid", path.display());
     for g in &resolved.groups {
         println!(
-            "  group {} (tcp) policy {} mode {} on-empty {}{}",
+            "  group {} (tcp{}) policy {} mode {} on-empty {}{}",
             g.listen,
+            match (g.listen.is_ipv6(), g.v6only) {
+                (false, _) => "",
+                (true, false) => ", dual-stack",
+                (true, true) => ", IPv6-only",
+            },
             g.policy.map_or_else(
                 || "round-robin (or the pinned one)".to_owned(),
                 |p| p.to_string()
@@ -511,6 +535,28 @@ listen = "[::1]:9090"
         assert!(p[2].2.contains("listed twice"), "{p:?}");
         assert!(p[3].2.contains("not supported yet"), "{p:?}");
         assert!(p[4].2.contains("not supported yet"), "{p:?}");
+    }
+
+    #[test]
+    fn v6only_is_per_ipv6_group_and_the_flag_applies_to_every_ipv6_group() -> Result<(), Invalid> {
+        let p = problems("[[group]]\nlisten = \"127.0.0.1:80\"\nv6only = true\n");
+        assert_eq!((p[0].0, p[0].1), (3, 10), "{p:?}");
+        assert!(p[0].2.contains("IPv6 groups"), "{p:?}");
+        let text =
+            "[[group]]\nlisten = \"[::]:1\"\nv6only = true\n[[group]]\nlisten = \"[::]:2\"\n\
+                    [[group]]\nlisten = \"127.0.0.1:3\"\n";
+        let c = parse(text, Path::new("t.toml"))?;
+        let kinds = |d: &DaemonConfig| d.groups.iter().map(|g| g.v6only).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(&Flags::default().resolve(Some(&c))),
+            [true, false, false]
+        );
+        let flag = Flags {
+            v6only: true,
+            ..Flags::default()
+        };
+        assert_eq!(kinds(&flag.resolve(Some(&c))), [true, true, false]);
+        Ok(())
     }
 
     #[test]

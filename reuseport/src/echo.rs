@@ -21,6 +21,9 @@ pub struct EchoOptions {
     pub register: bool,
     pub name: Option<String>,
     pub weight: Option<u32>,
+    /// IPv6: IPV6_V6ONLY for the listener; `None`: the group's kind as the running daemon
+    /// reports it, dual-stack when it cannot tell.
+    pub v6only: Option<bool>,
 }
 
 /// Longest request head accepted.
@@ -41,7 +44,16 @@ struct Conn {
 pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
     let mut conns: Vec<Conn> = Vec::new();
     loop {
-        let listener = worker::bind_listener(options.listen, 1024)?;
+        let v6only = options.v6only.unwrap_or_else(|| {
+            options.listen.is_ipv6()
+                && options.register
+                && worker::group_v6only(
+                    &worker::control_path(options.control.as_deref()),
+                    options.listen,
+                )
+                .unwrap_or(false)
+        });
+        let listener = worker::bind_listener_with(options.listen, 1024, v6only)?;
         listener.set_nonblocking(true)?;
         let registration = if options.register {
             Some(Registration::start(
@@ -50,6 +62,7 @@ pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
                     control: options.control.clone(),
                     name: options.name.clone(),
                     weight: options.weight,
+                    v6only,
                     ..WorkerOptions::default()
                 },
             )?)

@@ -68,6 +68,10 @@ enum Command {
         /// pass]
         #[arg(long, value_enum)]
         on_empty: Option<OnEmpty>,
+        /// Make the IPv6 groups IPv6-only (workers set IPV6_V6ONLY=1); without it an IPv6
+        /// group such as [::]:PORT is dual-stack and serves IPv4 clients too
+        #[arg(long)]
+        v6only: bool,
         /// Another uid allowed on the control socket: it may register workers, act on their
         /// slots and read the status (repeatable)
         #[arg(long, value_name = "UID")]
@@ -202,6 +206,13 @@ enum Command {
         name: Option<String>,
         #[arg(long)]
         weight: Option<u32>,
+        /// IPv6: an IPv6-only socket (IPV6_V6ONLY=1), for a daemon run with --v6only [default:
+        /// the group's kind as the daemon reports it, else dual-stack]
+        #[arg(long)]
+        v6only: bool,
+        /// IPv6: a dual-stack socket (IPV6_V6ONLY=0) whatever the daemon reports
+        #[arg(long, conflicts_with = "v6only")]
+        dual_stack: bool,
         #[command(flatten)]
         control: Control,
     },
@@ -309,6 +320,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             policy,
             mode,
             on_empty,
+            v6only,
             allow_uid,
             admin_uid,
             max_connections,
@@ -328,6 +340,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 policy,
                 mode,
                 on_empty,
+                v6only,
                 allow_uids: allow_uid,
                 admin_uids: admin_uid,
                 limits: ControlLimits {
@@ -432,6 +445,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             no_register,
             name,
             weight,
+            v6only,
+            dual_stack,
             control,
         } => echo::run(&EchoOptions {
             listen,
@@ -439,6 +454,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             register: !no_register,
             name,
             weight,
+            v6only: (v6only || dual_stack).then_some(v6only),
         }),
         Command::Completions { shell } => {
             clap_complete::generate(

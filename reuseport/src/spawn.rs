@@ -21,7 +21,8 @@ use std::{
 use anyhow::{bail, Context};
 use log::{info, warn};
 use reuseport_worker::{
-    bind_listener, control_path, ClientError, ControlClient, Registration, Request, WorkerOptions,
+    bind_listener_with, control_path, group_v6only, ClientError, ControlClient, Registration,
+    Request, WorkerOptions,
 };
 
 /// The first descriptor of the passed listeners, as systemd and nginx expect.
@@ -76,6 +77,10 @@ pub struct SpawnArgs {
     /// Weight of each listener for the weighted policy
     #[arg(long)]
     weight: Option<u32>,
+    /// IPv6: IPv6-only listeners (IPV6_V6ONLY=1), for a daemon run with --v6only [default: the
+    /// group's kind as the daemon reports it, else dual-stack]
+    #[arg(long)]
+    v6only: bool,
     #[command(flatten)]
     control: crate::Control,
     /// The server and its arguments, after `--`; `{fd}` in the arguments becomes 3
@@ -101,8 +106,11 @@ pub fn run(args: SpawnArgs) -> anyhow::Result<()> {
         _ => (0..k).map(|i| format!("{base}-{i}")).collect(),
     };
 
+    // The kind of socket the group needs: asked of the daemon, which registers them anyway.
+    let v6only =
+        listen.is_ipv6() && (args.v6only || group_v6only(&control, listen).unwrap_or(false));
     let listeners = (0..k)
-        .map(|_| bind_listener(listen, BACKLOG))
+        .map(|_| bind_listener_with(listen, BACKLOG, v6only))
         .collect::<io::Result<Vec<_>>>()
         .with_context(|| format!("binding {k} SO_REUSEPORT listener(s) on {listen}"))?;
     let fds = place(listeners).context("placing the listeners at descriptors 3..")?;

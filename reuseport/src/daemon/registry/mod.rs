@@ -42,6 +42,10 @@ pub struct GroupConfig {
     /// `None`: keep the pinned group's policy, or round-robin for a new group.
     pub policy: Option<Policy>,
     pub on_empty: OnEmpty,
+    /// IPv6 groups: IPv6-only (every socket sets IPV6_V6ONLY=1) rather than dual-stack (the
+    /// Linux default, IPv4 clients too). The kernel keeps the two kinds in separate reuseport
+    /// groups, so a socket of the other kind is refused. Ignored for IPv4 groups.
+    pub v6only: bool,
     /// Weights by worker name, applied when a worker of that name registers (over the weight
     /// it asks for: the operator decides) and on reload.
     pub weights: BTreeMap<String, u32>,
@@ -216,6 +220,18 @@ impl GroupEntry {
     }
 }
 
+/// The IPV6_V6ONLY every socket of the group has: `None` for IPv4. Only the unspecified
+/// address `[::]` has two kinds, as configured; the kernel makes every socket bound to a
+/// specific IPv6 address IPv6-only at bind() (a v4-mapped one stays dual-stack), whatever it
+/// set, so there the kind follows from the address.
+fn group_kind(listen: SocketAddr, v6only: bool) -> Option<bool> {
+    match listen.ip() {
+        std::net::IpAddr::V4(_) => None,
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => Some(v6only),
+        std::net::IpAddr::V6(ip) => Some(ip.to_ipv4_mapped().is_none()),
+    }
+}
+
 impl GroupEntry {
     /// Loads the group's program (taking over its pinned state, unless `fresh`).
     fn load(config: &GroupConfig, pins: &Pins) -> Result<Self, Error> {
@@ -238,6 +254,7 @@ impl GroupEntry {
             policy: config.policy.unwrap_or_default(),
             on_empty: config.on_empty,
             pin: pin_dir,
+            v6only: group_kind(listen, config.v6only),
         })?;
         if group.adopted() {
             if let Some(policy) = config.policy {

@@ -111,6 +111,17 @@ impl GroupEntry {
                 config.mode
             ));
         }
+        if listen.ip().is_unspecified()
+            && listen.is_ipv6()
+            && Some(config.v6only) != self.group.v6only()
+        {
+            changes.push(format!(
+                "{listen}: stays {} (the file says {}): changing the kind of an IPv6 group needs \
+                 a restart, and its workers' sockets made again",
+                stack_name(self.group.v6only().unwrap_or(false)),
+                stack_name(config.v6only)
+            ));
+        }
         if let Some(policy) = config.policy.filter(|&p| p != self.group.policy()) {
             changes.push(match self.group.set_policy(policy) {
                 Ok(()) => format!("{listen}: policy {policy}"),
@@ -147,5 +158,14 @@ impl GroupEntry {
             }
         }
         changes
+    }
+}
+
+/// How the status and the log name the kind of an IPv6 group.
+pub(super) fn stack_name(v6only: bool) -> &'static str {
+    if v6only {
+        "IPv6-only"
+    } else {
+        "dual-stack"
     }
 }

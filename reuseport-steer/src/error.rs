@@ -10,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "permission denied: loading the eBPF program needs root (or CAP_BPF with CAP_NET_ADMIN); \
+        "permission denied: loading the eBPF program needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON); \
          run as root, e.g. with sudo"
     )]
     NotPermitted,

@@ -7,6 +7,7 @@ use crate::{error::Error, policy::AttachMode, Result};
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// A kernel release as `major.minor`.
@@ -106,7 +107,9 @@ pub fn check_kernel(have: KernelVersion, mode: AttachMode) -> Result<()> {
 pub fn check_privileges() -> Result<()> {
     let effective = effective_capabilities().unwrap_or(0);
     let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN)) {
+    // Without CAP_SYS_ADMIN the verifier wants CAP_PERFMON too for this program (measured:
+    // CAP_BPF and CAP_NET_ADMIN alone load it with EPERM).
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN) && has(CAP_PERFMON)) {
         Ok(())
     } else {
         Err(Error::NotPermitted)

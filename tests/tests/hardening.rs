@@ -140,7 +140,7 @@ fn a_python_worker_never_waits_for_a_slow_daemon() -> Result {
             reuseport_testing::loadgen::request(addr, "/", Duration::from_secs(2))?;
             let took = start.elapsed();
             assert!(
-                took < Duration::from_millis(500),
+                took < Duration::from_secs(1),
                 "request {i} waited {took:?} for the worker's reports to the daemon"
             );
         }

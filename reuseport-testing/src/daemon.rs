@@ -20,7 +20,7 @@ use reuseport_worker::{ControlClient, GroupStatus, Reply, Request, WorkerStatus}
 
 use crate::{
     binary,
-    loadgen::{self, tally, Load},
+    loadgen::{self, Load},
     netns, wait,
 };
 
@@ -345,15 +345,7 @@ impl Fixture {
 
     /// Makes `n` requests on new connections; panics on any failure.
     pub fn load_ok(&self, n: usize) -> std::collections::BTreeMap<u32, u64> {
-        let outcomes = Load::new(self.addr, n, 4).run();
-        let (counts, errors) = tally(&outcomes);
-        assert!(
-            errors.is_empty(),
-            "{} failed: {:?}",
-            errors.len(),
-            &errors[..errors.len().min(5)]
-        );
-        counts
+        loadgen::tally_ok(&Load::new(self.addr, n, 4).run())
     }
 
     /// Every process's log, for a failure report.

@@ -91,15 +91,18 @@ fn a_half_line_is_dropped_after_its_deadline_with_an_error_line() -> Result {
     let stalled = connect(&f.control)?;
     let start = Instant::now();
     (&stalled).write_all(b"{\"op\":\"sta")?;
-    let mut reader = BufReader::new(&stalled);
+    cut_after_deadline(&stalled, start, "line_timeout", "--control-line-ms 300")
+}
+
+/// `conn` gets one error line with `code`, naming `flag`, about 300 ms after `start`, and is
+/// closed.
+fn cut_after_deadline(conn: &UnixStream, start: Instant, code: &str, flag: &str) -> Result {
+    let mut reader = BufReader::new(conn);
     let reply = read_reply(&mut reader)?.ok_or("closed without an error line")?;
     let took = start.elapsed();
-    assert_eq!(
-        reply.code.map(|c| c.to_string()).as_deref(),
-        Some("line_timeout")
-    );
+    assert_eq!(reply.code.map(|c| c.to_string()).as_deref(), Some(code));
     let message = reply.error.unwrap_or_default();
-    assert!(message.contains("--control-line-ms 300"), "{message}");
+    assert!(message.contains(flag), "{message}");
     assert!(
         (Duration::from_millis(250)..Duration::from_secs(3)).contains(&took),
         "cut after {took:?}"
@@ -121,25 +124,12 @@ fn an_idle_connection_holding_no_worker_is_closed_after_its_deadline() -> Result
         std::thread::sleep(Duration::from_millis(100));
     }
     let idle = connect(&f.control)?;
-    let start = Instant::now();
-    let mut reader = BufReader::new(&idle);
-    let reply = read_reply(&mut reader)?.ok_or("closed without an error line")?;
-    let took = start.elapsed();
-    assert_eq!(
-        reply.code.map(|c| c.to_string()).as_deref(),
-        Some("idle_timeout")
-    );
-    let message = reply.error.unwrap_or_default();
-    assert!(message.contains("--control-idle-ms 300"), "{message}");
-    assert!(
-        (Duration::from_millis(250)..Duration::from_secs(3)).contains(&took),
-        "cut after {took:?}"
-    );
-    assert!(
-        read_reply(&mut reader)?.is_none(),
-        "the connection stayed open"
-    );
-    Ok(())
+    cut_after_deadline(
+        &idle,
+        Instant::now(),
+        "idle_timeout",
+        "--control-idle-ms 300",
+    )
 }
 
 /// A client that sends requests but never reads the replies: once the daemon's writes are

@@ -160,23 +160,13 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A TCP listener on `addr` with SO_REUSEPORT and the given IPV6_V6ONLY.
-fn v6_listener(addr: std::net::SocketAddr, v6only: bool) -> Result<socket2::Socket> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
-    sock.set_only_v6(v6only)?;
-    sock.set_reuse_port(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(64)?;
-    Ok(sock)
-}
-
 /// Issue: with `--listen [::]:8090`, a v6-only worker and a dual-stack worker both registered,
 /// though the kernel keeps them in different reuseport groups: every selection of the other
 /// kind failed with EBADFD and round-robin over three workers became 200/100/0.
 #[test]
 fn a_socket_of_the_other_ipv6_kind_is_refused_naming_the_flag() -> Result {
     let f = Fixture::new_on("v6only", "[::]:8090".parse()?)?;
-    let first = v6_listener(f.addr, false)?;
+    let first = reuseport_testing::listeners::v6(f.addr, false)?;
     let mut client = ControlClient::connect(&f.control)?;
     let register = Request::Register {
         name: Some("dual".into()),
@@ -184,7 +174,7 @@ fn a_socket_of_the_other_ipv6_kind_is_refused_naming_the_flag() -> Result {
         pid: None,
     };
     client.request_with_fd(&register, std::os::fd::AsFd::as_fd(&first))?;
-    let v6only = v6_listener(f.addr, true)?;
+    let v6only = reuseport_testing::listeners::v6(f.addr, true)?;
     let refused = ControlClient::connect(&f.control)?
         .request_with_fd(&register, std::os::fd::AsFd::as_fd(&v6only))
         .err()

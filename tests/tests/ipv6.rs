@@ -48,16 +48,6 @@ fn daemon_on(name: &str, addr: SocketAddr, extra: &[&str]) -> Result<Fixture> {
     Ok(f)
 }
 
-/// A TCP listener on `addr` with SO_REUSEPORT and the given IPV6_V6ONLY.
-fn v6_listener(addr: SocketAddr, v6only: bool) -> Result<socket2::Socket> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
-    sock.set_only_v6(v6only)?;
-    sock.set_reuse_port(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(64)?;
-    Ok(sock)
-}
-
 /// Registers `sock` on a connection of its own; the connection (kept open while registered)
 /// or the refusal.
 fn register(
@@ -129,7 +119,7 @@ fn refusal(result: std::result::Result<ControlClient, ClientError>) -> (String, 
 fn an_ipv6_only_socket_is_refused_by_a_dual_stack_group_even_first() -> Result {
     let f = Fixture::new_on("ipv6-mismatch-dual", "[::]:8093".parse()?)?;
     // The mismatching kind registers first: the daemon's configuration decides, not it.
-    let v6only = v6_listener(f.addr, true)?;
+    let v6only = reuseport_testing::listeners::v6(f.addr, true)?;
     let (code, message) = refusal(register(&f, "v6only", &v6only));
     assert_eq!(code, "wrong_v6only", "{message}");
     assert!(
@@ -138,7 +128,7 @@ fn an_ipv6_only_socket_is_refused_by_a_dual_stack_group_even_first() -> Result {
     );
     // Closed: left listening, it would be a kernel group of its own next to the daemon's.
     drop(v6only);
-    let dual = v6_listener(f.addr, false)?;
+    let dual = reuseport_testing::listeners::v6(f.addr, false)?;
     let _kept = register(&f, "dual", &dual)?;
     let status = f.wait_workers(1)?;
     assert_eq!(status.workers[0].name, "dual");
@@ -160,19 +150,19 @@ fn an_ipv6_only_socket_is_refused_by_a_dual_stack_group_even_first() -> Result {
 #[test]
 fn a_dual_stack_socket_is_refused_by_an_ipv6_only_group_even_first() -> Result {
     let f = daemon_on("ipv6-mismatch-only", "[::]:8094".parse()?, &["--v6only"])?;
-    let dual = v6_listener(f.addr, false)?;
+    let dual = reuseport_testing::listeners::v6(f.addr, false)?;
     let (code, message) = refusal(register(&f, "dual", &dual));
     assert_eq!(code, "wrong_v6only", "{message}");
     assert!(
         message.contains("IPV6_V6ONLY to 1") && message.contains("--v6only"),
         "the fix is named: {message}"
     );
-    let v6only = v6_listener(f.addr, true)?;
+    let v6only = reuseport_testing::listeners::v6(f.addr, true)?;
     let _kept = register(&f, "v6only", &v6only)?;
     let status = f.wait_workers(1)?;
     assert_eq!(status.workers[0].name, "v6only");
     // A second dual-stack one is refused too, with an IPv6-only socket in the group.
-    let again = v6_listener(f.addr, false)?;
+    let again = reuseport_testing::listeners::v6(f.addr, false)?;
     assert_eq!(refusal(register(&f, "dual2", &again)).0, "wrong_v6only");
     Ok(())
 }
@@ -191,7 +181,7 @@ fn a_specific_ipv6_address_is_one_ipv6_only_group() -> Result {
     let expected: BTreeMap<u32, u64> = pids.iter().map(|&p| (p, 20)).collect();
     assert_eq!(counts, expected);
     // So a socket that asked for dual-stack joins too: it is in the same kernel group.
-    let dual = v6_listener(f.addr, false)?;
+    let dual = reuseport_testing::listeners::v6(f.addr, false)?;
     let _kept = register(&f, "asked-dual", &dual)?;
     f.wait_workers(3)?;
     Ok(())

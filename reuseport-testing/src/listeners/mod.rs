@@ -53,6 +53,17 @@ pub fn listener(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
     Ok(sock)
 }
 
+/// An IPv6 TCP listener on `addr` with SO_REUSEPORT and the given IPV6_V6ONLY (a dual-stack
+/// one when false, as servers get by default).
+pub fn v6(addr: SocketAddr, v6only: bool) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    sock.set_only_v6(v6only)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&SockAddr::from(addr))?;
+    sock.listen(BACKLOG)?;
+    Ok(sock)
+}
+
 /// A UDP socket bound to `addr`.
 pub fn udp(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
     let sock = socket(addr, Type::DGRAM, reuseport)?;

@@ -74,6 +74,18 @@ pub fn request(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<u3
     })
 }
 
+/// Successful requests per pid; panics, naming the first failures, if any request failed.
+pub fn tally_ok(outcomes: &[Outcome]) -> BTreeMap<u32, u64> {
+    let (counts, errors) = tally(outcomes);
+    assert!(
+        errors.is_empty(),
+        "{} failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    counts
+}
+
 /// Successful requests per pid, and the errors.
 pub fn tally(outcomes: &[Outcome]) -> (BTreeMap<u32, u64>, Vec<String>) {
     let mut counts = BTreeMap::new();

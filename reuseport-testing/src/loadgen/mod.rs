@@ -19,7 +19,7 @@ pub mod http;
 pub mod open_loop;
 mod record;
 
-pub use blocking::{request, tally, Load, Outcome};
+pub use blocking::{request, tally, tally_ok, Load, Outcome};
 pub use closed_loop::ClosedLoop;
 pub use http::parse_pid;
 pub use open_loop::OpenLoop;

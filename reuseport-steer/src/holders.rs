@@ -20,6 +20,9 @@ pub struct Holder {
     pub fd: RawFd,
     /// The socket is in one of the process's epoll sets: it accepts from it.
     pub polls: bool,
+    /// Another of the wanted sockets is in its epoll sets, this one not: it accepts from that
+    /// one (an nginx worker holds every worker's listener).
+    pub polls_another: bool,
     pub parent: u32,
 }
 
@@ -91,6 +94,7 @@ pub fn scan(
             }
         }
         let parent = crate::procs::parent(pid).unwrap_or(0);
+        let polls_any = held.iter().any(|(inode, _)| polled.contains(inode));
         held.sort_unstable();
         held.dedup_by_key(|(inode, _)| *inode);
         for (inode, fd) in held {
@@ -98,6 +102,7 @@ pub fn scan(
                 pid,
                 fd,
                 polls: polled.contains(&inode),
+                polls_another: polls_any && !polled.contains(&inode),
                 parent,
             });
         }
@@ -106,13 +111,13 @@ pub fn scan(
 }
 
 /// The holder that accepts from a socket: the only one with it in an epoll set (the lowest
-/// pid when several are), else the one no other holder descends from (lowest pid first), else
-/// the sole holder. `None` when nobody holds it.
+/// pid when several are), else one that no other holder descends from and that accepts from no
+/// other wanted socket (lowest pid first), else the lowest pid. `None` when nobody holds it.
 pub fn acceptor(holders: &[Holder]) -> Option<&Holder> {
     let pollers = holders.iter().filter(|h| h.polls);
     let leaves = holders
         .iter()
-        .filter(|h| !holders.iter().any(|other| other.parent == h.pid));
+        .filter(|h| !h.polls_another && !holders.iter().any(|other| other.parent == h.pid));
     pollers
         .min_by_key(|h| h.pid)
         .or_else(|| leaves.min_by_key(|h| h.pid))
@@ -162,6 +167,7 @@ mod tests {
             pid,
             fd: 3,
             polls,
+            polls_another: false,
             parent,
         }
     }
@@ -185,6 +191,11 @@ mod tests {
             holder(12, 10, true),
         ];
         assert_eq!(acceptor(&nginx).map(|h| h.pid), Some(12));
+        // Its acceptor killed: not the worker that accepts from another socket, the master
+        // until a new worker polls it.
+        let mut respawning = [holder(10, 1, false), holder(11, 10, false)];
+        respawning[1].polls_another = true;
+        assert_eq!(acceptor(&respawning).map(|h| h.pid), Some(10));
         // gunicorn 20: the master and its worker hold it, the worker selects on it.
         let gunicorn = [holder(20, 1, false), holder(21, 20, false)];
         assert_eq!(acceptor(&gunicorn).map(|h| h.pid), Some(21));

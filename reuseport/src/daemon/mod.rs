@@ -13,9 +13,11 @@
 //! one owner, [`owner`], on a thread of its own, to which sessions and [`metrics_http`] send
 //! commands; [`health`] is the pure stuck/recovered judgement; [`refusal`] the error replies;
 //! [`access`] who may do what (docs/security.md); [`Reloader`] re-reads the configuration
-//! file (SIGHUP, `reuseport reload`); [`notify`] tells systemd how the daemon is doing.
+//! file (SIGHUP, `reuseport reload`); [`notify`] tells systemd how the daemon is doing;
+//! [`adoption`] finds running servers' listeners and keeps their slots in step with them.
 
 mod access;
+pub mod adoption;
 mod control_socket;
 mod health;
 mod metrics_http;
@@ -135,6 +137,8 @@ pub async fn run(
     let diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
     let (owner, owner_thread) = owner::spawn(registry, diag, config.health)
         .context("starting the thread that owns the daemon's state")?;
+    let adoption = adoption::spawn(owner.clone(), config.allow_uids.clone())
+        .context("opening a sock_diag netlink socket for adoption")?;
     let access = Access {
         own_uid: nix::unistd::geteuid().as_raw(),
         allow: config.allow_uids.clone(),
@@ -239,6 +243,7 @@ pub async fn run(
                     deadlines: config.limits.deadlines,
                     permit,
                     reloader: reloader.clone(),
+                    adoption: adoption.clone(),
                 };
                 tokio::spawn(session.serve(stream));
             }

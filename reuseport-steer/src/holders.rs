@@ -9,7 +9,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs, io,
-    os::fd::RawFd,
+    os::{fd::RawFd, unix::fs::MetadataExt},
 };
 
 /// One process holding a socket.
@@ -32,13 +32,17 @@ pub type Holdings = HashMap<u64, Vec<Holder>>;
 /// What one scan cost, for the log and the measurements.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ScanStats {
+    /// Processes of the namespace whose descriptors were read.
     pub processes: usize,
     pub descriptors: usize,
 }
 
-/// Finds the holders of the sockets `inodes` among every process of /proc but `exclude` (the
-/// daemon, whose copies are not servers), or only among `only` when given. Processes that
-/// exit meanwhile, or whose descriptors cannot be read, are skipped.
+/// Finds the holders of the sockets `inodes` among every process of /proc in this process's
+/// network namespace but `exclude` (the daemon, whose copies are not servers), or only among
+/// `only` when given. Processes that exit meanwhile, or whose descriptors cannot be read, are
+/// skipped. Reading every descriptor link is what a scan costs, so processes of other network
+/// namespaces (other containers, which could only hold one of our sockets if it was passed to
+/// them) are left out after one stat each.
 pub fn scan(
     inodes: &HashSet<u64>,
     exclude: u32,
@@ -49,6 +53,7 @@ pub fn scan(
     if inodes.is_empty() {
         return Ok((holdings, stats));
     }
+    let own_netns = fs::metadata("/proc/self/ns/net")?.ino();
     let pids: Vec<u32> = match only {
         Some(pid) => vec![pid],
         None => fs::read_dir("/proc")?
@@ -57,6 +62,11 @@ pub fn scan(
     };
     for pid in pids {
         if pid == exclude {
+            continue;
+        }
+        if only.is_none()
+            && fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() != own_netns)
+        {
             continue;
         }
         stats.processes += 1;
@@ -155,10 +165,7 @@ pub fn command_name(pid: u32) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::os::{
-        fd::{AsRawFd, FromRawFd},
-        unix::fs::MetadataExt,
-    };
+    use std::os::fd::{AsRawFd, FromRawFd};
 
     use super::*;
 

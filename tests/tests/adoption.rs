@@ -314,7 +314,8 @@ fn a_listener_of_another_uid_is_skipped_with_one_log_line_and_a_closed_one_relea
     };
     wait::until(START_LIMIT, "the skip logged", || skipped() > 0)
         .with_context(|| format!("{}\n{}", f.logs(), theirs.output()))?;
-    // Several scans later (one a second at least), still one line, and nothing adopted.
+    // Many scans later (one each tick for a second after the listener appeared), still one
+    // line, and nothing adopted.
     std::thread::sleep(Duration::from_millis(2500));
     ensure!(skipped() == 1, "{}", f.logs());
     ensure!(f.status()?.workers.is_empty(), "{:?}", f.status());

@@ -39,8 +39,10 @@ use reuseport_worker::{protocol::SlotRef, ErrorCode};
 const TICK: Duration = Duration::from_millis(50);
 /// After a change, /proc is scanned at every tick for this long.
 const SETTLE: Duration = Duration::from_secs(1);
-/// Otherwise /proc is scanned this often, while anything is adopted or adoptable.
-const SLOW: Duration = Duration::from_secs(1);
+/// Otherwise /proc is scanned this often, while anything is adopted or adoptable: for an
+/// acceptor that changed with no exit nor new listener to tell (rare: a reload's old workers
+/// exit, and that triggers a scan).
+const SLOW: Duration = Duration::from_secs(5);
 
 /// Sessions' side of the scanner: `adopt PID` requests.
 #[derive(Clone)]

@@ -131,7 +131,8 @@ fn nginx_reloads_scales_4_6_4_and_loses_a_worker_under_load_with_0_failed() -> R
         followed.push((step, seen.elapsed()));
     }
     let victim = *workers.iter().next().context("no worker")?;
-    signal(victim, libc::SIGKILL)?;
+    // Between requests: what a killed process had accepted is lost with it.
+    load.between(|| signal(victim, libc::SIGKILL))?;
     let respawned = new_workers(master, 4, &BTreeSet::from([victim]))?;
     let seen = Instant::now();
     wait_adopted(&f, &respawned)?;
@@ -222,7 +223,8 @@ fn three_gunicorns_with_reuse_port_are_adopted_and_follow_a_kill_and_a_hup_with_
     let mut followed = Vec::new();
     // A killed worker: the master starts another.
     let victim = *worker_of(masters[0]).iter().next().context("no worker")?;
-    signal(victim, libc::SIGKILL)?;
+    // Between requests: what a killed process had accepted is lost with it.
+    load.between(|| signal(victim, libc::SIGKILL))?;
     new_workers(masters[0], 1, &BTreeSet::from([victim]))?;
     let seen = Instant::now();
     wait_adopted(&f, &servers::workers_of(&masters, 1, START_LIMIT)?)?;

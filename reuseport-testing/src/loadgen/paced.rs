@@ -1,12 +1,14 @@
 //! Paced load in the background while a test changes the servers (reloads, kills, stops):
 //! a few clients, each making a request on a new connection then pausing, until stopped or
-//! until a bound. Every request's outcome and latency is kept.
+//! until a bound. Every request's outcome and latency is kept. [`Paced::between`] runs an
+//! action while no request is in flight (a process killed in the middle of a request loses
+//! it with it, whatever steers the connections).
 
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -21,6 +23,9 @@ type Seen = (Duration, Result<u32, String>);
 /// Requests under way in the background.
 pub struct Paced {
     stop: Arc<AtomicBool>,
+    /// While set, clients start no request.
+    hold: Arc<AtomicBool>,
+    inflight: Arc<AtomicUsize>,
     clients: Vec<JoinHandle<Vec<Seen>>>,
 }
 
@@ -46,15 +51,24 @@ impl Paced {
         per_client: usize,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(AtomicBool::new(false));
+        let inflight = Arc::new(AtomicUsize::new(0));
         let clients = (0..clients)
             .map(|_| {
-                let stop = stop.clone();
+                let (stop, hold, inflight) = (stop.clone(), hold.clone(), inflight.clone());
                 std::thread::spawn(move || {
                     let mut seen = Vec::new();
-                    while !stop.load(Ordering::Relaxed) && seen.len() < per_client {
+                    while !stop.load(Ordering::SeqCst) && seen.len() < per_client {
+                        inflight.fetch_add(1, Ordering::SeqCst);
+                        if hold.load(Ordering::SeqCst) {
+                            inflight.fetch_sub(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(1));
+                            continue;
+                        }
                         let started = Instant::now();
                         let answer =
                             request(addr, "/", timeout).map_err(|e| format!("{:?}: {e}", e.kind()));
+                        inflight.fetch_sub(1, Ordering::SeqCst);
                         seen.push((started.elapsed(), answer));
                         std::thread::sleep(pause);
                     }
@@ -62,7 +76,24 @@ impl Paced {
                 })
             })
             .collect();
-        Self { stop, clients }
+        Self {
+            stop,
+            hold,
+            inflight,
+            clients,
+        }
+    }
+
+    /// Runs `action` between requests: no new one starts, the ones in flight are answered
+    /// first; the load goes on right after.
+    pub fn between<T>(&self, action: impl FnOnce() -> T) -> T {
+        self.hold.store(true, Ordering::SeqCst);
+        while self.inflight.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let out = action();
+        self.hold.store(false, Ordering::SeqCst);
+        out
     }
 
     /// Stops the clients and gathers what they saw.

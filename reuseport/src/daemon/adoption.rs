@@ -88,6 +88,7 @@ pub fn spawn(owner: Handle, allowed: Vec<u32>) -> std::io::Result<Adoption> {
         seen: Vec::new(),
         acceptors: HashMap::new(),
         warned: HashSet::new(),
+        unlisted: HashSet::new(),
         settle_until: Instant::now(),
         last_scan: Instant::now(),
     };
@@ -109,6 +110,9 @@ struct Scanner {
     acceptors: HashMap<u64, Process>,
     /// Sockets already logged as not adopted (one line each).
     warned: HashSet<u64>,
+    /// Adopted sockets missing from the last dump: released if missing from the next one too
+    /// (an eviction's shutdown hides a listener for the instant before it listens again).
+    unlisted: HashSet<u64>,
     settle_until: Instant,
     last_scan: Instant,
 }
@@ -258,11 +262,16 @@ impl Scanner {
         let mut acted = false;
         let listed: HashSet<u64> = found.listeners.iter().map(|l| l.cookie).collect();
         for (&cookie, _) in view.adopted.iter().filter(|(c, _)| !listed.contains(c)) {
-            // Closed by everyone, or not listening any more.
+            // Not listening any more (shut down by its server), twice in a row.
+            if self.unlisted.insert(cookie) {
+                continue;
+            }
             self.owner.call(move |r| r.release(cookie)).await?;
             self.acceptors.remove(&cookie);
             acted = true;
         }
+        self.unlisted
+            .retain(|c| !listed.contains(c) && view.adopted.contains_key(c));
         let Some(holdings) = found.holdings else {
             return Ok(acted);
         };

@@ -534,6 +534,23 @@ listen = "[::1]:9090"
     }
 
     #[test]
+    fn adopt_is_per_group_and_the_flag_applies_to_every_group() -> Result<(), Invalid> {
+        let text = "[[group]]\nlisten = \"127.0.0.1:1\"\nadopt = true\n[[group]]\n\
+                    listen = \"127.0.0.1:2\"\n";
+        let c = parse(text, Path::new("t.toml"))?;
+        let adopt = |d: &DaemonConfig| d.groups.iter().map(|g| g.adopt).collect::<Vec<_>>();
+        assert_eq!(adopt(&Flags::default().resolve(Some(&c))), [true, false]);
+        let flag = Flags {
+            adopt: true,
+            ..Flags::default()
+        };
+        assert_eq!(adopt(&flag.resolve(Some(&c))), [true, true]);
+        let p = problems("[[group]]\nlisten = \"127.0.0.1:80\"\nadopt = \"yes\"\n");
+        assert_eq!((p[0].0, p[0].1), (3, 9), "{p:?}");
+        Ok(())
+    }
+
+    #[test]
     fn v6only_is_per_ipv6_group_and_the_flag_applies_to_every_ipv6_group() -> Result<(), Invalid> {
         let p = problems("[[group]]\nlisten = \"127.0.0.1:80\"\nv6only = true\n");
         assert_eq!((p[0].0, p[0].1), (3, 10), "{p:?}");

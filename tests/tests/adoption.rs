@@ -351,3 +351,25 @@ fn workers_that_register_keep_their_slots_when_the_group_adopts() -> Result<()> 
     ensure!(status.workers.iter().all(|w| !w.adopted), "{status:?}");
     f.assert_round_robin(&pids.iter().copied().collect(), 100)
 }
+
+#[test]
+fn a_restarted_daemon_adopts_the_same_sockets_back_into_their_slots() -> Result<()> {
+    let mut f = Fixture::with_daemon_args("adopt-restart", ADOPT)?;
+    let dir = scratch(&f, "nginx")?;
+    let nginx = servers::nginx(&dir, f.addr, 2)?;
+    let workers = servers::workers_of(&[nginx.pid()], 2, START_LIMIT)?;
+    let slots = |s: &GroupStatus| {
+        s.workers
+            .iter()
+            .map(|w| (w.pid, w.slot))
+            .collect::<BTreeSet<_>>()
+    };
+    let before = slots(&wait_adopted(&f, &workers)?);
+
+    f.stop_daemon(libc::SIGTERM)?;
+    f.start_daemon(ADOPT)?;
+    let after = slots(&wait_adopted(&f, &workers)?);
+    ensure!(before == after, "{before:?} then {after:?}\n{}", f.logs());
+    f.wait_answers(2)?;
+    f.assert_round_robin(&workers, 50)
+}

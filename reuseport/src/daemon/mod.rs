@@ -276,8 +276,8 @@ fn refuse_beyond_cap(stream: &UnixStream, max: usize) {
     }
 }
 
-/// Each worker costs the daemon two descriptors (its control connection and the copy of its
-/// socket): lift the soft limit to the hard one so a full group (1024 workers) fits, and say
+/// Each worker costs the daemon three descriptors (its control connection, the copy of its
+/// socket and the pidfd of its process): lift the soft limit to the hard one so a full group (1024 workers) fits, and say
 /// so when even that cannot hold `max_connections` such connections.
 fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -293,8 +293,8 @@ fn raise_fd_limit(max_connections: usize) {
             warn!("raising the open-file limit from {soft} to {hard}: {e}");
         }
     }
-    // Two per connection (a worker's socket copy), and some for the daemon itself.
-    let needed = 2 * max_connections as u64 + 64;
+    // Three per connection (with a worker's socket copy and pidfd), and some for the daemon.
+    let needed = 3 * max_connections as u64 + 64;
     if hard < needed {
         warn!(
             "the open-file limit ({hard}) is below what --max-connections {max_connections} may \

@@ -532,6 +532,9 @@ mod tests {
             serde_json::to_string(&r)?,
             r#"{"op":"undrain","slot":1,"group":"[::1]:8080"}"#
         );
+        let r: Request = serde_json::from_str(r#"{"op":"adopt","pid":4242}"#)?;
+        assert_eq!(r, Request::Adopt { pid: 4242 });
+        assert_eq!(serde_json::to_string(&r)?, r#"{"op":"adopt","pid":4242}"#);
         let r: Request = serde_json::from_str(r#"{"op":"drain","slot":1,"group":"nowhere"}"#)?;
         assert!(
             matches!(r, Request::Drain { group: Some(Lenient::Unknown(ref g)), .. } if g == "nowhere")

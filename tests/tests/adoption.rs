@@ -373,3 +373,21 @@ fn a_restarted_daemon_adopts_the_same_sockets_back_into_their_slots() -> Result<
     f.wait_answers(2)?;
     f.assert_round_robin(&workers, 50)
 }
+
+#[test]
+fn only_an_admin_may_ask_for_an_adoption() -> Result<()> {
+    let f = Fixture::with_daemon_args("adopt-admin", &["--allow-uid", "65534"])?;
+    let dir = scratch(&f, "nginx")?;
+    let nginx = servers::nginx(&dir, f.addr, 1)?;
+    servers::workers_of(&[nginx.pid()], 1, START_LIMIT)?;
+    let out = f
+        .command_as(NOBODY)?
+        .args(["adopt", &nginx.pid().to_string(), "--control"])
+        .arg(&f.control)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(4), "{stderr}");
+    ensure!(stderr.contains("--admin-uid"), "{stderr}");
+    ensure!(f.status()?.workers.is_empty(), "{:?}", f.status());
+    Ok(())
+}

@@ -391,3 +391,46 @@ fn only_an_admin_may_ask_for_an_adoption() -> Result<()> {
     ensure!(f.status()?.workers.is_empty(), "{:?}", f.status());
     Ok(())
 }
+
+#[test]
+fn a_server_replaced_by_one_binding_a_new_socket_loses_no_connection() -> Result<()> {
+    let f = Fixture::with_daemon_args("adopt-replace", ADOPT)?;
+    let dir = scratch(&f, "echo")?;
+    let addr = f.addr.to_string();
+    let echo = |name: &str| -> Result<Running> {
+        let mut cmd = Command::new(binary::locate()?);
+        cmd.args(["echo", "--no-register", "--listen", &addr]);
+        Running::start(cmd, &dir.join(format!("{name}.out")))
+    };
+    let (first, second) = (echo("first")?, echo("second")?);
+    wait_adopted(&f, &BTreeSet::from([first.pid(), second.pid()]))?;
+    f.wait_answers(2)?;
+
+    let load = Paced::start(f.addr, CLIENTS, PAUSE, PATIENCE, PER_CLIENT);
+    std::thread::sleep(Duration::from_millis(200));
+    // The first exits (between requests: what it had accepted is lost with it); connections
+    // sent to its socket meanwhile wait in the daemon's copy until the daemon sees nobody
+    // holds it and lets it go, which moves them to the second. Then a new one binds its own.
+    let old = first.pid();
+    load.between(|| drop(first));
+    let gone = Instant::now();
+    f.wait_status(FOLLOW_LIMIT, "the first's socket released", |s| {
+        s.workers.iter().all(|w| w.pid != old)
+    })?;
+    let released = gone.elapsed();
+    let third = echo("third")?;
+    let started = Instant::now();
+    wait_adopted(&f, &BTreeSet::from([second.pid(), third.pid()]))?;
+    let adopted = started.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let outcome = load.finish();
+    let migrated: u64 = f.status()?.workers.iter().map(|w| w.migrated).sum();
+    eprintln!(
+        "replaced: released {released:?} after the exit, the new socket adopted {adopted:?} after \
+         its start; {} requests, slowest {:?}, {migrated} moved from the released queue",
+        outcome.answered(),
+        outcome.slowest
+    );
+    no_failure(&outcome, &f, "")?;
+    f.assert_round_robin(&BTreeSet::from([second.pid(), third.pid()]), 50)
+}

@@ -8,19 +8,24 @@
 //! All of it runs here, off the owner's thread: a sock_diag dump every [`TICK`] (cheap: the
 //! listeners of the namespace), and the /proc scan that finds holders ([`holders::scan`],
 //! which reads every process's descriptors) only when the dump shows a change, when a
-//! followed acceptor exits (its pidfd turns readable), for [`SETTLE`] after either (servers
-//! take a moment to start their workers), and else every [`SLOW`]. The owner gets the outcome
-//! as ordinary registrations and two small calls.
+//! followed acceptor exits (its pidfd turns readable, which wakes the scanner at once), for
+//! [`SETTLE`] after either (servers take a moment to start their workers), and else every
+//! [`SLOW`]. The owner gets the outcome as ordinary registrations and two small calls.
 
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
     os::fd::AsFd,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use log::{debug, info, warn};
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::{mpsc, oneshot, Notify},
+    task::JoinHandle,
+};
 
 use super::{
     owner::{Gone, Handle},
@@ -87,6 +92,7 @@ pub fn spawn(owner: Handle, allowed: Vec<u32>) -> std::io::Result<Adoption> {
         diag: Some(ListenerDiag::new()?),
         seen: Vec::new(),
         acceptors: HashMap::new(),
+        exits: Arc::new(Notify::new()),
         warned: HashSet::new(),
         unlisted: HashSet::new(),
         settle_until: Instant::now(),
@@ -107,7 +113,9 @@ struct Scanner {
     /// Cookies of the watched listeners at the last dump, sorted: a change triggers a scan.
     seen: Vec<u64>,
     /// The acceptor of each adopted socket, by cookie: its pidfd tells an exit at once.
-    acceptors: HashMap<u64, Process>,
+    acceptors: HashMap<u64, Watched>,
+    /// Woken when a watched acceptor exits.
+    exits: Arc<Notify>,
     /// Sockets already logged as not adopted (one line each).
     warned: HashSet<u64>,
     /// Adopted sockets missing from the last dump: released if missing from the next one too
@@ -115,6 +123,46 @@ struct Scanner {
     unlisted: HashSet<u64>,
     settle_until: Instant,
     last_scan: Instant,
+}
+
+/// A followed acceptor, and the task that wakes the scanner when it exits.
+struct Watched {
+    process: Process,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Watched {
+    /// Watches `process`: its pidfd, registered with the runtime, wakes `exits` once it is
+    /// readable. (Without a runtime reactor, the tick still finds the exit.)
+    fn new(process: Process, exits: &Arc<Notify>) -> Self {
+        let exits = exits.clone();
+        let task = process
+            .pidfd()
+            .try_clone_to_owned()
+            .ok()
+            // SAFETY: the AsyncFd owns this descriptor, open until the AsyncFd drops it.
+            .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok())
+            .map(|fd| {
+                tokio::spawn(async move {
+                    if fd.readable().await.is_ok() {
+                        exits.notify_one();
+                    }
+                })
+            });
+        Self { process, task }
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 /// One dump, and the holders of its listeners when /proc was scanned.
@@ -135,6 +183,11 @@ impl Scanner {
                     let _ = reply.send(outcome);
                 }
                 _ = tick.tick() => {
+                    if self.round().await.is_err() {
+                        break;
+                    }
+                }
+                () = self.exits.notified() => {
                     if self.round().await.is_err() {
                         break;
                     }
@@ -161,7 +214,7 @@ impl Scanner {
         let exited = view.adopted.iter().any(|(cookie, &pid)| {
             self.acceptors
                 .get(cookie)
-                .is_none_or(|p| p.pid() != pid || p.exited())
+                .is_none_or(|w| w.pid() != pid || w.process.exited())
         });
         let force = exited || now < self.settle_until || now >= self.last_scan + SLOW;
         let adopted: HashSet<u64> = view.adopted.keys().copied().collect();
@@ -293,7 +346,7 @@ impl Scanner {
                     acted = true;
                 }
                 (Some(&shown), Some(holder)) => {
-                    let tracked = self.acceptors.get(&cookie).map(Process::pid);
+                    let tracked = self.acceptors.get(&cookie).map(Watched::pid);
                     if holder.pid == shown && tracked == Some(shown) {
                         continue;
                     }
@@ -302,7 +355,8 @@ impl Scanner {
                     else {
                         continue;
                     };
-                    self.acceptors.insert(cookie, ours);
+                    self.acceptors
+                        .insert(cookie, Watched::new(ours, &self.exits));
                     if holder.pid != shown {
                         let uid = procs::effective_uid(holder.pid).unwrap_or(listener.uid);
                         let name = holders::command_name(holder.pid);
@@ -400,7 +454,8 @@ impl Scanner {
         };
         Ok(match self.owner.register(worker).await? {
             Ok(joined) => {
-                self.acceptors.insert(listener.cookie, ours);
+                self.acceptors
+                    .insert(listener.cookie, Watched::new(ours, &self.exits));
                 Ok(SlotRef {
                     group: joined.group,
                     slot: joined.slot,

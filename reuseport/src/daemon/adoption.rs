@@ -328,6 +328,7 @@ impl Scanner {
         let Some(holdings) = found.holdings else {
             return Ok(acted);
         };
+        let mut adopted_now = HashSet::new();
         let adopting: HashSet<SocketAddr> = view
             .groups
             .iter()
@@ -371,6 +372,7 @@ impl Scanner {
                 {
                     match self.adopt_one(listener, holder).await? {
                         Ok(slot) => {
+                            adopted_now.insert(cookie);
                             info!(
                                 "adoption: {} adopted into slot {} of {}",
                                 holders::command_name(holder.pid),
@@ -389,7 +391,10 @@ impl Scanner {
                 _ => {}
             }
         }
-        self.acceptors.retain(|c, _| listed.contains(c));
+        // Only adopted sockets are watched (one a server registered itself is not any more).
+        self.acceptors.retain(|c, _| {
+            listed.contains(c) && (view.adopted.contains_key(c) || adopted_now.contains(c))
+        });
         self.warned.retain(|c| listed.contains(c));
         Ok(acted)
     }

@@ -106,6 +106,7 @@ impl Harness {
                     on_empty: OnEmpty::Pass,
                     v6only: false,
                     weights: Default::default(),
+                    adopt: false,
                 })
                 .collect(),
             pin_root: None,

@@ -1,7 +1,7 @@
 //! Accept-queue depths from the kernel through netlink sock_diag: one dump of the namespace's
 //! TCP listeners per family per sample, matched to slots by socket cookie. No text parsing.
 
-use std::{collections::HashMap, io};
+use std::{collections::HashMap, io, net::SocketAddr};
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP,
@@ -12,7 +12,7 @@ use netlink_packet_sock_diag::{
     inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
     SockDiagMessage,
 };
-use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 
 use crate::Family;
 
@@ -23,6 +23,18 @@ pub struct Queue {
     pub waiting: u32,
     /// The backlog (accept queue capacity).
     pub backlog: u32,
+}
+
+/// A listener as sock_diag names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// SO_COOKIE.
+    pub cookie: u64,
+    /// The socket's inode: what /proc/PID/fd links name.
+    pub inode: u64,
+    /// The uid that created it.
+    pub uid: u32,
+    pub local: SocketAddr,
 }
 
 /// A sock_diag socket, reused for every dump.
@@ -36,7 +48,7 @@ impl ListenerDiag {
     pub fn new() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
         socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
         Ok(Self {
             socket,
             buf: vec![0; 64 * 1024],
@@ -46,6 +58,35 @@ impl ListenerDiag {
 
     /// Fills `out` with the queue of every TCP listener of `family`, by cookie.
     pub fn listeners(&mut self, family: Family, out: &mut HashMap<u64, Queue>) -> io::Result<()> {
+        self.dump(family, |h| {
+            out.insert(
+                cookie(&h.socket_id.cookie),
+                Queue {
+                    waiting: h.recv_queue,
+                    backlog: h.send_queue,
+                },
+            );
+        })
+    }
+
+    /// Appends every TCP listener of `family` to `out`, with what adoption needs to know of it.
+    pub fn listeners_named(&mut self, family: Family, out: &mut Vec<Listener>) -> io::Result<()> {
+        self.dump(family, |h| {
+            out.push(Listener {
+                cookie: cookie(&h.socket_id.cookie),
+                inode: u64::from(h.inode),
+                uid: h.uid,
+                local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
+            });
+        })
+    }
+
+    /// One dump of the TCP listeners of `family`: `each` sees every reply's fixed header.
+    fn dump(
+        &mut self,
+        family: Family,
+        mut each: impl FnMut(&InetResponseHeader),
+    ) -> io::Result<()> {
         let (af, id) = match family {
             Family::Ipv4 => (AF_INET, SocketId::new_v4()),
             Family::Ipv6 => (AF_INET6, SocketId::new_v6()),
@@ -88,13 +129,7 @@ impl ListenerDiag {
                     }
                     SOCK_DIAG_BY_FAMILY => {
                         let h = InetResponseHeader::parse(message.payload()).map_err(invalid)?;
-                        out.insert(
-                            cookie(&h.socket_id.cookie),
-                            Queue {
-                                waiting: h.recv_queue,
-                                backlog: h.send_queue,
-                            },
-                        );
+                        each(&h);
                     }
                     _ => {}
                 }

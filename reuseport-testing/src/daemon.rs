@@ -348,6 +348,25 @@ impl Fixture {
         loadgen::tally_ok(&Load::new(self.addr, n, 4).run())
     }
 
+    /// Makes `expected.len() * per_pid` requests on new connections and checks they were
+    /// served in exact round-robin by the pids `expected`, `per_pid` each.
+    pub fn assert_round_robin(&self, expected: &BTreeSet<u32>, per_pid: u64) -> Result<()> {
+        let counts = self.load_ok(expected.len() * per_pid as usize);
+        let pids: BTreeSet<u32> = counts.keys().copied().collect();
+        anyhow::ensure!(
+            &pids == expected,
+            "served by {pids:?}, expected {expected:?}\n{}",
+            self.logs()
+        );
+        let values: Vec<u64> = counts.values().copied().collect();
+        anyhow::ensure!(
+            crate::expect::is_exact_round_robin(&values) && values.iter().all(|&c| c == per_pid),
+            "not exact: {counts:?}; status {:?}",
+            self.status()
+        );
+        Ok(())
+    }
+
     /// Every process's log, for a failure report.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -1,16 +1,23 @@
-//! Real servers for `reuseport spawn`: finding nginx, gunicorn and uvicorn as `cargo xtask
-//! setup` installs them (Debian packages), and the tiny apps they serve, each answering
-//! `pid=<PID>` of the process that served the request (what the load generators count).
+//! Real servers for `reuseport spawn` and adoption: finding nginx, gunicorn and uvicorn as
+//! `cargo xtask setup` installs them (Debian packages), the tiny apps they serve, each
+//! answering `pid=<PID>` of the process that served the request (what the load generators
+//! count), and servers started on their own ([`Running`]: nginx and gunicorn binding their
+//! own listeners, for the daemon to adopt).
 
 use std::{
+    collections::BTreeSet,
     ffi::OsString,
     fs,
     net::SocketAddr,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
+
+use crate::wait;
 
 /// A server the tests run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,4 +208,105 @@ pub fn children(pid: u32) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// The children of each of `servers` (gunicorn's and nginx's workers), once each has
+/// `per_server` of them, waiting at most `limit`.
+pub fn workers_of(servers: &[u32], per_server: usize, limit: Duration) -> Result<BTreeSet<u32>> {
+    let mut all = BTreeSet::new();
+    wait::until(
+        limit,
+        format!("{per_server} workers of each of {servers:?}"),
+        || {
+            all = servers.iter().flat_map(|&s| children(s)).collect();
+            servers.iter().all(|&s| children(s).len() == per_server)
+        },
+    )?;
+    Ok(all)
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// A server started on its own (no `spawn`), in a process group of its own, its output in a
+/// log file: it and every worker it started are killed on drop.
+pub struct Running {
+    child: Child,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl Running {
+    /// Starts `cmd` with its output in `log`.
+    pub fn start(mut cmd: Command, log: &Path) -> Result<Self> {
+        let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        Ok(Self {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The server's first process (nginx's and gunicorn's master).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log so far, for a failure report.
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The whole group: nginx's workers outlive a killed master.
+        // SAFETY: kill(2) of the process group this process started.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx on `addr` with `workers` workers and `listen ... reuseport` (one listener per
+/// worker, each accepted from by its worker only), configured and logging in `dir` (see
+/// [`nginx_conf`]; its error log is `dir/nginx-error.log`).
+pub fn nginx(dir: &Path, addr: SocketAddr, workers: usize) -> Result<Running> {
+    let conf = nginx_conf(dir, addr, workers)?;
+    let mut cmd = Command::new(&Server::Nginx.command()?[0]);
+    cmd.arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"));
+    Running::start(cmd, &dir.join("nginx.out"))
+}
+
+/// gunicorn on `addr` with `--reuse-port -w 1`, serving [`APP`] from `dir` (written there),
+/// logging to `dir/NAME.out`.
+pub fn gunicorn(dir: &Path, addr: SocketAddr, name: &str) -> Result<Running> {
+    write_apps(dir)?;
+    let command = Server::Gunicorn.command()?;
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .args([
+            "--reuse-port",
+            "-w",
+            "1",
+            "-b",
+            &addr.to_string(),
+            "--chdir",
+        ])
+        .arg(dir)
+        .args(["--graceful-timeout", "5", "app:wsgi"]);
+    Running::start(cmd, &dir.join(format!("{name}.out")))
 }

@@ -68,6 +68,11 @@ pub enum Request {
     },
     /// Re-read the daemon's configuration file and apply what changed (the daemon's uid only).
     Reload,
+    /// Adopt the listening sockets a running process holds on the daemon's groups (an admin's
+    /// request): each goes into a slot shown with the process that accepts from it.
+    Adopt {
+        pid: u32,
+    },
 }
 
 /// The `group` field of a request: a group's address, `ADDR:PORT`.
@@ -157,6 +162,8 @@ pub enum ErrorCode {
     BadName,
     /// `register` named a pid that is not the registrant's or its descendant's.
     ForeignPid,
+    /// `adopt`: no such process, or it holds no listener on any group's address.
+    NoListener,
     NoGroup,
     UnknownGroup,
     AmbiguousGroup,
@@ -246,9 +253,19 @@ pub struct Reply {
     pub policy: Option<Policy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<GroupStatus>>,
-    /// What a `reload` changed, one sentence each.
+    /// What a `reload` changed, or what an `adopt` skipped, one sentence each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes: Option<Vec<String>>,
+    /// The slots an `adopt` filled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Vec<SlotRef>>,
+}
+
+/// A slot of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRef {
+    pub group: SocketAddr,
+    pub slot: u32,
 }
 
 impl Reply {
@@ -436,6 +453,10 @@ pub struct WorkerStatus {
     pub since: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The daemon adopted the socket from a running server (`run --adopt`, `adopt PID`) rather
+    /// than a worker registering it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 #[cfg(test)]
@@ -511,6 +532,9 @@ mod tests {
             serde_json::to_string(&r)?,
             r#"{"op":"undrain","slot":1,"group":"[::1]:8080"}"#
         );
+        let r: Request = serde_json::from_str(r#"{"op":"adopt","pid":4242}"#)?;
+        assert_eq!(r, Request::Adopt { pid: 4242 });
+        assert_eq!(serde_json::to_string(&r)?, r#"{"op":"adopt","pid":4242}"#);
         let r: Request = serde_json::from_str(r#"{"op":"drain","slot":1,"group":"nowhere"}"#)?;
         assert!(
             matches!(r, Request::Drain { group: Some(Lenient::Unknown(ref g)), .. } if g == "nowhere")

@@ -67,6 +67,7 @@ struct GroupFile {
     mode: Option<AttachMode>,
     /// IPv6 groups: IPv6-only instead of dual-stack.
     v6only: Option<Spanned<bool>>,
+    /// Adopt the listeners running servers hold on the address.
     adopt: Option<Spanned<bool>>,
     #[serde(default)]
     weights: BTreeMap<String, Spanned<u32>>,
@@ -193,16 +194,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
                 );
             }
         }
-        if let Some(adopt) = &g.adopt {
-            if *adopt.get_ref() {
-                problem(
-                    adopt.span(),
-                    "adopt = true is not supported yet: workers must register themselves \
-                     (remove the line or set it to false)"
-                        .into(),
-                );
-            }
-        }
         if let Some(v6only) = &g.v6only {
             if listen.is_ipv4() && *v6only.get_ref() {
                 problem(
@@ -240,6 +231,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
             on_empty: g.on_empty.unwrap_or_default(),
             v6only: listen.is_ipv6() && g.v6only.as_ref().is_some_and(|v| *v.get_ref()),
             weights,
+            adopt: g.adopt.as_ref().is_some_and(|a| *a.get_ref()),
         });
     }
     if !problems.is_empty() {
@@ -286,6 +278,8 @@ pub struct Flags {
     pub on_empty: Option<OnEmpty>,
     /// `--v6only`: every IPv6 group is IPv6-only (over the file's `v6only`).
     pub v6only: bool,
+    /// `--adopt`: every group adopts running servers' listeners (over the file's `adopt`).
+    pub adopt: bool,
     pub allow_uids: Vec<u32>,
     pub admin_uids: Vec<u32>,
     /// Bounds on the control connections (flags only).
@@ -322,6 +316,7 @@ impl Flags {
                             on_empty: OnEmpty::default(),
                             v6only: false,
                             weights: BTreeMap::new(),
+                            adopt: false,
                         })
                 })
                 .collect()
@@ -331,6 +326,7 @@ impl Flags {
             g.policy = self.policy.or(g.policy);
             g.on_empty = self.on_empty.unwrap_or(g.on_empty);
             g.v6only = g.listen.is_ipv6() && (self.v6only || g.v6only);
+            g.adopt |= self.adopt;
         }
         let defaults = HealthConfig::default();
         let pin = !self.no_pin && file.pin.unwrap_or(true);
@@ -384,7 +380,7 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     println!("{}: valid", path.display());
     for g in &resolved.groups {
         println!(
-            "  group {} (tcp{}) policy {} mode {} on-empty {}{}",
+            "  group {} (tcp{}) policy {} mode {} on-empty {}{}{}",
             g.listen,
             match (g.listen.is_ipv6(), g.v6only) {
                 (false, _) => "",
@@ -397,6 +393,11 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
             ),
             g.mode,
             g.on_empty,
+            if g.adopt {
+                "; adopts running servers"
+            } else {
+                ""
+            },
             if g.weights.is_empty() {
                 String::new()
             } else {
@@ -526,15 +527,27 @@ listen = "[::1]:9090"
                     \n[[group]]\nlisten = \"127.0.0.1:80\"\nprotocol = \"udp\"\nadopt = true\n";
         let p = problems(text);
         let at: Vec<(usize, usize)> = p.iter().map(|p| (p.0, p.1)).collect();
-        assert_eq!(
-            at,
-            vec![(3, 17), (3, 24), (6, 10), (7, 12), (8, 9)],
-            "{p:?}"
-        );
+        assert_eq!(at, vec![(3, 17), (3, 24), (6, 10), (7, 12)], "{p:?}");
         assert!(p[0].2.contains("out of range"), "{p:?}");
         assert!(p[2].2.contains("listed twice"), "{p:?}");
         assert!(p[3].2.contains("not supported yet"), "{p:?}");
-        assert!(p[4].2.contains("not supported yet"), "{p:?}");
+    }
+
+    #[test]
+    fn adopt_is_per_group_and_the_flag_applies_to_every_group() -> Result<(), Invalid> {
+        let text = "[[group]]\nlisten = \"127.0.0.1:1\"\nadopt = true\n[[group]]\n\
+                    listen = \"127.0.0.1:2\"\n";
+        let c = parse(text, Path::new("t.toml"))?;
+        let adopt = |d: &DaemonConfig| d.groups.iter().map(|g| g.adopt).collect::<Vec<_>>();
+        assert_eq!(adopt(&Flags::default().resolve(Some(&c))), [true, false]);
+        let flag = Flags {
+            adopt: true,
+            ..Flags::default()
+        };
+        assert_eq!(adopt(&flag.resolve(Some(&c))), [true, true]);
+        let p = problems("[[group]]\nlisten = \"127.0.0.1:80\"\nadopt = \"yes\"\n");
+        assert_eq!((p[0].0, p[0].1), (3, 9), "{p:?}");
+        Ok(())
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+mod adopt;
 mod cli;
 mod demo;
 mod echo;
@@ -72,6 +73,11 @@ enum Command {
         /// group such as [::]:PORT is dual-stack and serves IPv4 clients too
         #[arg(long)]
         v6only: bool,
+        /// Adopt the SO_REUSEPORT listeners running servers hold on the groups' addresses (of
+        /// the daemon's uid and --allow-uid uids), and follow them: new ones are adopted, a
+        /// socket no server holds any more is released
+        #[arg(long)]
+        adopt: bool,
         /// Another uid allowed on the control socket: it may register workers, act on their
         /// slots and read the status (repeatable)
         #[arg(long, value_name = "UID")]
@@ -192,6 +198,9 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Adopt the listeners a running server holds on the daemon's groups (its master's pid, or
+    /// any of its processes').
+    Adopt(adopt::AdoptArgs),
     /// Run an unmodified server on listeners of the group, registered on its behalf: systemd
     /// socket activation (gunicorn, uvicorn --fd {fd}) or NGINX (nginx).
     Spawn(spawn::SpawnArgs),
@@ -321,6 +330,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             mode,
             on_empty,
             v6only,
+            adopt,
             allow_uid,
             admin_uid,
             max_connections,
@@ -341,6 +351,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 mode,
                 on_empty,
                 v6only,
+                adopt,
                 allow_uids: allow_uid,
                 admin_uids: admin_uid,
                 limits: ControlLimits {
@@ -439,6 +450,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             port,
             ..DemoOptions::default()
         }),
+        Command::Adopt(args) => adopt::run(args),
         Command::Spawn(args) => spawn::run(args),
         Command::Echo {
             listen,

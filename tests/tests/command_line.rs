@@ -26,7 +26,16 @@ fn completions_name_every_command_for_each_shell() -> Result {
         let out = reuseport(&["completions", shell])?;
         assert!(out.status.success(), "{shell}: {}", stderr(&out));
         let script = stdout(&out);
-        for command in ["run", "status", "policy", "top", "drain", "completions"] {
+        for command in [
+            "run",
+            "status",
+            "policy",
+            "top",
+            "drain",
+            "spawn",
+            "adopt",
+            "completions",
+        ] {
             assert!(
                 script.contains(command),
                 "{shell} completion lacks {command}"
@@ -54,11 +63,26 @@ fn man_pages_are_generated() -> Result {
     assert!(page.contains(".TH reuseport 1"), "{page}");
     assert!(page.contains(".SH \"EXIT STATUS\"") || page.contains(".SH EXIT STATUS"));
     assert!(page.contains("daemon is not running"), "{page}");
-    for command in ["run", "status", "top", "policy-get", "completions"] {
+    for command in [
+        "run",
+        "status",
+        "top",
+        "policy-get",
+        "spawn",
+        "adopt",
+        "completions",
+    ] {
         let sub = std::fs::read_to_string(dir.join(format!("reuseport-{command}.1")))?;
         assert!(sub.contains(".SH SYNOPSIS"), "reuseport-{command}.1: {sub}");
     }
+    // The adoption flag and verb, as --help shows them.
+    let run = std::fs::read_to_string(dir.join("reuseport-run.1"))?;
+    assert!(run.contains("adopt"), "{run}");
     std::fs::remove_dir_all(&dir)?;
+    let help = stdout(&reuseport(&["--help"])?);
+    assert!(help.contains("adopt"), "{help}");
+    let help = stdout(&reuseport(&["run", "--help"])?);
+    assert!(help.contains("--adopt"), "{help}");
     Ok(())
 }
 

@@ -92,11 +92,6 @@ fn every_kind_of_invalid_file_is_reported_at_its_place() -> Result {
             ":3:12:",
         ),
         (
-            "adopt",
-            "[[group]]\nlisten = \"127.0.0.1:80\"\nadopt = true\n",
-            ":3:9:",
-        ),
-        (
             "weight range",
             "[[group]]\nlisten = \"127.0.0.1:80\"\n[group.weights]\nw0 = 1001\n",
             ":4:6:",

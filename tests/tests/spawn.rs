@@ -18,9 +18,9 @@ use anyhow::{bail, ensure, Context, Result};
 use reuseport_testing::{
     binary,
     daemon::{signal, Fixture, START_LIMIT},
-    expect, fresh_netns,
+    fresh_netns,
     loadgen::request,
-    servers::{self, children, Server},
+    servers::{self, alive, children, Server},
     wait,
 };
 
@@ -89,12 +89,7 @@ fn server_of(spawn: u32) -> Result<u32> {
 /// The children of each server process (gunicorn's and nginx's workers), once `per_server` of
 /// each exist.
 fn workers_of(servers: &[u32], per_server: usize) -> Result<BTreeSet<u32>> {
-    let mut all = BTreeSet::new();
-    wait::until(START_LIMIT, "the servers' worker processes", || {
-        all = servers.iter().flat_map(|&s| children(s)).collect();
-        servers.iter().all(|&s| children(s).len() == per_server)
-    })?;
-    Ok(all)
+    servers::workers_of(servers, per_server, START_LIMIT)
 }
 
 /// `rounds` rounds of `PER_ROUND` concurrent requests on new connections; after round
@@ -145,29 +140,9 @@ fn exit_of(f: &mut Fixture, index: usize, limit: Duration) -> Result<ExitStatus>
     }
 }
 
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
 /// Exact round-robin over `expected` serving pids, `per_pid` requests each.
 fn assert_round_robin(f: &Fixture, expected: &BTreeSet<u32>, per_pid: u64) -> Result<()> {
-    let counts = f.load_ok(expected.len() * per_pid as usize);
-    let pids: BTreeSet<u32> = counts.keys().copied().collect();
-    ensure!(
-        &pids == expected,
-        "served by {pids:?}, expected {expected:?}\n{}",
-        f.logs()
-    );
-    let values: Vec<u64> = counts.values().copied().collect();
-    ensure!(
-        expect::is_exact_round_robin(&values) && values.iter().all(|&c| c == per_pid),
-        "not exact: {counts:?}; status {:?}",
-        f.status()
-    );
-    Ok(())
+    f.assert_round_robin(expected, per_pid)
 }
 
 /// SIGTERM to every spawn still running while a 500 ms request is in flight: the request is

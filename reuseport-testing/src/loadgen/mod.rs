@@ -8,6 +8,7 @@
 //!   instead of slowing the load down (no coordinated omission).
 //! - [`closed_loop`]: a fixed number of clients, each sending its next request when the last
 //!   one is answered.
+//! - [`paced`]: a few clients in the background, pausing between requests, until stopped.
 //!
 //! The async loads record every request ([`Sample`]: which worker answered, latency) and a
 //! latency histogram ([`Recording`]).
@@ -17,12 +18,14 @@ pub mod closed_loop;
 mod exchange;
 pub mod http;
 pub mod open_loop;
+pub mod paced;
 mod record;
 
 pub use blocking::{request, tally, tally_ok, Load, Outcome};
 pub use closed_loop::ClosedLoop;
 pub use http::parse_pid;
 pub use open_loop::OpenLoop;
+pub use paced::{Paced, PacedOutcome};
 pub use record::{Recording, Sample};
 
 use std::{net::SocketAddr, time::Duration};

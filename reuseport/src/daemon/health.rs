@@ -144,21 +144,6 @@ impl Health {
     }
 }
 
-/// Whether a process is stopped (state T or t), from its /proc/PID/stat opened once (a read
-/// at offset 0 regenerates it). Read only for a slot whose queue did not move.
-pub fn process_stopped(stat: &std::fs::File) -> bool {
-    use std::os::unix::fs::FileExt as _;
-    let mut buf = [0u8; 512];
-    let Ok(n) = stat.read_at(&mut buf, 0) else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&buf[..n]);
-    // The state follows the command name, which is in parentheses and may hold spaces.
-    text.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state == "T" || state == "t")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,12 +231,5 @@ mod tests {
             h.observe(ms(15), 13, 0, STUCK, CHECK, || false),
             Verdict::Recovered
         );
-    }
-
-    #[test]
-    fn reads_the_state_of_this_process() -> std::io::Result<()> {
-        let stat = std::fs::File::open(format!("/proc/{}/stat", std::process::id()))?;
-        assert!(!process_stopped(&stat));
-        Ok(())
     }
 }

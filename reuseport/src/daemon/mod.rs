@@ -13,9 +13,11 @@
 //! one owner, [`owner`], on a thread of its own, to which sessions and [`metrics_http`] send
 //! commands; [`health`] is the pure stuck/recovered judgement; [`refusal`] the error replies;
 //! [`access`] who may do what (docs/security.md); [`Reloader`] re-reads the configuration
-//! file (SIGHUP, `reuseport reload`); [`notify`] tells systemd how the daemon is doing.
+//! file (SIGHUP, `reuseport reload`); [`notify`] tells systemd how the daemon is doing;
+//! [`adoption`] finds running servers' listeners and keeps their slots in step with them.
 
 mod access;
+pub mod adoption;
 mod control_socket;
 mod health;
 mod metrics_http;
@@ -135,6 +137,8 @@ pub async fn run(
     let diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
     let (owner, owner_thread) = owner::spawn(registry, diag, config.health)
         .context("starting the thread that owns the daemon's state")?;
+    let adoption = adoption::spawn(owner.clone(), config.allow_uids.clone())
+        .context("opening a sock_diag netlink socket for adoption")?;
     let access = Access {
         own_uid: nix::unistd::geteuid().as_raw(),
         allow: config.allow_uids.clone(),
@@ -239,6 +243,7 @@ pub async fn run(
                     deadlines: config.limits.deadlines,
                     permit,
                     reloader: reloader.clone(),
+                    adoption: adoption.clone(),
                 };
                 tokio::spawn(session.serve(stream));
             }
@@ -271,8 +276,8 @@ fn refuse_beyond_cap(stream: &UnixStream, max: usize) {
     }
 }
 
-/// Each worker costs the daemon two descriptors (its control connection and the copy of its
-/// socket): lift the soft limit to the hard one so a full group (1024 workers) fits, and say
+/// Each worker costs the daemon three descriptors (its control connection, the copy of its
+/// socket and the pidfd of its process): lift the soft limit to the hard one so a full group (1024 workers) fits, and say
 /// so when even that cannot hold `max_connections` such connections.
 fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -288,8 +293,8 @@ fn raise_fd_limit(max_connections: usize) {
             warn!("raising the open-file limit from {soft} to {hard}: {e}");
         }
     }
-    // Two per connection (a worker's socket copy), and some for the daemon itself.
-    let needed = 2 * max_connections as u64 + 64;
+    // Three per connection (with a worker's socket copy and pidfd), and some for the daemon.
+    let needed = 3 * max_connections as u64 + 64;
     if hard < needed {
         warn!(
             "the open-file limit ({hard}) is below what --max-connections {max_connections} may \

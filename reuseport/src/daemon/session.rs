@@ -44,6 +44,7 @@ pub struct Session {
     /// The connection's place under `--max-connections`, given back when the session ends.
     pub permit: OwnedSemaphorePermit,
     pub reloader: Arc<super::Reloader>,
+    pub adoption: super::adoption::Adoption,
 }
 
 /// How long a connection that holds no worker may keep the daemon waiting (a registered
@@ -342,6 +343,7 @@ impl Session {
                             name,
                             weight,
                             load: connection.load.clone(),
+                            process: None,
                         };
                         self.owner.register(worker).await?.map(|joined| {
                             connection.registered = true;
@@ -420,6 +422,14 @@ impl Session {
                 Err(refusal) => Err(refusal),
                 Ok(()) => self.reloader.reload().await.map(|changes| Reply {
                     changes: Some(changes),
+                    ..Reply::ok()
+                }),
+            },
+            Request::Adopt { pid } => match actor.may_set("adopt a running server's listeners") {
+                Err(refusal) => Err(refusal),
+                Ok(()) => self.adoption.adopt(pid).await.map(|adopted| Reply {
+                    adopted: Some(adopted.slots),
+                    changes: Some(adopted.skipped),
                     ..Reply::ok()
                 }),
             },

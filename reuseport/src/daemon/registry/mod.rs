@@ -6,6 +6,7 @@
 //! and unregisters workers, [`monitor`] samples their health and reacts, [`load`] is the load
 //! formula, [`status`] renders the `status` reply.
 
+mod adopted;
 mod load;
 mod monitor;
 mod reconfigure;
@@ -28,8 +29,9 @@ use super::{
 use reuseport_steer::{pin, AttachMode, Error, Group, GroupOptions, OnEmpty, Policy, SlotState};
 use reuseport_worker::protocol::GroupRef;
 
+pub use adopted::AdoptionView;
 pub use load::LoadCell;
-pub use workers::{ConnId, Joined, NewWorker, Peer, Registered, TakeOver};
+pub use workers::{ConnId, Joined, NewWorker, Peer, Registered, TakeOver, ADOPTED};
 
 use monitor::{Event, Quiet};
 use workers::{Evicted, Worker};
@@ -49,6 +51,8 @@ pub struct GroupConfig {
     /// Weights by worker name, applied when a worker of that name registers (over the weight
     /// it asks for: the operator decides) and on reload.
     pub weights: BTreeMap<String, u32>,
+    /// Adopt the SO_REUSEPORT listeners running servers hold on the address (`--adopt`).
+    pub adopt: bool,
 }
 
 /// Where the groups keep their state.
@@ -73,8 +77,12 @@ struct GroupEntry {
     evicted: Vec<Evicted>,
     events: VecDeque<Event>,
     stuck_events: u64,
-    /// Pids drained with `--close`: their next registration starts draining too.
-    closed_pids: Vec<u32>,
+    /// Connections whose listener was drained with `--close` and could not listen again: the
+    /// next listener registered on the same connection starts draining too. (A connection,
+    /// not a pid: a pid may be another process's by then.)
+    closed_conns: Vec<ConnId>,
+    /// Adopt the listeners running servers hold on the address (see [`crate::daemon::adoption`]).
+    adopt: bool,
 }
 
 pub struct Registry {
@@ -277,7 +285,8 @@ impl GroupEntry {
             evicted: Vec::new(),
             events: VecDeque::new(),
             stuck_events: 0,
-            closed_pids: Vec::new(),
+            closed_conns: Vec::new(),
+            adopt: config.adopt,
         })
     }
 }

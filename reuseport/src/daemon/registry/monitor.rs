@@ -16,9 +16,10 @@ use super::{
     workers::{probation, Worker, PROBATION_CAP},
     Registry,
 };
-use crate::daemon::health::{process_stopped, Health, Mark, OnStuck, Verdict};
+use crate::daemon::health::{Health, Mark, OnStuck, Verdict};
 use reuseport_steer::{
     diag::{ListenerDiag, Queue},
+    pidfd::Process,
     Family, SlotState,
 };
 use reuseport_worker::protocol::EventKind;
@@ -132,7 +133,7 @@ impl Registry {
                     // A closed one waits for `undrain`.
                     if out.what != EventKind::Evicted
                         || now < out.until
-                        || worker.proc_stat.as_ref().is_some_and(process_stopped)
+                        || worker.process.as_ref().is_some_and(Process::stopped)
                     {
                         continue;
                     }
@@ -170,7 +171,7 @@ impl Registry {
                     queue.waiting,
                     config.stuck_after,
                     config.sample,
-                    || worker.proc_stat.as_ref().is_some_and(process_stopped),
+                    || worker.process.as_ref().is_some_and(Process::stopped),
                 );
                 let state = entry.group.slot_state(slot);
                 match verdict {

@@ -134,6 +134,17 @@ impl GroupEntry {
                 Err(e) => format!("{listen}: error: setting on-empty {}: {e}", config.on_empty),
             });
         }
+        if config.adopt != self.adopt {
+            self.adopt = config.adopt;
+            changes.push(if config.adopt {
+                format!("{listen}: adopts the listeners of running servers")
+            } else {
+                format!(
+                    "{listen}: adopts no new listeners (the adopted ones stay until their \
+                     servers close them)"
+                )
+            });
+        }
         if config.weights != self.weights {
             self.weights = config.weights.clone();
         }

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use log::warn;
 
-use super::{GroupEntry, Registry};
+use super::{workers::ADOPTED, GroupEntry, Registry};
 use reuseport_worker::{protocol::WorkerState, EventStatus, GroupStatus, WorkerStatus};
 
 impl Registry {
@@ -56,6 +56,7 @@ impl GroupEntry {
                     load: self.group.slot_load(slot.index),
                     since: stuck.map(|m| unix_seconds(m.at)),
                     reason: stuck.map(|m| m.why.clone()),
+                    adopted: worker.is_some_and(|w| w.conn == ADOPTED),
                 }
             })
             .collect();

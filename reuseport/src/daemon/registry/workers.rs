@@ -15,7 +15,7 @@ use crate::daemon::{
     access::{Actor, SlotAction},
     health::{Health, Mark},
 };
-use reuseport_steer::{Error, SlotState, SocketInfo};
+use reuseport_steer::{pidfd::Process, Error, SlotState, SocketInfo};
 use reuseport_worker::{
     protocol::{EventKind, GroupRef},
     ErrorCode,
@@ -23,6 +23,10 @@ use reuseport_worker::{
 
 /// Identifies one control connection.
 pub type ConnId = u64;
+
+/// The connection of an adopted socket: none (sessions count from 1). An adopted slot leaves
+/// when no server process holds its socket any more, not when a connection closes.
+pub const ADOPTED: ConnId = 0;
 
 /// Who is on the other end of a control connection (SO_PEERCRED).
 #[derive(Clone, Copy, Debug)]
@@ -46,8 +50,9 @@ pub(super) struct Worker {
     /// goes, so it never keeps a dead worker's queue alive.
     pub socket: OwnedFd,
     pub health: Health,
-    /// /proc/PID/stat, opened once: read again (pread) to tell a stopped process.
-    pub proc_stat: Option<std::fs::File>,
+    /// The serving process by pidfd (`None` if it was gone at registration): tells a stopped
+    /// process without ever reading another one that took its pid.
+    pub process: Option<Process>,
     /// Set while the daemon keeps the worker's listener out of rotation after shutting it down
     /// and putting it back (eviction, `drain --close`).
     pub out: Option<Out>,
@@ -100,6 +105,9 @@ pub struct NewWorker {
     pub name: Option<String>,
     pub weight: Option<u32>,
     pub load: Arc<LoadCell>,
+    /// The serving process, when the caller holds it already (adoption); else the registry
+    /// opens a pidfd for `peer.pid`.
+    pub process: Option<Process>,
 }
 
 /// Where a worker was put.
@@ -149,6 +157,20 @@ impl Registry {
                     if let Err(e) = entry.group.set_state(slot, SlotState::Active) {
                         warn!("{}: putting taken-over slot {slot} back: {e}", entry.listen);
                     }
+                }
+                return Registered::Done(self.finish(g, slot, worker));
+            }
+            // Adopted, and now registered by its own server (or a launcher): the registration
+            // takes the slot over, with its connection and process.
+            Some(slot)
+                if worker.conn != ADOPTED
+                    && entry.workers.get(&slot).is_some_and(|w| w.conn == ADOPTED) =>
+            {
+                if let Some(old) = entry.workers.remove(&slot) {
+                    info!(
+                        "{}: slot {slot}, adopted from {} (pid {}), is registered by pid {} now",
+                        entry.listen, old.name, old.peer.pid, worker.peer.pid
+                    );
                 }
                 return Registered::Done(self.finish(g, slot, worker));
             }
@@ -213,6 +235,7 @@ impl Registry {
             name,
             weight,
             load,
+            process,
         } = worker;
         // The file's weight for this name wins over the one the worker asks for.
         let weight = name
@@ -229,9 +252,9 @@ impl Registry {
             return Err(e.into());
         }
         let name = name.unwrap_or_else(|| format!("pid-{}", peer.pid));
-        entry
-            .evicted
-            .retain(|e| e.conn != conn && e.peer.pid != peer.pid);
+        // Listed as evicted over this connection: back with a new listener. (Adopted sockets
+        // have no connection; an evicted one that comes back is the same socket.)
+        entry.evicted.retain(|e| e.conn != conn || conn == ADOPTED);
         // A worker whose accept() ran into the instant its listener was shut down registers a
         // new one on the same connection: its old listener leaves (no orphan stays in the
         // group), and a closed one's replacement stays out of rotation like it. (One that
@@ -239,7 +262,7 @@ impl Registry {
         let replaced: Vec<u32> = entry
             .workers
             .iter()
-            .filter(|(_, w)| w.out.is_some() && w.conn == conn)
+            .filter(|(_, w)| w.out.is_some() && w.conn == conn && conn != ADOPTED)
             .map(|(&s, _)| s)
             .collect();
         let mut was_closed = false;
@@ -253,9 +276,9 @@ impl Registry {
                 entry.leaving.push((old, w));
             }
         }
-        let closed_before = entry.closed_pids.iter().position(|&p| p == peer.pid);
+        let closed_before = entry.closed_conns.iter().position(|&c| c == conn);
         if let Some(i) = closed_before {
-            entry.closed_pids.swap_remove(i);
+            entry.closed_conns.swap_remove(i);
         }
         if was_closed || closed_before.is_some() {
             // Drained with --close: its new listener stays out of rotation too (once).
@@ -264,8 +287,16 @@ impl Registry {
             }
         }
         info!(
-            "{}: worker {name} (pid {}, uid {}) registered in slot {slot}",
-            entry.listen, peer.pid, peer.uid
+            "{}: {} {name} (pid {}, uid {}) {} slot {slot}",
+            entry.listen,
+            if conn == ADOPTED { "server" } else { "worker" },
+            peer.pid,
+            peer.uid,
+            if conn == ADOPTED {
+                "adopted into"
+            } else {
+                "registered in"
+            }
         );
         entry.workers.insert(
             slot,
@@ -277,7 +308,7 @@ impl Registry {
                 load,
                 socket,
                 health: Health::new(Instant::now()),
-                proc_stat: std::fs::File::open(format!("/proc/{}/stat", peer.pid)).ok(),
+                process: process.or_else(|| Process::open(peer.pid).ok()),
                 out: None,
                 evictions: 0,
                 backlog: 0,
@@ -294,6 +325,7 @@ impl Registry {
     pub fn unregister(&mut self, conn: ConnId) {
         for entry in &mut self.groups {
             entry.evicted.retain(|e| e.conn != conn);
+            entry.closed_conns.retain(|&c| c != conn);
             let slots: Vec<u32> = entry
                 .workers
                 .iter()
@@ -405,8 +437,8 @@ impl GroupEntry {
         let Some(worker) = self.workers.remove(&slot) else {
             return;
         };
-        if what == EventKind::Closed {
-            self.closed_pids.push(worker.peer.pid);
+        if what == EventKind::Closed && worker.conn != ADOPTED {
+            self.closed_conns.push(worker.conn);
         }
         self.evicted.push(Evicted {
             conn: worker.conn,

@@ -1,5 +1,6 @@
 //! Accept-queue depths from the kernel through netlink sock_diag: one dump of the namespace's
-//! TCP listeners per family per sample, matched to slots by socket cookie. No text parsing.
+//! TCP listeners (or UDP sockets, whose receive queue stands in for the accept queue UDP has
+//! not) per family per sample, matched to slots by socket cookie. No text parsing.
 
 use std::{collections::HashMap, io};
 
@@ -8,7 +9,7 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOCK_DIAG_BY_FAMILY},
     inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
     SockDiagMessage,
 };
@@ -19,9 +20,10 @@ use crate::Family;
 /// A listener's queue, as sock_diag reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Queue {
-    /// Connections waiting in the accept queue.
+    /// TCP: connections waiting in the accept queue. UDP: bytes in the receive queue (the
+    /// kernel counts the memory the datagrams take, not how many there are).
     pub waiting: u32,
-    /// The backlog (accept queue capacity).
+    /// TCP: the backlog (accept queue capacity). UDP: bytes in the send queue.
     pub backlog: u32,
 }
 
@@ -46,6 +48,27 @@ impl ListenerDiag {
 
     /// Fills `out` with the queue of every TCP listener of `family`, by cookie.
     pub fn listeners(&mut self, family: Family, out: &mut HashMap<u64, Queue>) -> io::Result<()> {
+        self.dump(family, IPPROTO_TCP, StateFlags::LISTEN, out)
+    }
+
+    /// Fills `out` with the receive queue of every UDP socket of `family` (bound ones are in
+    /// state CLOSE, connected ones ESTABLISHED), by cookie.
+    pub fn udp_sockets(&mut self, family: Family, out: &mut HashMap<u64, Queue>) -> io::Result<()> {
+        self.dump(
+            family,
+            IPPROTO_UDP,
+            StateFlags::CLOSE | StateFlags::ESTABLISHED,
+            out,
+        )
+    }
+
+    fn dump(
+        &mut self,
+        family: Family,
+        protocol: u8,
+        states: StateFlags,
+        out: &mut HashMap<u64, Queue>,
+    ) -> io::Result<()> {
         let (af, id) = match family {
             Family::Ipv4 => (AF_INET, SocketId::new_v4()),
             Family::Ipv6 => (AF_INET6, SocketId::new_v6()),
@@ -56,9 +79,9 @@ impl ListenerDiag {
             header,
             SockDiagMessage::InetRequest(InetRequest {
                 family: af,
-                protocol: IPPROTO_TCP,
+                protocol,
                 extensions: ExtensionFlags::empty(),
-                states: StateFlags::LISTEN,
+                states,
                 socket_id: id,
             })
             .into(),

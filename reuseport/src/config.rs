@@ -24,6 +24,47 @@ use toml::Spanned;
 use crate::daemon::{ControlLimits, DaemonConfig, GroupConfig, HealthConfig, OnStuck};
 use reuseport_steer::{pin, AttachMode, OnEmpty, Policy, Protocol};
 
+/// A `--listen` value: `ADDR:PORT`, or with the protocol said, `tcp://ADDR:PORT` or
+/// `udp://ADDR:PORT` (in the file, `protocol = "udp"` in the `[[group]]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// `None`: not said (the file's, TCP by default).
+    pub protocol: Option<Protocol>,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (protocol, rest) = match s.split_once("://") {
+            Some((scheme, rest)) => {
+                let protocol = scheme.parse::<Protocol>().map_err(|e| {
+                    format!("{e} (write udp://ADDR:PORT, tcp://ADDR:PORT or ADDR:PORT)")
+                })?;
+                (Some(protocol), rest)
+            }
+            None => (None, s),
+        };
+        let addr = rest.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{rest:?} is not an ADDR:PORT (such as 0.0.0.0:8080 or [::]:53; prefix udp:// \
+                 for a UDP group)"
+            )
+        })?;
+        Ok(Self { protocol, addr })
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.protocol {
+            Some(p) => write!(f, "{}://{}", p.name(), self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 /// Where `run` looks for a configuration file when given no `--config`.
 pub const DEFAULT_PATH: &str = "/etc/reuseport/reuseport.toml";
 
@@ -67,6 +108,8 @@ struct GroupFile {
     mode: Option<AttachMode>,
     /// IPv6 groups: IPv6-only instead of dual-stack.
     v6only: Option<Spanned<bool>>,
+    /// UDP groups: the flow table's idle time (0: no flow table).
+    flow_idle_ms: Option<u64>,
     adopt: Option<Spanned<bool>>,
     #[serde(default)]
     weights: BTreeMap<String, Spanned<u32>>,
@@ -182,17 +225,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
                 format!("group {listen} is listed twice: keep one [[group]] per address"),
             );
         }
-        if let Some(protocol) = &g.protocol {
-            if *protocol.get_ref() != Protocol::Tcp {
-                problem(
-                    protocol.span(),
-                    format!(
-                        "protocol {} is not supported yet: only tcp groups can be steered",
-                        protocol.get_ref().name()
-                    ),
-                );
-            }
-        }
         if let Some(adopt) = &g.adopt {
             if *adopt.get_ref() {
                 problem(
@@ -235,6 +267,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
         }
         groups.push(GroupConfig {
             listen,
+            protocol: g.protocol.as_ref().map_or(Protocol::Tcp, |p| *p.get_ref()),
+            flow_idle: g.flow_idle_ms.map(Duration::from_millis),
             mode: g.mode.unwrap_or_default(),
             policy: g.policy,
             on_empty: g.on_empty.unwrap_or_default(),
@@ -280,7 +314,9 @@ fn place(text: &str, span: Range<usize>) -> (usize, usize) {
 pub struct Flags {
     /// Replaces the file's groups: a listed address the file has keeps the file's settings,
     /// another gets the defaults (the flags below override both).
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
+    /// UDP groups: `--flow-idle-ms`.
+    pub flow_idle: Option<Duration>,
     pub policy: Option<Policy>,
     pub mode: Option<AttachMode>,
     pub on_empty: Option<OnEmpty>,
@@ -310,19 +346,27 @@ impl Flags {
         } else {
             self.listen
                 .iter()
-                .map(|&listen| {
-                    file.groups
+                .map(|&Listen { protocol, addr }| {
+                    let mut group = file
+                        .groups
                         .iter()
-                        .find(|g| g.listen == listen)
+                        .find(|g| g.listen == addr)
                         .cloned()
                         .unwrap_or_else(|| GroupConfig {
-                            listen,
+                            listen: addr,
+                            protocol: Protocol::Tcp,
+                            flow_idle: None,
                             mode: AttachMode::default(),
                             policy: None,
                             on_empty: OnEmpty::default(),
                             v6only: false,
                             weights: BTreeMap::new(),
-                        })
+                        });
+                    // `udp://` (or `tcp://`) on the command line says it; a plain address
+                    // keeps what the file says, TCP by default.
+                    group.protocol = protocol.unwrap_or(group.protocol);
+                    group.flow_idle = self.flow_idle.or(group.flow_idle);
+                    group
                 })
                 .collect()
         };
@@ -384,8 +428,9 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     println!("{}: valid", path.display());
     for g in &resolved.groups {
         println!(
-            "  group {} (tcp{}) policy {} mode {} on-empty {}{}",
+            "  group {} ({}{}) policy {} mode {} on-empty {}{}",
             g.listen,
+            g.protocol.name(),
             match (g.listen.is_ipv6(), g.v6only) {
                 (false, _) => "",
                 (true, false) => ", dual-stack",
@@ -523,18 +568,13 @@ listen = "[::1]:9090"
     #[test]
     fn semantic_errors_are_all_reported_at_the_value() {
         let text = "[[group]]\nlisten = \"127.0.0.1:80\"\nweights = { a = 0, b = 5000 }\n\
-                    \n[[group]]\nlisten = \"127.0.0.1:80\"\nprotocol = \"udp\"\nadopt = true\n";
+                    \n[[group]]\nlisten = \"127.0.0.1:80\"\nadopt = true\n";
         let p = problems(text);
         let at: Vec<(usize, usize)> = p.iter().map(|p| (p.0, p.1)).collect();
-        assert_eq!(
-            at,
-            vec![(3, 17), (3, 24), (6, 10), (7, 12), (8, 9)],
-            "{p:?}"
-        );
+        assert_eq!(at, vec![(3, 17), (3, 24), (6, 10), (7, 9)], "{p:?}");
         assert!(p[0].2.contains("out of range"), "{p:?}");
         assert!(p[2].2.contains("listed twice"), "{p:?}");
         assert!(p[3].2.contains("not supported yet"), "{p:?}");
-        assert!(p[4].2.contains("not supported yet"), "{p:?}");
     }
 
     #[test]

@@ -134,6 +134,11 @@ impl GroupEntry {
                 Err(e) => format!("{listen}: error: setting on-empty {}: {e}", config.on_empty),
             });
         }
+        if let Some(idle) = config.flow_idle {
+            if let Err(e) = self.group.set_flow_idle(idle) {
+                changes.push(format!("{listen}: error: setting the flow idle time: {e}"));
+            }
+        }
         if config.weights != self.weights {
             self.weights = config.weights.clone();
         }

@@ -12,14 +12,25 @@ use reuseport_worker::{
 impl Registry {
     /// The index of the group a socket may join, or why none fits.
     pub(super) fn group_for(&self, info: &SocketInfo) -> Result<usize, Refusal> {
-        if info.protocol != Protocol::Tcp {
-            return Err(Error::WrongProtocol {
-                want: Protocol::Tcp,
-                got: info.protocol,
-            }
-            .into());
-        }
         if let Some(i) = self.groups.iter().position(|g| g.listen == info.local) {
+            let want = self.groups[i].protocol;
+            if info.protocol != want {
+                return Err(Refusal::new(
+                    ErrorCode::WrongProtocol,
+                    format!(
+                        "{}; the group {} is {want}: {}",
+                        Error::WrongProtocol {
+                            want,
+                            got: info.protocol,
+                        },
+                        self.groups[i].listen,
+                        match want {
+                            Protocol::Tcp => "bind a SOCK_STREAM socket and listen() on it",
+                            Protocol::Udp => "bind a SOCK_DGRAM socket (no listen())",
+                        }
+                    ),
+                ));
+            }
             return Ok(i);
         }
         let same_port = self

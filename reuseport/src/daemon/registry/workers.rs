@@ -55,6 +55,8 @@ pub(super) struct Worker {
     pub evictions: u32,
     /// The accept queue's capacity at the last sample, to listen again with the same backlog.
     pub backlog: u32,
+    /// UDP groups: the receive queue across samples.
+    pub receive_queue: super::udp::ReceiveQueue,
 }
 
 /// A listener the daemon shut down (its queue migrated) and made listen again, out of rotation:
@@ -281,6 +283,7 @@ impl Registry {
                 out: None,
                 evictions: 0,
                 backlog: 0,
+                receive_queue: Default::default(),
             },
         );
         Ok(Joined {

@@ -1,0 +1,344 @@
+//! UDP groups against the real kernel: round-robin per datagram is exact; `maglev` moves only
+//! the flows of a worker that leaves and about 1/N when one joins; a draining worker keeps its
+//! flows (the flow table) and gets no new ones; a socket of the other protocol is refused; an
+//! IPv6 UDP group served by `reuseport echo --udp`.
+//!
+//! Workers here are threads of the test (a UDP socket registered with
+//! `reuseport_worker::listen_udp`, answering `w=<ID>`), so hundreds of flows cost no process.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::fd::AsFd,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use reuseport_steer::Protocol;
+use reuseport_testing::{binary, daemon::Fixture, fresh_netns, wait, TestResult as Result};
+use reuseport_worker::{
+    listen_udp, ClientError, ControlClient, ErrorCode, Registration, Request, WorkerOptions,
+};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A daemon serving one UDP group on `addr` from a configuration file with `settings` lines
+/// in its `[[group]]` (stuck detection off: the tests count exact shares).
+fn udp_daemon(name: &str, addr: SocketAddr, settings: &str) -> Result<Fixture> {
+    fresh_netns()?;
+    let mut f = Fixture::on(addr, &format!("test-udp-{name}"), binary::locate()?)?;
+    let file = f.dir.join("reuseport.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[health]\nstuck_ms = 600000\n\n[[group]]\nlisten = \"{addr}\"\nprotocol = \
+             \"udp\"\n{settings}\n"
+        ),
+    )?;
+    f.start_daemon_with_config(&file)?;
+    Ok(f)
+}
+
+/// A worker thread: a registered UDP socket answering every datagram with `w=<id>`.
+struct Worker {
+    registration: Option<Registration>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(f: &Fixture, id: usize) -> Result<Self> {
+        let options = WorkerOptions {
+            control: Some(f.control.clone()),
+            name: Some(format!("u{id}")),
+            ..WorkerOptions::default()
+        };
+        let (socket, registration) = listen_udp(f.addr, &options)?;
+        registration
+            .wait_registered(LIMIT)
+            .ok_or("the worker did not register")?;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let reply = format!("w={id}");
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                        let _ = socket.send_to(reply.as_bytes(), peer);
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            registration: Some(registration),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn slot(&self) -> Option<u32> {
+        self.registration.as_ref().and_then(Registration::slot)
+    }
+}
+
+impl Drop for Worker {
+    /// Unregisters, then closes the socket: the worker leaves the group.
+    fn drop(&mut self) {
+        self.registration.take();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn workers(f: &Fixture, n: usize) -> Result<Vec<Worker>> {
+    let ws = (0..n)
+        .map(|i| Worker::start(f, i))
+        .collect::<Result<Vec<_>>>()?;
+    f.wait_active(n)?;
+    Ok(ws)
+}
+
+/// A client socket: one flow (its own source port).
+fn flow(to: SocketAddr) -> Result<UdpSocket> {
+    let bind: SocketAddr = if to.is_ipv4() {
+        "127.0.0.1:0".parse()?
+    } else {
+        "[::1]:0".parse()?
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    Ok(s)
+}
+
+/// Sends one datagram on `client` and returns the answer (a few tries: UDP).
+fn ask(client: &UdpSocket, to: SocketAddr) -> Result<String> {
+    let mut buf = [0u8; 512];
+    for _ in 0..10 {
+        client.send_to(b"?", to)?;
+        if let Ok((n, _)) = client.recv_from(&mut buf) {
+            return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+        }
+    }
+    Err(format!("no answer from {to}").into())
+}
+
+fn ask_all(flows: &[UdpSocket], to: SocketAddr) -> Result<Vec<String>> {
+    flows.iter().map(|c| ask(c, to)).collect()
+}
+
+fn flows(n: usize, to: SocketAddr) -> Result<Vec<UdpSocket>> {
+    (0..n).map(|_| flow(to)).collect()
+}
+
+fn moved(a: &[String], b: &[String]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
+#[test]
+fn round_robin_is_exact_per_datagram() -> Result<()> {
+    let f = udp_daemon("rr", "127.0.0.1:5300".parse()?, "policy = \"round-robin\"")?;
+    let _ws = workers(&f, 4)?;
+    let status = f.status()?;
+    assert_eq!(status.proto, Protocol::Udp);
+    // One flow, 400 datagrams: round-robin spreads the datagrams, not the flows.
+    let client = flow(f.addr)?;
+    let mut counts = BTreeMap::new();
+    for _ in 0..400 {
+        *counts.entry(ask(&client, f.addr)?).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+    Ok(())
+}
+
+#[test]
+fn maglev_moves_only_the_flows_of_a_worker_that_leaves_and_about_1_in_n_on_a_join() -> Result<()> {
+    // No flow table: what moves is what the policy itself moves.
+    let f = udp_daemon(
+        "maglev",
+        "127.0.0.1:5301".parse()?,
+        "policy = \"maglev\"\nflow_idle_ms = 0",
+    )?;
+    let mut ws = workers(&f, 8)?;
+    let clients = flows(800, f.addr)?;
+    let before = ask_all(&clients, f.addr)?;
+    let spread: BTreeMap<&String, usize> = before.iter().fold(BTreeMap::new(), |mut m, w| {
+        *m.entry(w).or_insert(0) += 1;
+        m
+    });
+    assert_eq!(spread.len(), 8, "every worker gets flows: {spread:?}");
+
+    // u3 leaves: its flows must move, the others (nearly) all stay.
+    drop(ws.remove(3));
+    f.wait_active(7)?;
+    let after = ask_all(&clients, f.addr)?;
+    let own = before.iter().filter(|w| *w == "w=3").count();
+    assert!(after.iter().all(|w| w != "w=3"), "a gone worker answered");
+    let others = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| *b != "w=3" && b != a)
+        .count();
+    assert!(others * 50 <= clients.len(), "{others} other flows moved");
+    assert!(own > 0);
+
+    // A new worker joins: about 1/8 of the flows move to it, the rest stay.
+    ws.push(Worker::start(&f, 8)?);
+    f.wait_active(8)?;
+    let joined = ask_all(&clients, f.addr)?;
+    let moved = moved(&after, &joined);
+    let to_new = joined.iter().filter(|w| *w == "w=8").count();
+    assert!(to_new > 0, "the new worker got no flow");
+    assert!(
+        moved as f64 / clients.len() as f64 <= 1.0 / 8.0 + 0.05,
+        "{moved} of {} flows moved",
+        clients.len()
+    );
+    assert!(
+        moved - to_new <= clients.len() / 50,
+        "{moved} moved, {to_new} to the new worker"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_draining_worker_keeps_its_flows_and_gets_no_new_one() -> Result<()> {
+    let f = udp_daemon("drain", "127.0.0.1:5302".parse()?, "policy = \"maglev\"")?;
+    let mut ws = workers(&f, 4)?;
+    let old = flows(200, f.addr)?;
+    let before = ask_all(&old, f.addr)?;
+    let on_w0 = before.iter().filter(|w| *w == "w=0").count();
+    assert!(on_w0 > 0, "{before:?}");
+
+    // Restart of w0 by hand-over: the old one drains, a new one takes the new flows.
+    let slot = ws[0].slot().ok_or("w0 has no slot")?;
+    let out = f.cli(&["drain", &slot.to_string()])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.wait_active(3)?;
+    ws.push(Worker::start(&f, 4)?);
+    f.wait_active(4)?;
+
+    let during = ask_all(&old, f.addr)?;
+    assert_eq!(moved(&before, &during), 0, "flows broke during the drain");
+    let new = flows(200, f.addr)?;
+    let new_answers = ask_all(&new, f.addr)?;
+    assert!(
+        new_answers.iter().all(|w| w != "w=0"),
+        "a new flow went to the draining worker"
+    );
+    assert!(
+        new_answers.iter().any(|w| w == "w=4"),
+        "the new worker got no new flow"
+    );
+    Ok(())
+}
+
+/// Registers `fd` on a connection of its own; the refusal's code and message.
+fn refusal(f: &Fixture, fd: impl AsFd) -> Result<(ErrorCode, String)> {
+    let mut client = ControlClient::connect(&f.control)?;
+    match client.request_with_fd(
+        &Request::Register {
+            name: Some("mismatch".into()),
+            weight: None,
+            pid: None,
+        },
+        fd.as_fd(),
+    ) {
+        Err(ClientError::Rejected { code, message }) => Ok((code, message)),
+        other => Err(format!("expected a refusal, got {other:?}").into()),
+    }
+}
+
+#[test]
+fn a_socket_of_the_other_protocol_is_refused_with_the_fix() -> Result<()> {
+    let f = udp_daemon("mismatch", "127.0.0.1:5303".parse()?, "")?;
+    let tcp = reuseport_worker::bind_listener(f.addr, 16)?;
+    let (code, message) = refusal(&f, &tcp)?;
+    assert_eq!(code, ErrorCode::WrongProtocol, "{message}");
+    assert!(
+        message.contains("socket is TCP, the group is UDP"),
+        "{message}"
+    );
+    assert!(message.contains("SOCK_DGRAM"), "{message}");
+    drop::<TcpListener>(tcp);
+
+    // And the other way round: a UDP socket into a TCP group.
+    let mut tcp_group = Fixture::on(
+        "127.0.0.1:5304".parse()?,
+        "test-udp-mismatch-tcp",
+        binary::locate()?,
+    )?;
+    tcp_group.start_daemon(&[])?;
+    let udp = reuseport_worker::bind_udp_with(tcp_group.addr, false)?;
+    let (code, message) = refusal(&tcp_group, &udp)?;
+    assert_eq!(code, ErrorCode::WrongProtocol, "{message}");
+    assert!(
+        message.contains("socket is UDP, the group is TCP"),
+        "{message}"
+    );
+    assert!(message.contains("listen()"), "{message}");
+    Ok(())
+}
+
+/// `reuseport echo --udp` processes, killed on drop.
+struct Echoes(Vec<Child>);
+
+impl Drop for Echoes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn an_ipv6_udp_group_served_by_echo_udp() -> Result<()> {
+    let f = udp_daemon("ipv6", "[::1]:5305".parse()?, "policy = \"round-robin\"")?;
+    let mut echoes = Echoes(Vec::new());
+    for i in 0..2 {
+        echoes.0.push(
+            Command::new(binary::locate()?)
+                .args(["echo", "--udp", "--listen", &f.addr.to_string()])
+                .args(["--name", &format!("e{i}")])
+                .arg("--control")
+                .arg(&f.control)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+    }
+    f.wait_active(2)?;
+    let client = flow(f.addr)?;
+    let mut counts = BTreeMap::new();
+    for _ in 0..20 {
+        *counts.entry(ask(&client, f.addr)?).or_insert(0) += 1;
+    }
+    let pids: Vec<String> = echoes.0.iter().map(|c| format!("pid={}", c.id())).collect();
+    assert_eq!(
+        counts.keys().cloned().collect::<Vec<_>>().len(),
+        2,
+        "{counts:?}"
+    );
+    for pid in &pids {
+        assert_eq!(counts.get(pid), Some(&10), "{counts:?}");
+    }
+    wait::until(LIMIT, "status naming the group UDP", || {
+        f.status().is_ok_and(|s| s.proto == Protocol::Udp)
+    })?;
+    Ok(())
+}

@@ -600,6 +600,38 @@ listen = "[::1]:9090"
     }
 
     #[test]
+    fn udp_groups_by_file_or_by_scheme() -> Result<(), Invalid> {
+        let c = parse(
+            "[[group]]\nlisten = \"127.0.0.1:53\"\nprotocol = \"udp\"\nflow_idle_ms = 0\n",
+            Path::new("t.toml"),
+        )?;
+        assert_eq!(c.groups[0].protocol, Protocol::Udp);
+        assert_eq!(c.groups[0].flow_idle, Some(Duration::ZERO));
+        let listen = |s: &str| s.parse::<Listen>();
+        assert_eq!(
+            listen("udp://[::]:53").map(|l| (l.protocol, l.addr.port())),
+            Ok((Some(Protocol::Udp), 53))
+        );
+        assert_eq!(listen("127.0.0.1:80").map(|l| l.protocol), Ok(None));
+        assert!(listen("sctp://127.0.0.1:80").is_err_and(|e| e.contains("udp://")));
+        assert!(listen("udp://localhost:53").is_err_and(|e| e.contains("ADDR:PORT")));
+        // A plain --listen keeps the file's protocol; udp:// makes a UDP group.
+        let d = Flags {
+            listen: vec![listen("127.0.0.1:53").map_err(|_| unreachable())?],
+            ..Flags::default()
+        }
+        .resolve(Some(&c));
+        assert_eq!(d.groups[0].protocol, Protocol::Udp);
+        let d = Flags {
+            listen: vec![listen("udp://127.0.0.1:54").map_err(|_| unreachable())?],
+            ..Flags::default()
+        }
+        .resolve(None);
+        assert_eq!(d.groups[0].protocol, Protocol::Udp);
+        Ok(())
+    }
+
+    #[test]
     fn an_empty_file_is_valid_and_flags_supply_the_groups() -> Result<(), Invalid> {
         let c = parse("", Path::new("t.toml"))?;
         assert!(c.groups.is_empty());

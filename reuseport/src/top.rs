@@ -89,7 +89,7 @@ pub fn rates(before: &[GroupStatus], now: &[GroupStatus], elapsed: Duration) -> 
                 .collect();
             let total: u64 = deltas.iter().sum();
             GroupRates {
-                listen: g.listen.to_string(),
+                listen: g.name(),
                 policy: g.policy.to_string(),
                 conn_per_s: total as f64 / secs,
                 stuck_events: g.stuck_events,

@@ -1,7 +1,8 @@
 //! UDP groups against the real kernel: round-robin per datagram is exact; `maglev` moves only
 //! the flows of a worker that leaves and about 1/N when one joins; a draining worker keeps its
-//! flows (the flow table) and gets no new ones; a socket of the other protocol is refused; an
-//! IPv6 UDP group served by `reuseport echo --udp`.
+//! flows (the flow table) and gets no new ones; a worker that stops reading is found stuck by
+//! its receive queue and its flows move; a socket of the other protocol is refused; an IPv6 UDP
+//! group served by `reuseport echo --udp`.
 //!
 //! Workers here are threads of the test (a UDP socket registered with
 //! `reuseport_worker::listen_udp`, answering `w=<ID>`), so hundreds of flows cost no process.
@@ -30,13 +31,18 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// A daemon serving one UDP group on `addr` from a configuration file with `settings` lines
 /// in its `[[group]]` (stuck detection off: the tests count exact shares).
 fn udp_daemon(name: &str, addr: SocketAddr, settings: &str) -> Result<Fixture> {
+    udp_daemon_with(name, addr, settings, "stuck_ms = 600000")
+}
+
+/// [`udp_daemon`] with `health` as the `[health]` section.
+fn udp_daemon_with(name: &str, addr: SocketAddr, settings: &str, health: &str) -> Result<Fixture> {
     fresh_netns()?;
     let mut f = Fixture::on(addr, &format!("test-udp-{name}"), binary::locate()?)?;
     let file = f.dir.join("reuseport.toml");
     std::fs::write(
         &file,
         format!(
-            "[health]\nstuck_ms = 600000\n\n[[group]]\nlisten = \"{addr}\"\nprotocol = \
+            "[health]\n{health}\n\n[[group]]\nlisten = \"{addr}\"\nprotocol = \
              \"udp\"\n{settings}\n"
         ),
     )?;
@@ -48,6 +54,8 @@ fn udp_daemon(name: &str, addr: SocketAddr, settings: &str) -> Result<Fixture> {
 struct Worker {
     registration: Option<Registration>,
     stop: Arc<AtomicBool>,
+    /// While set, the worker reads nothing (a hung worker).
+    paused: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -64,12 +72,18 @@ impl Worker {
             .ok_or("the worker did not register")?;
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
+            let paused = paused.clone();
             std::thread::spawn(move || {
                 let reply = format!("w={id}");
                 let mut buf = [0u8; 512];
                 while !stop.load(Ordering::Relaxed) {
+                    if paused.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
                     if let Ok((_, peer)) = socket.recv_from(&mut buf) {
                         let _ = socket.send_to(reply.as_bytes(), peer);
                     }
@@ -79,6 +93,7 @@ impl Worker {
         Ok(Self {
             registration: Some(registration),
             stop,
+            paused,
             thread: Some(thread),
         })
     }
@@ -221,6 +236,13 @@ fn a_draining_worker_keeps_its_flows_and_gets_no_new_one() -> Result<()> {
 
     // Restart of w0 by hand-over: the old one drains, a new one takes the new flows.
     let slot = ws[0].slot().ok_or("w0 has no slot")?;
+    // --close is for TCP listeners: refused, with what to do instead.
+    let out = f.cli(&["drain", &slot.to_string(), "--close"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is a UDP group"),
+        "{err}"
+    );
     let out = f.cli(&["drain", &slot.to_string()])?;
     assert!(
         out.status.success(),
@@ -243,6 +265,47 @@ fn a_draining_worker_keeps_its_flows_and_gets_no_new_one() -> Result<()> {
         new_answers.iter().any(|w| w == "w=4"),
         "the new worker got no new flow"
     );
+    Ok(())
+}
+
+#[test]
+fn a_worker_that_stops_reading_is_found_stuck_by_its_receive_queue() -> Result<()> {
+    let f = udp_daemon_with(
+        "stuck",
+        "127.0.0.1:5306".parse()?,
+        "policy = \"maglev\"",
+        "stuck_ms = 300\nsample_ms = 50",
+    )?;
+    let ws = workers(&f, 3)?;
+    let clients = flows(150, f.addr)?;
+    let before = ask_all(&clients, f.addr)?;
+    let hung: Vec<&UdpSocket> = clients
+        .iter()
+        .zip(&before)
+        .filter(|(_, w)| *w == "w=0")
+        .map(|(c, _)| c)
+        .collect();
+    assert!(!hung.is_empty(), "{before:?}");
+
+    // w0 hangs; its flows' datagrams pile up in its receive queue.
+    ws[0].paused.store(true, Ordering::Relaxed);
+    for c in &hung {
+        c.send_to(b"?", f.addr)?;
+    }
+    let slot = ws[0].slot().ok_or("w0 has no slot")?;
+    f.wait_worker(LIMIT, &format!("slot {slot} stuck"), |w| {
+        w.slot == slot && w.state == reuseport_worker::protocol::WorkerState::Stuck
+    })?;
+    // Its flows move to the workers that read (the flow table lets go of a stuck slot).
+    for c in &hung {
+        let mut buf = [0u8; 64];
+        // The datagram queued before the hang may still come back later: drain it first.
+        c.set_read_timeout(Some(Duration::from_millis(10)))?;
+        while c.recv_from(&mut buf).is_ok() {}
+        c.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let answer = ask(c, f.addr)?;
+        assert_ne!(answer, "w=0", "a flow stayed on the stuck worker");
+    }
     Ok(())
 }
 

@@ -326,6 +326,18 @@ impl Registry {
         let i = self.one_group(group)?;
         self.groups[i].may_act(actor, slot, SlotAction::Close)?;
         let entry = &mut self.groups[i];
+        if entry.protocol == reuseport_steer::Protocol::Udp {
+            // A UDP socket has no queue to hand over and no listen() to come back with: a
+            // shutdown would only stop its worker reading.
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{} is a UDP group: --close applies to TCP listeners only; use `reuseport \
+                     drain {slot}` (its flows stay with it until they idle out)",
+                    entry.listen
+                ),
+            ));
+        }
         entry.group.set_state(slot, SlotState::Draining)?;
         if !entry.workers.contains_key(&slot) {
             return Err(Refusal::new(

@@ -6,8 +6,8 @@
 //!   program's `hash` (the flow hash scaled onto the active slots) and `maglev`, all with the
 //!   flow table off (what the policy itself moves);
 //! - flows broken while a worker restarts by hand-over (the old one drains, a new one joins):
-//!   `maglev` with the flow table against `hash` without it and the kernel (no drain there:
-//!   the new socket just joins);
+//!   `hash` and `maglev` with and without the flow table, and the kernel (no drain there: the
+//!   new socket just joins);
 //! - per-datagram fairness of `round-robin` over a few flows, against the kernel's hash.
 
 use std::{
@@ -73,6 +73,8 @@ impl Scenario for Udp {
         for (s, flow_table) in [
             (Steering::Kernel, false),
             (Steering::Program(Policy::Hash), false),
+            (Steering::Program(Policy::Maglev), false),
+            (Steering::Program(Policy::Hash), true),
             (Steering::Program(Policy::Maglev), true),
         ] {
             let r = restart(s, flow_table, flows)?;

@@ -309,6 +309,52 @@ fn a_worker_that_stops_reading_is_found_stuck_by_its_receive_queue() -> Result<(
     Ok(())
 }
 
+#[test]
+fn least_loaded_sends_new_flows_away_from_a_full_receive_queue() -> Result<()> {
+    // Stuck detection off: only the load (the receive queue) keeps new flows away.
+    let f = udp_daemon_with(
+        "least-loaded",
+        "127.0.0.1:5307".parse()?,
+        "policy = \"least-loaded\"",
+        "stuck_ms = 600000\nsample_ms = 20",
+    )?;
+    let ws = workers(&f, 2)?;
+    // w0 stops reading; datagrams sent straight to its flows fill its queue.
+    ws[0].paused.store(true, Ordering::Relaxed);
+    let probes = flows(100, f.addr)?;
+    let mut on_w0 = Vec::new();
+    let mut buf = [0u8; 64];
+    for c in &probes {
+        c.set_read_timeout(Some(Duration::from_millis(100)))?;
+        c.send_to(b"?", f.addr)?;
+        if c.recv_from(&mut buf).is_err() {
+            // No answer: the flow went to the paused w0 (the flow table keeps it there).
+            on_w0.push(c);
+        }
+        if on_w0.len() >= 3 {
+            break;
+        }
+    }
+    assert!(
+        !on_w0.is_empty(),
+        "no flow went to w0 before its queue filled"
+    );
+    for c in &on_w0 {
+        for _ in 0..20 {
+            c.send_to(b"?", f.addr)?;
+        }
+    }
+    let slot = ws[0].slot().ok_or("w0 has no slot")?;
+    f.wait_worker(LIMIT, &format!("slot {slot} with a queue"), |w| {
+        w.slot == slot && w.queue > 0
+    })?;
+    // Now every new flow goes to w1, the one with the empty queue.
+    let fresh = flows(50, f.addr)?;
+    let answers = ask_all(&fresh, f.addr)?;
+    assert!(answers.iter().all(|w| w == "w=1"), "{answers:?}");
+    Ok(())
+}
+
 /// Registers `fd` on a connection of its own; the refusal's code and message.
 fn refusal(f: &Fixture, fd: impl AsFd) -> Result<(ErrorCode, String)> {
     let mut client = ControlClient::connect(&f.control)?;

@@ -24,7 +24,9 @@ use reuseport_common::{
 
 use crate::{error::Error, error::Result, mmap::MappedArray};
 
-/// The group's `MAGLEV` and `UDP_SETTINGS` maps, and what the table holds.
+/// The group's `MAGLEV` and `UDP_SETTINGS` maps, and what the table holds. Both are pinned
+/// with the group's state, like `FLOWS` (which only the program touches), so a restarted
+/// daemon keeps the flows on their workers.
 pub(crate) struct UdpState {
     _map: Map,
     settings: Array<MapData, u64>,

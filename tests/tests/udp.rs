@@ -355,6 +355,29 @@ fn least_loaded_sends_new_flows_away_from_a_full_receive_queue() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn flows_keep_their_draining_worker_across_a_daemon_restart() -> Result<()> {
+    let mut f = udp_daemon("restart", "127.0.0.1:5308".parse()?, "policy = \"maglev\"")?;
+    let ws = workers(&f, 4)?;
+    let clients = flows(200, f.addr)?;
+    let before = ask_all(&clients, f.addr)?;
+    assert!(before.iter().any(|w| w == "w=0"), "{before:?}");
+    let slot = ws[0].slot().ok_or("w0 has no slot")?;
+    let out = f.cli(&["drain", &slot.to_string()])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    f.wait_active(3)?;
+
+    // The daemon restarts; the workers register again on their own, and its new program
+    // takes over the group with the pinned flow table.
+    f.stop_daemon(libc::SIGTERM)?;
+    f.start_daemon_with_config(&f.dir.join("reuseport.toml"))?;
+    f.wait_workers(4)?;
+    f.wait_active(3)?;
+    let after = ask_all(&clients, f.addr)?;
+    assert_eq!(moved(&before, &after), 0, "flows moved across the restart");
+    Ok(())
+}
+
 /// Registers `fd` on a connection of its own; the refusal's code and message.
 fn refusal(f: &Fixture, fd: impl AsFd) -> Result<(ErrorCode, String)> {
     let mut client = ControlClient::connect(&f.control)?;

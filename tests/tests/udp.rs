@@ -364,7 +364,11 @@ fn flows_keep_their_draining_worker_across_a_daemon_restart() -> Result<()> {
     assert!(before.iter().any(|w| w == "w=0"), "{before:?}");
     let slot = ws[0].slot().ok_or("w0 has no slot")?;
     let out = f.cli(&["drain", &slot.to_string()])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     f.wait_active(3)?;
 
     // The daemon restarts; the workers register again on their own, and its new program

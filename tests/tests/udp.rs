@@ -382,6 +382,43 @@ fn flows_keep_their_draining_worker_across_a_daemon_restart() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_flow_idle_past_the_timeout_leaves_its_draining_worker() -> Result<()> {
+    let f = udp_daemon(
+        "idle",
+        "127.0.0.1:5309".parse()?,
+        "policy = \"maglev\"\nflow_idle_ms = 300",
+    )?;
+    let ws = workers(&f, 3)?;
+    let clients = flows(60, f.addr)?;
+    let before = ask_all(&clients, f.addr)?;
+    let on_w0: Vec<&UdpSocket> = clients
+        .iter()
+        .zip(&before)
+        .filter(|(_, w)| *w == "w=0")
+        .map(|(c, _)| c)
+        .collect();
+    assert!(!on_w0.is_empty(), "{before:?}");
+    let slot = ws[0].slot().ok_or("w0 has no slot")?;
+    let out = f.cli(&["drain", &slot.to_string()])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.wait_active(2)?;
+    // Idle for over twice the timeout: forgotten, so steered as new, away from the drain.
+    std::thread::sleep(Duration::from_millis(700));
+    for c in &on_w0 {
+        assert_ne!(
+            ask(c, f.addr)?,
+            "w=0",
+            "an idle flow stayed on the draining worker"
+        );
+    }
+    Ok(())
+}
+
 /// Registers `fd` on a connection of its own; the refusal's code and message.
 fn refusal(f: &Fixture, fd: impl AsFd) -> Result<(ErrorCode, String)> {
     let mut client = ControlClient::connect(&f.control)?;

@@ -442,7 +442,7 @@ fn a_socket_of_the_other_protocol_is_refused_with_the_fix() -> Result<()> {
     let (code, message) = refusal(&f, &tcp)?;
     assert_eq!(code, ErrorCode::WrongProtocol, "{message}");
     assert!(
-        message.contains("socket is TCP, the group is UDP"),
+        message.contains("socket is TCP, the group 127.0.0.1:5303 is UDP"),
         "{message}"
     );
     assert!(message.contains("SOCK_DGRAM"), "{message}");
@@ -459,7 +459,7 @@ fn a_socket_of_the_other_protocol_is_refused_with_the_fix() -> Result<()> {
     let (code, message) = refusal(&tcp_group, &udp)?;
     assert_eq!(code, ErrorCode::WrongProtocol, "{message}");
     assert!(
-        message.contains("socket is UDP, the group is TCP"),
+        message.contains("socket is UDP, the group 127.0.0.1:5304 is TCP"),
         "{message}"
     );
     assert!(message.contains("listen()"), "{message}");

@@ -136,7 +136,16 @@ impl Registry {
                 let (dispatched, queue) = match entry.protocol {
                     Protocol::Tcp => (entry.group.dispatched(slot), queue),
                     Protocol::Udp => {
-                        let (progress, waiting) = worker.receive_queue.observe(queue.waiting);
+                        let socket = &worker.socket;
+                        let (progress, waiting) = worker.receive_queue.observe(
+                            queue.waiting,
+                            entry.group.dispatched(slot),
+                            || {
+                                socket2::SockRef::from(socket)
+                                    .recv_buffer_size()
+                                    .map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX))
+                            },
+                        );
                         (progress, Queue { waiting, ..queue })
                     }
                 };

@@ -18,15 +18,17 @@ impl Registry {
                 return Err(Refusal::new(
                     ErrorCode::WrongProtocol,
                     format!(
-                        "{}; the group {} is {want}: {}",
-                        Error::WrongProtocol {
-                            want,
-                            got: info.protocol,
-                        },
+                        "socket is {}, the group {} is {want}: {}",
+                        info.protocol,
                         self.groups[i].listen,
                         match want {
-                            Protocol::Tcp => "bind a SOCK_STREAM socket and listen() on it",
-                            Protocol::Udp => "bind a SOCK_DGRAM socket (no listen())",
+                            Protocol::Tcp => {
+                                "bind a SOCK_STREAM socket with SO_REUSEPORT and listen() on it"
+                            }
+                            Protocol::Udp => {
+                                "bind a SOCK_DGRAM socket with SO_REUSEPORT (no listen()), \
+                                 such as reuseport echo --udp makes"
+                            }
                         }
                     ),
                 ));

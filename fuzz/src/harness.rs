@@ -101,6 +101,8 @@ impl Harness {
                 .iter()
                 .map(|&listen| GroupConfig {
                     listen,
+                    protocol: reuseport_steer::Protocol::Tcp,
+                    flow_idle: None,
                     mode: AttachMode::SelectOrMigrate,
                     policy: None,
                     on_empty: OnEmpty::Pass,

@@ -54,6 +54,7 @@ pub fn registry() -> &'static [&'static dyn Scenario] {
         &scenarios::latency::MIXED,
         &scenarios::churn::Churn,
         &scenarios::monitor::Monitor,
+        &scenarios::udp::Udp,
     ]
 }
 
@@ -70,7 +71,7 @@ mod tests {
         let names: Vec<_> = registry().iter().map(|s| s.name()).collect();
         assert_eq!(
             names,
-            ["fairness", "overhead", "scale", "stuck", "mixed", "churn", "monitor"]
+            ["fairness", "overhead", "scale", "stuck", "mixed", "churn", "monitor", "udp"]
         );
         for name in names {
             assert_eq!(find(name).map(|s| s.name()), Some(name));

@@ -18,7 +18,7 @@ pub struct MapSpec<V> {
 }
 
 impl<V> MapSpec<V> {
-    const fn new(name: &'static str, max_entries: u32, flags: u32) -> Self {
+    pub(crate) const fn new(name: &'static str, max_entries: u32, flags: u32) -> Self {
         Self {
             name,
             max_entries,
@@ -71,7 +71,7 @@ pub const LEAST: MapSpec<u64> = MapSpec::new(
 pub const GLOBAL_STATS: MapSpec<GlobalStats> = MapSpec::new("GLOBAL_STATS", 1, 0);
 
 /// Every map that holds a group's state: what is pinned, and what a pin must match.
-pub const STATE: [MapShape; 7] = [
+pub const STATE: [MapShape; 10] = [
     SOCKETS.shape(),
     PUBLICATION.shape(),
     CURSORS.shape(),
@@ -79,6 +79,10 @@ pub const STATE: [MapShape; 7] = [
     GLOBAL_STATS.shape(),
     LOAD.shape(),
     LEAST.shape(),
+    // UDP groups: flows keep their worker across a daemon restart.
+    crate::udp::FLOWS.shape(),
+    crate::udp::MAGLEV.shape(),
+    crate::udp::UDP_SETTINGS.shape(),
 ];
 
 /// Maps that earlier layouts pinned and this one has not (the state they held is in

@@ -126,6 +126,11 @@ named_enum! {
         LeastLoaded = 3 => "least-loaded",
         /// The less loaded of two random active slots.
         P2c = 4 => "p2c",
+        /// Consistent hashing over the active slots (Maglev): the flow hash indexes a lookup
+        /// table the daemon recomputes on every membership change (`MAGLEV`, see
+        /// [`crate::udp`]), so one slot leaving moves only its own flows and one joining
+        /// about 1/N of them.
+        Maglev = 5 => "maglev",
     }
 }
 
@@ -230,7 +235,7 @@ mod tests {
             err.as_deref(),
             Some(
                 "unknown policy \"fastest\": expected one of hash, round-robin, weighted, \
-                 least-loaded, p2c"
+                 least-loaded, p2c, maglev"
             )
         );
     }

@@ -13,6 +13,8 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod udp;
+
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
@@ -96,11 +98,21 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
     };
     let config = publication.config;
 
+    // UDP, flow-sticky policies: a known flow stays on its slot (udp.rs).
+    if udp::sticky(ctx, &config) {
+        if let Some(slot) = udp::flow_slot(ctx, publication) {
+            if try_slot(ctx, slot, migrating, global) {
+                return SK_PASS;
+            }
+        }
+    }
+
     let count = config.active_len;
     if count > 0 && count <= MAX_SLOTS {
         let (first, start) = first_candidate(ctx, publication, count);
         if let Some(slot) = first {
             if try_slot(ctx, slot, migrating, global) {
+                udp::picked(ctx, publication, slot);
                 return SK_PASS;
             }
         }
@@ -111,6 +123,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
             let index = (start + i) % count;
             if let Some(&slot) = publication.active.get(bounded(index, MAX_SLOTS)) {
                 if try_slot(ctx, slot, migrating, global) {
+                    udp::picked(ctx, publication, slot);
                     return SK_PASS;
                 }
             }
@@ -159,10 +172,12 @@ fn first_candidate(
     const P2C: u32 = Policy::P2c as u32;
     const ROUND_ROBIN: u32 = Policy::RoundRobin as u32;
     const WEIGHTED: u32 = Policy::Weighted as u32;
+    const MAGLEV: u32 = Policy::Maglev as u32;
     let config = &publication.config;
     match config.policy {
         LEAST_LOADED => least_loaded(config.generation, count),
         P2C => two_choices(publication, count),
+        MAGLEV => udp::maglev(ctx, publication, count),
         ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
         WEIGHTED => {
             let len = config.schedule_len;

@@ -1,5 +1,6 @@
 //! Accept-queue depths from the kernel through netlink sock_diag: one dump of the namespace's
-//! TCP listeners per family per sample, matched to slots by socket cookie. No text parsing.
+//! TCP listeners (or UDP sockets, whose receive queue stands in for the accept queue UDP has
+//! not) per family per sample, matched to slots by socket cookie. No text parsing.
 
 use std::{collections::HashMap, io, net::SocketAddr};
 
@@ -8,7 +9,7 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOCK_DIAG_BY_FAMILY},
     inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
     SockDiagMessage,
 };
@@ -19,9 +20,10 @@ use crate::Family;
 /// A listener's queue, as sock_diag reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Queue {
-    /// Connections waiting in the accept queue.
+    /// TCP: connections waiting in the accept queue. UDP: bytes in the receive queue (the
+    /// kernel counts the memory the datagrams take, not how many there are).
     pub waiting: u32,
-    /// The backlog (accept queue capacity).
+    /// TCP: the backlog (accept queue capacity). UDP: bytes in the send queue.
     pub backlog: u32,
 }
 
@@ -58,20 +60,19 @@ impl ListenerDiag {
 
     /// Fills `out` with the queue of every TCP listener of `family`, by cookie.
     pub fn listeners(&mut self, family: Family, out: &mut HashMap<u64, Queue>) -> io::Result<()> {
-        self.dump(family, |h| {
-            out.insert(
-                cookie(&h.socket_id.cookie),
-                Queue {
-                    waiting: h.recv_queue,
-                    backlog: h.send_queue,
-                },
-            );
-        })
+        self.dump(family, IPPROTO_TCP, StateFlags::LISTEN, |h| queue_of(h, out))
+    }
+
+    /// Fills `out` with the receive queue of every UDP socket of `family` (bound ones are in
+    /// state CLOSE, connected ones ESTABLISHED), by cookie.
+    pub fn udp_sockets(&mut self, family: Family, out: &mut HashMap<u64, Queue>) -> io::Result<()> {
+        let states = StateFlags::CLOSE | StateFlags::ESTABLISHED;
+        self.dump(family, IPPROTO_UDP, states, |h| queue_of(h, out))
     }
 
     /// Appends every TCP listener of `family` to `out`, with what adoption needs to know of it.
     pub fn listeners_named(&mut self, family: Family, out: &mut Vec<Listener>) -> io::Result<()> {
-        self.dump(family, |h| {
+        self.dump(family, IPPROTO_TCP, StateFlags::LISTEN, |h| {
             out.push(Listener {
                 cookie: cookie(&h.socket_id.cookie),
                 inode: u64::from(h.inode),
@@ -81,10 +82,13 @@ impl ListenerDiag {
         })
     }
 
-    /// One dump of the TCP listeners of `family`: `each` sees every reply's fixed header.
+    /// One dump of the `protocol` sockets of `family` in `states`: `each` sees every reply's
+    /// fixed header.
     fn dump(
         &mut self,
         family: Family,
+        protocol: u8,
+        states: StateFlags,
         mut each: impl FnMut(&InetResponseHeader),
     ) -> io::Result<()> {
         let (af, id) = match family {
@@ -97,9 +101,9 @@ impl ListenerDiag {
             header,
             SockDiagMessage::InetRequest(InetRequest {
                 family: af,
-                protocol: IPPROTO_TCP,
+                protocol,
                 extensions: ExtensionFlags::empty(),
-                states: StateFlags::LISTEN,
+                states,
                 socket_id: id,
             })
             .into(),
@@ -147,6 +151,17 @@ fn invalid(e: netlink_packet_core::DecodeError) -> io::Error {
 }
 
 /// The kernel sends the cookie as two u32 words, low first, in host order.
+/// Records the queue a reply's fixed header carries, by cookie.
+fn queue_of(h: &InetResponseHeader, out: &mut HashMap<u64, Queue>) {
+    out.insert(
+        cookie(&h.socket_id.cookie),
+        Queue {
+            waiting: h.recv_queue,
+            backlog: h.send_queue,
+        },
+    );
+}
+
 fn cookie(bytes: &[u8; 8]) -> u64 {
     let low = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let high = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);

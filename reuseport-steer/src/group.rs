@@ -33,6 +33,7 @@ use crate::{
     socket::SocketInfo,
     stats::{GlobalCounters, GroupStats, SlotCounters},
     sys,
+    udp::UdpState,
 };
 
 /// How a [`Group`] starts out.
@@ -112,6 +113,9 @@ pub struct Group {
     least_scratch: Vec<u32>,
     _mapped_maps: [Map; 4],
     global_stats: PerCpuArray<MapData, GlobalStats>,
+    /// UDP: the flow table's setting, and `MAGLEV`, kept up to date while the policy is
+    /// `maglev` ([`crate::udp`]).
+    udp: UdpState,
     /// The first socket seen: every other one must match its protocol, family and address.
     identity: Option<SocketInfo>,
     /// The IPV6_V6ONLY the group was configured with ([`GroupOptions::v6only`]).
@@ -176,6 +180,10 @@ impl Group {
         let ring = mapped(&mapped_maps[3], &maps::PUBLICATION)?;
         let grace = Grace::start().map_err(|e| Error::io("starting the grace-period waiter", e))?;
         let global_stats = typed(take(maps::GLOBAL_STATS.name)?, maps::GLOBAL_STATS.name)?;
+        let udp = UdpState::new(
+            take(reuseport_common::udp::MAGLEV.name)?,
+            take(reuseport_common::udp::UDP_SETTINGS.name)?,
+        )?;
 
         let prog_name = program_name(options.mode);
         let program: &mut SkReuseport = ebpf
@@ -208,11 +216,15 @@ impl Group {
             least_scratch: Vec::new(),
             _mapped_maps: mapped_maps,
             global_stats,
+            udp,
             identity: None,
             attached: false,
             adopted: false,
         };
-        if !group.adopt()? {
+        if group.adopt()? {
+            group.udp.before(&Publication::EMPTY, &group.published);
+            group.udp.after();
+        } else {
             group.change(|p| {
                 p.config.policy = options.policy as u32;
                 p.config.on_empty = options.on_empty as u32;
@@ -220,6 +232,12 @@ impl Group {
             })?;
         }
         Ok(group)
+    }
+
+    /// UDP groups: how long the flow table keeps an idle flow on its slot (zero: no flow
+    /// table). See [`crate::udp`].
+    pub fn set_flow_idle(&mut self, idle: std::time::Duration) -> Result<()> {
+        self.udp.set_flow_idle(idle)
     }
 
     /// Whether the state was taken over from pinned maps.
@@ -786,9 +804,11 @@ impl Group {
         self.grace
             .wait_past(self.retired_at[target])
             .map_err(|e| Error::io("waiting for a grace period", e))?;
+        self.udp.before(&self.published, &next);
         let ring = self.ring.get_mut(0).ok_or_else(ring_missing)?;
         ring.write(target, &next);
         ring.set_live(target);
+        self.udp.after();
         self.flips += 1;
         self.retired_at[live] = self.flips;
         self.grace.retired(self.flips);
@@ -835,7 +855,7 @@ impl Group {
 }
 
 /// Maps the array map `spec` describes into memory, viewed as `T`s.
-fn mapped<T: Shared, V>(map: &Map, spec: &MapSpec<V>) -> Result<MappedArray<T>> {
+pub(crate) fn mapped<T: Shared, V>(map: &Map, spec: &MapSpec<V>) -> Result<MappedArray<T>> {
     let name = spec.name;
     let Map::Array(data) = map else {
         return Err(Error::Ebpf {

@@ -23,6 +23,7 @@ pub mod schedule;
 pub mod socket;
 pub mod stats;
 mod sys;
+pub mod udp;
 
 pub use error::{Error, Result};
 pub use group::{Group, GroupOptions, Slot};

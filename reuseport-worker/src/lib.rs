@@ -16,5 +16,6 @@ pub use protocol::{ErrorCode, EventStatus, GroupStatus, Reply, Request, WorkerSt
 #[cfg(feature = "tokio")]
 pub use registration::listen_tokio;
 pub use registration::{
-    bind_listener, bind_listener_with, group_v6only, listen, Registration, WorkerOptions,
+    bind_listener, bind_listener_with, bind_udp_with, group_v6only, listen, listen_udp,
+    Registration, WorkerOptions,
 };

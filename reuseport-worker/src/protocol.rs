@@ -319,6 +319,15 @@ pub struct GroupStatus {
 }
 
 impl GroupStatus {
+    /// How the group is named in `top` and in metrics labels: `ADDR:PORT` for TCP (as ever),
+    /// `udp://ADDR:PORT` for UDP, as `run --listen` takes it.
+    pub fn name(&self) -> String {
+        match self.proto {
+            Protocol::Tcp => self.listen.to_string(),
+            Protocol::Udp => format!("udp://{}", self.listen),
+        }
+    }
+
     /// A group with no worker and nothing counted yet.
     pub fn new(listen: SocketAddr, policy: Policy, on_empty: OnEmpty, mode: AttachMode) -> Self {
         Self {

@@ -4,7 +4,7 @@
 
 use std::{
     io,
-    net::{SocketAddr, TcpListener},
+    net::{SocketAddr, TcpListener, UdpSocket},
     os::fd::{AsFd, AsRawFd, OwnedFd},
     path::PathBuf,
     sync::{
@@ -69,6 +69,33 @@ pub fn bind_listener_with(addr: SocketAddr, backlog: i32, v6only: bool) -> io::R
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
+}
+
+/// A bound UDP socket with SO_REUSEPORT, for a UDP group (`reuseport run --listen
+/// udp://ADDR:PORT`): set before bind, as the kernel requires; IPV6_V6ONLY as for
+/// [`bind_listener_with`].
+pub fn bind_udp_with(addr: SocketAddr, v6only: bool) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(v6only)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// [`listen`] for a UDP group: a registered UDP socket in one call.
+pub fn listen_udp(
+    addr: SocketAddr,
+    options: &WorkerOptions,
+) -> Result<(UdpSocket, Registration), ClientError> {
+    let socket = bind_udp_with(addr, options.v6only).map_err(|cause| ClientError::Io {
+        path: PathBuf::from(addr.to_string()),
+        cause,
+    })?;
+    let registration = Registration::start(&socket, options)?;
+    Ok((socket, registration))
 }
 
 /// A registered listener in one call: binds, registers, and keeps the registration alive.

@@ -24,6 +24,47 @@ use toml::Spanned;
 use crate::daemon::{ControlLimits, DaemonConfig, GroupConfig, HealthConfig, OnStuck};
 use reuseport_steer::{pin, AttachMode, OnEmpty, Policy, Protocol};
 
+/// A `--listen` value: `ADDR:PORT`, or with the protocol said, `tcp://ADDR:PORT` or
+/// `udp://ADDR:PORT` (in the file, `protocol = "udp"` in the `[[group]]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// `None`: not said (the file's, TCP by default).
+    pub protocol: Option<Protocol>,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (protocol, rest) = match s.split_once("://") {
+            Some((scheme, rest)) => {
+                let protocol = scheme.parse::<Protocol>().map_err(|e| {
+                    format!("{e} (write udp://ADDR:PORT, tcp://ADDR:PORT or ADDR:PORT)")
+                })?;
+                (Some(protocol), rest)
+            }
+            None => (None, s),
+        };
+        let addr = rest.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{rest:?} is not an ADDR:PORT (such as 0.0.0.0:8080 or [::]:53; prefix udp:// \
+                 for a UDP group)"
+            )
+        })?;
+        Ok(Self { protocol, addr })
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.protocol {
+            Some(p) => write!(f, "{}://{}", p.name(), self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 /// Where `run` looks for a configuration file when given no `--config`.
 pub const DEFAULT_PATH: &str = "/etc/reuseport/reuseport.toml";
 
@@ -67,6 +108,8 @@ struct GroupFile {
     mode: Option<AttachMode>,
     /// IPv6 groups: IPv6-only instead of dual-stack.
     v6only: Option<Spanned<bool>>,
+    /// UDP groups: the flow table's idle time (0: no flow table).
+    flow_idle_ms: Option<u64>,
     /// Adopt the listeners running servers hold on the address.
     adopt: Option<Spanned<bool>>,
     #[serde(default)]
@@ -183,14 +226,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
                 format!("group {listen} is listed twice: keep one [[group]] per address"),
             );
         }
-        if let Some(protocol) = &g.protocol {
-            if *protocol.get_ref() != Protocol::Tcp {
+        if let Some(adopt) = &g.adopt {
+            let udp = g.protocol.as_ref().is_some_and(|p| *p.get_ref() == Protocol::Udp);
+            if *adopt.get_ref() && udp {
                 problem(
-                    protocol.span(),
-                    format!(
-                        "protocol {} is not supported yet: only tcp groups can be steered",
-                        protocol.get_ref().name()
-                    ),
+                    adopt.span(),
+                    "adopt = true applies to TCP groups (it takes running servers' listeners): \
+                     remove the line from this UDP group, and start its servers with \
+                     `reuseport spawn` or have them register"
+                        .into(),
                 );
             }
         }
@@ -226,6 +270,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
         }
         groups.push(GroupConfig {
             listen,
+            protocol: g.protocol.as_ref().map_or(Protocol::Tcp, |p| *p.get_ref()),
+            flow_idle: g.flow_idle_ms.map(Duration::from_millis),
             mode: g.mode.unwrap_or_default(),
             policy: g.policy,
             on_empty: g.on_empty.unwrap_or_default(),
@@ -272,7 +318,9 @@ fn place(text: &str, span: Range<usize>) -> (usize, usize) {
 pub struct Flags {
     /// Replaces the file's groups: a listed address the file has keeps the file's settings,
     /// another gets the defaults (the flags below override both).
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
+    /// UDP groups: `--flow-idle-ms`.
+    pub flow_idle: Option<Duration>,
     pub policy: Option<Policy>,
     pub mode: Option<AttachMode>,
     pub on_empty: Option<OnEmpty>,
@@ -304,20 +352,28 @@ impl Flags {
         } else {
             self.listen
                 .iter()
-                .map(|&listen| {
-                    file.groups
+                .map(|&Listen { protocol, addr }| {
+                    let mut group = file
+                        .groups
                         .iter()
-                        .find(|g| g.listen == listen)
+                        .find(|g| g.listen == addr)
                         .cloned()
                         .unwrap_or_else(|| GroupConfig {
-                            listen,
+                            listen: addr,
+                            protocol: Protocol::Tcp,
+                            flow_idle: None,
                             mode: AttachMode::default(),
                             policy: None,
                             on_empty: OnEmpty::default(),
                             v6only: false,
                             weights: BTreeMap::new(),
                             adopt: false,
-                        })
+                        });
+                    // `udp://` (or `tcp://`) on the command line says it; a plain address
+                    // keeps what the file says, TCP by default.
+                    group.protocol = protocol.unwrap_or(group.protocol);
+                    group.flow_idle = self.flow_idle.or(group.flow_idle);
+                    group
                 })
                 .collect()
         };
@@ -326,7 +382,7 @@ impl Flags {
             g.policy = self.policy.or(g.policy);
             g.on_empty = self.on_empty.unwrap_or(g.on_empty);
             g.v6only = g.listen.is_ipv6() && (self.v6only || g.v6only);
-            g.adopt |= self.adopt;
+            g.adopt |= self.adopt && g.protocol == Protocol::Tcp;
         }
         let defaults = HealthConfig::default();
         let pin = !self.no_pin && file.pin.unwrap_or(true);
@@ -380,8 +436,9 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     println!("{}: valid", path.display());
     for g in &resolved.groups {
         println!(
-            "  group {} (tcp{}) policy {} mode {} on-empty {}{}{}",
+            "  group {} ({}{}) policy {} mode {} on-empty {}{}{}",
             g.listen,
+            g.protocol.name(),
             match (g.listen.is_ipv6(), g.v6only) {
                 (false, _) => "",
                 (true, false) => ", dual-stack",
@@ -527,10 +584,10 @@ listen = "[::1]:9090"
                     \n[[group]]\nlisten = \"127.0.0.1:80\"\nprotocol = \"udp\"\nadopt = true\n";
         let p = problems(text);
         let at: Vec<(usize, usize)> = p.iter().map(|p| (p.0, p.1)).collect();
-        assert_eq!(at, vec![(3, 17), (3, 24), (6, 10), (7, 12)], "{p:?}");
+        assert_eq!(at, vec![(3, 17), (3, 24), (6, 10), (8, 9)], "{p:?}");
         assert!(p[0].2.contains("out of range"), "{p:?}");
         assert!(p[2].2.contains("listed twice"), "{p:?}");
-        assert!(p[3].2.contains("not supported yet"), "{p:?}");
+        assert!(p[3].2.contains("applies to TCP groups"), "{p:?}");
     }
 
     #[test]
@@ -569,6 +626,38 @@ listen = "[::1]:9090"
             ..Flags::default()
         };
         assert_eq!(kinds(&flag.resolve(Some(&c))), [true, true, false]);
+        Ok(())
+    }
+
+    #[test]
+    fn udp_groups_by_file_or_by_scheme() -> Result<(), Invalid> {
+        let c = parse(
+            "[[group]]\nlisten = \"127.0.0.1:53\"\nprotocol = \"udp\"\nflow_idle_ms = 0\n",
+            Path::new("t.toml"),
+        )?;
+        assert_eq!(c.groups[0].protocol, Protocol::Udp);
+        assert_eq!(c.groups[0].flow_idle, Some(Duration::ZERO));
+        let listen = |s: &str| s.parse::<Listen>();
+        assert_eq!(
+            listen("udp://[::]:53").map(|l| (l.protocol, l.addr.port())),
+            Ok((Some(Protocol::Udp), 53))
+        );
+        assert_eq!(listen("127.0.0.1:80").map(|l| l.protocol), Ok(None));
+        assert!(listen("sctp://127.0.0.1:80").is_err_and(|e| e.contains("udp://")));
+        assert!(listen("udp://localhost:53").is_err_and(|e| e.contains("ADDR:PORT")));
+        // A plain --listen keeps the file's protocol; udp:// makes a UDP group.
+        let d = Flags {
+            listen: vec![listen("127.0.0.1:53").map_err(|_| unreachable())?],
+            ..Flags::default()
+        }
+        .resolve(Some(&c));
+        assert_eq!(d.groups[0].protocol, Protocol::Udp);
+        let d = Flags {
+            listen: vec![listen("udp://127.0.0.1:54").map_err(|_| unreachable())?],
+            ..Flags::default()
+        }
+        .resolve(None);
+        assert_eq!(d.groups[0].protocol, Protocol::Udp);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! `reuseport echo`: the single-process, single-threaded server of the story: one request at a
 //! time, like a sync Python or Ruby worker, so `/sleep` really blocks it. Minimal HTTP/1.1 with
 //! keep-alive: `GET /` answers `pid=<PID>\n`; `GET /sleep?ms=N` answers the same after N ms.
+//! With `--udp` it joins a UDP group and answers every datagram with `pid=<PID>\n`.
 
 use std::{
     io::{self, Read, Write},
@@ -24,6 +25,8 @@ pub struct EchoOptions {
     /// IPv6: IPV6_V6ONLY for the listener; `None`: the group's kind as the running daemon
     /// reports it, dual-stack when it cannot tell.
     pub v6only: Option<bool>,
+    /// A UDP socket for a UDP group (`run --listen udp://ADDR:PORT`).
+    pub udp: bool,
 }
 
 /// Longest request head accepted.
@@ -38,21 +41,68 @@ struct Conn {
     buf: Vec<u8>,
 }
 
+/// IPV6_V6ONLY for the socket: as asked, else the group's kind as the daemon reports it.
+fn v6only(options: &EchoOptions) -> bool {
+    options.v6only.unwrap_or_else(|| {
+        options.listen.is_ipv6()
+            && options.register
+            && worker::group_v6only(
+                &worker::control_path(options.control.as_deref()),
+                options.listen,
+            )
+            .unwrap_or(false)
+    })
+}
+
+/// The UDP echo: one socket, every datagram answered with `pid=<PID>\n` from the socket it
+/// came in on, until the process is killed.
+fn run_udp(options: &EchoOptions) -> anyhow::Result<()> {
+    let v6only = v6only(options);
+    let socket = worker::bind_udp_with(options.listen, v6only)?;
+    let _registration = if options.register {
+        Some(Registration::start(
+            &socket,
+            &WorkerOptions {
+                control: options.control.clone(),
+                name: options.name.clone(),
+                weight: options.weight,
+                v6only,
+                ..WorkerOptions::default()
+            },
+        )?)
+    } else {
+        None
+    };
+    info!(
+        "echo worker pid {} on udp://{}",
+        std::process::id(),
+        options.listen
+    );
+    let reply = format!("pid={}\n", std::process::id());
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((_, peer)) => {
+                if let Err(e) = socket.send_to(reply.as_bytes(), peer) {
+                    warn!("answering {peer}: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Serves until the process is killed. When the daemon shuts the listener down (a stuck
 /// worker evicted, `drain --close`), it makes it listen again at once and the worker keeps
 /// accepting; if it does not listen again, the worker joins again with a new one.
 pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
+    if options.udp {
+        return run_udp(options);
+    }
     let mut conns: Vec<Conn> = Vec::new();
     loop {
-        let v6only = options.v6only.unwrap_or_else(|| {
-            options.listen.is_ipv6()
-                && options.register
-                && worker::group_v6only(
-                    &worker::control_path(options.control.as_deref()),
-                    options.listen,
-                )
-                .unwrap_or(false)
-        });
+        let v6only = v6only(options);
         let listener = worker::bind_listener_with(options.listen, 1024, v6only)?;
         listener.set_nonblocking(true)?;
         let registration = if options.register {

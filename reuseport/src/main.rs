@@ -55,9 +55,14 @@ enum Command {
         /// flags below override it
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
-        /// Address of a group to steer (repeat for several groups); replaces the file's groups
-        #[arg(long, value_name = "ADDR:PORT")]
-        listen: Vec<SocketAddr>,
+        /// Address of a group to steer (repeat for several groups; udp://ADDR:PORT for a UDP
+        /// group); replaces the file's groups
+        #[arg(long, value_name = "[udp://]ADDR:PORT")]
+        listen: Vec<config::Listen>,
+        /// UDP groups: how long a flow with no datagram keeps its worker (the flow table that
+        /// lets a draining worker keep its flows); 0 turns the flow table off [default: 30000]
+        #[arg(long, value_name = "MS")]
+        flow_idle_ms: Option<u64>,
         /// Balancing policy [default: the pinned group's, else round-robin]
         #[arg(long, value_enum)]
         policy: Option<Policy>,
@@ -222,6 +227,9 @@ enum Command {
         /// IPv6: a dual-stack socket (IPV6_V6ONLY=0) whatever the daemon reports
         #[arg(long, conflicts_with = "v6only")]
         dual_stack: bool,
+        /// A UDP socket, for a UDP group: every datagram is answered with pid=<PID>
+        #[arg(long)]
+        udp: bool,
         #[command(flatten)]
         control: Control,
     },
@@ -326,6 +334,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run {
             config,
             listen,
+            flow_idle_ms,
             policy,
             mode,
             on_empty,
@@ -347,6 +356,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         } => {
             let flags = Flags {
                 listen,
+                flow_idle: flow_idle_ms.map(Duration::from_millis),
                 policy,
                 mode,
                 on_empty,
@@ -459,6 +469,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             weight,
             v6only,
             dual_stack,
+            udp,
             control,
         } => echo::run(&EchoOptions {
             listen,
@@ -467,6 +478,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             name,
             weight,
             v6only: (v6only || dual_stack).then_some(v6only),
+            udp,
         }),
         Command::Completions { shell } => {
             clap_complete::generate(

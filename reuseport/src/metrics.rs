@@ -216,7 +216,7 @@ pub fn render(groups: &[GroupStatus], format: Format) -> Result<String, std::fmt
     let policy = gauge_family(&mut registry, "policy", "1 for the group's current policy");
 
     for g in groups {
-        let listen = g.listen.to_string();
+        let listen = g.name();
         let group = labels(&[("group", &listen)]);
         stuck.get_or_create(&group).inc_by(g.stuck_events);
         fallbacks.get_or_create(&group).inc_by(g.fallbacks);

@@ -89,7 +89,7 @@ pub fn rates(before: &[GroupStatus], now: &[GroupStatus], elapsed: Duration) -> 
                 .collect();
             let total: u64 = deltas.iter().sum();
             GroupRates {
-                listen: g.listen.to_string(),
+                listen: g.name(),
                 policy: g.policy.to_string(),
                 conn_per_s: total as f64 / secs,
                 stuck_events: g.stuck_events,
@@ -123,9 +123,16 @@ pub fn rates(before: &[GroupStatus], now: &[GroupStatus], elapsed: Duration) -> 
 fn render(groups: &[GroupRates], color: bool) -> String {
     let mut out = String::new();
     for g in groups {
+        // A UDP group's program runs per datagram: the rate is datagrams (the JSON keeps the
+        // field's name).
+        let (unit, head) = if g.listen.starts_with("udp://") {
+            ("dgram/s", "DGRAM/S")
+        } else {
+            ("conn/s", "CONN/S")
+        };
         let _ = writeln!(
             out,
-            "group {}  policy {}  {:.0} conn/s  workers {}  stuck events {}  fallbacks {}  drops {}",
+            "group {}  policy {}  {:.0} {unit}  workers {}  stuck events {}  fallbacks {}  drops {}",
             g.listen,
             g.policy,
             g.conn_per_s,
@@ -137,7 +144,7 @@ fn render(groups: &[GroupRates], color: bool) -> String {
         let _ = writeln!(
             out,
             "  {:>4} {:>7} {:<14} {:<9} {:>9} {:>6} {:>6}  SHARE",
-            "SLOT", "PID", "NAME", "STATE", "CONN/S", "RECV-Q", "LOAD"
+            "SLOT", "PID", "NAME", "STATE", head, "RECV-Q", "LOAD"
         );
         for w in &g.workers {
             let cells = (w.share * BAR as f64).round() as usize;

@@ -87,8 +87,8 @@ fn every_kind_of_invalid_file_is_reported_at_its_place() -> Result {
         ("wrong type", "[health]\nstuck_ms = \"50\"\n", ":2:12:"),
         ("zero sample", "[health]\nsample_ms = 0\n", ":2:13:"),
         (
-            "udp",
-            "[[group]]\nlisten = \"127.0.0.1:80\"\nprotocol = \"udp\"\n",
+            "unknown protocol",
+            "[[group]]\nlisten = \"127.0.0.1:80\"\nprotocol = \"sctp\"\n",
             ":3:12:",
         ),
         (

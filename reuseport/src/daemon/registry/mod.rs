@@ -12,6 +12,7 @@ mod monitor;
 mod reconfigure;
 mod routing;
 mod status;
+mod udp;
 mod workers;
 
 use std::{
@@ -26,7 +27,9 @@ use super::{
     health::HealthConfig,
     refusal::Refusal,
 };
-use reuseport_steer::{pin, AttachMode, Error, Group, GroupOptions, OnEmpty, Policy, SlotState};
+use reuseport_steer::{
+    pin, AttachMode, Error, Group, GroupOptions, OnEmpty, Policy, Protocol, SlotState,
+};
 use reuseport_worker::protocol::GroupRef;
 
 pub use adopted::AdoptionView;
@@ -40,6 +43,11 @@ use workers::{Evicted, Worker};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupConfig {
     pub listen: SocketAddr,
+    /// TCP (listeners, per connection) or UDP (bound datagram sockets, per datagram).
+    pub protocol: Protocol,
+    /// UDP groups: how long the flow table keeps an idle flow on its slot; `None`: 30 s. Zero
+    /// turns the flow table off (each datagram steered by the policy alone).
+    pub flow_idle: Option<std::time::Duration>,
     pub mode: AttachMode,
     /// `None`: keep the pinned group's policy, or round-robin for a new group.
     pub policy: Option<Policy>,
@@ -66,6 +74,8 @@ pub struct Pins {
 
 struct GroupEntry {
     listen: SocketAddr,
+    /// The protocol every socket of the group must have.
+    protocol: Protocol,
     group: Group,
     /// The configured weights by worker name.
     weights: BTreeMap<String, u32>,
@@ -264,6 +274,9 @@ impl GroupEntry {
             pin: pin_dir,
             v6only: group_kind(listen, config.v6only),
         })?;
+        if let Some(idle) = config.flow_idle {
+            group.set_flow_idle(idle)?;
+        }
         if group.adopted() {
             if let Some(policy) = config.policy {
                 group.set_policy(policy)?;
@@ -278,6 +291,7 @@ impl GroupEntry {
         }
         Ok(Self {
             listen,
+            protocol: config.protocol,
             group,
             weights: config.weights.clone(),
             workers: BTreeMap::new(),

@@ -20,7 +20,7 @@ use crate::daemon::health::{Health, Mark, OnStuck, Verdict};
 use reuseport_steer::{
     diag::{ListenerDiag, Queue},
     pidfd::Process,
-    Family, SlotState,
+    Family, Protocol, SlotState,
 };
 use reuseport_worker::protocol::EventKind;
 
@@ -104,9 +104,20 @@ impl Registry {
         };
         queues.clear();
         for family in [Family::Ipv4, Family::Ipv6] {
-            if self.groups.iter().any(|g| family_of(g.listen) == family) {
-                if let Err(e) = diag.listeners(family, queues) {
-                    warn!("sock_diag ({family}): {e}");
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                if !self
+                    .groups
+                    .iter()
+                    .any(|g| family_of(g.listen) == family && g.protocol == protocol)
+                {
+                    continue;
+                }
+                let dumped = match protocol {
+                    Protocol::Tcp => diag.listeners(family, queues),
+                    Protocol::Udp => diag.udp_sockets(family, queues),
+                };
+                if let Err(e) = dumped {
+                    warn!("sock_diag ({family} {protocol}): {e}");
                     return;
                 }
             }
@@ -117,10 +128,27 @@ impl Registry {
             let mut evict = Vec::new();
             let mut gone = Vec::new();
             for (&slot, worker) in &mut entry.workers {
-                let Some(queue) = queues.get(&worker.cookie) else {
+                let Some(&queue) = queues.get(&worker.cookie) else {
                     // Not listening any more: shut down by its worker.
                     gone.push(slot);
                     continue;
+                };
+                // UDP: the receive queue, in datagrams, and whether it shrank (udp.rs).
+                let (dispatched, queue) = match entry.protocol {
+                    Protocol::Tcp => (entry.group.dispatched(slot), queue),
+                    Protocol::Udp => {
+                        let socket = &worker.socket;
+                        let (progress, waiting) = worker.receive_queue.observe(
+                            queue.waiting,
+                            entry.group.dispatched(slot),
+                            || {
+                                socket2::SockRef::from(socket)
+                                    .recv_buffer_size()
+                                    .map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX))
+                            },
+                        );
+                        (progress, Queue { waiting, ..queue })
+                    }
                 };
                 entry
                     .group
@@ -167,7 +195,7 @@ impl Registry {
                 }
                 let verdict = worker.health.observe(
                     now,
-                    entry.group.dispatched(slot),
+                    dispatched,
                     queue.waiting,
                     config.stuck_after,
                     config.sample,
@@ -195,7 +223,8 @@ impl Registry {
                                 warn!("{}: taking slot {slot} out: {e}", entry.listen);
                             }
                         }
-                        if config.on_stuck == OnStuck::Evict {
+                        // A UDP socket has no queue to hand over: out of rotation is all.
+                        if config.on_stuck == OnStuck::Evict && entry.protocol == Protocol::Tcp {
                             evict.push(slot);
                         }
                     }

@@ -145,6 +145,11 @@ impl GroupEntry {
                 )
             });
         }
+        if let Some(idle) = config.flow_idle {
+            if let Err(e) = self.group.set_flow_idle(idle) {
+                changes.push(format!("{listen}: error: setting the flow idle time: {e}"));
+            }
+        }
         if config.weights != self.weights {
             self.weights = config.weights.clone();
         }

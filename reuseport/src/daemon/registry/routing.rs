@@ -12,14 +12,27 @@ use reuseport_worker::{
 impl Registry {
     /// The index of the group a socket may join, or why none fits.
     pub(super) fn group_for(&self, info: &SocketInfo) -> Result<usize, Refusal> {
-        if info.protocol != Protocol::Tcp {
-            return Err(Error::WrongProtocol {
-                want: Protocol::Tcp,
-                got: info.protocol,
-            }
-            .into());
-        }
         if let Some(i) = self.groups.iter().position(|g| g.listen == info.local) {
+            let want = self.groups[i].protocol;
+            if info.protocol != want {
+                return Err(Refusal::new(
+                    ErrorCode::WrongProtocol,
+                    format!(
+                        "socket is {}, the group {} is {want}: {}",
+                        info.protocol,
+                        self.groups[i].listen,
+                        match want {
+                            Protocol::Tcp => {
+                                "bind a SOCK_STREAM socket with SO_REUSEPORT and listen() on it"
+                            }
+                            Protocol::Udp => {
+                                "bind a SOCK_DGRAM socket with SO_REUSEPORT (no listen()), \
+                                 such as reuseport echo --udp makes"
+                            }
+                        }
+                    ),
+                ));
+            }
             return Ok(i);
         }
         let same_port = self

@@ -83,6 +83,7 @@ impl GroupEntry {
             })
             .collect();
         GroupStatus {
+            proto: self.protocol,
             v6only: self.group.v6only().unwrap_or(false),
             workers,
             fallbacks: stats.global.fallbacks,

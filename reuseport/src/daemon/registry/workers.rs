@@ -60,6 +60,8 @@ pub(super) struct Worker {
     pub evictions: u32,
     /// The accept queue's capacity at the last sample, to listen again with the same backlog.
     pub backlog: u32,
+    /// UDP groups: the receive queue across samples.
+    pub receive_queue: super::udp::ReceiveQueue,
 }
 
 /// A listener the daemon shut down (its queue migrated) and made listen again, out of rotation:
@@ -312,6 +314,7 @@ impl Registry {
                 out: None,
                 evictions: 0,
                 backlog: 0,
+                receive_queue: Default::default(),
             },
         );
         Ok(Joined {
@@ -355,6 +358,18 @@ impl Registry {
         let i = self.one_group(group)?;
         self.groups[i].may_act(actor, slot, SlotAction::Close)?;
         let entry = &mut self.groups[i];
+        if entry.protocol == reuseport_steer::Protocol::Udp {
+            // A UDP socket has no queue to hand over and no listen() to come back with: a
+            // shutdown would only stop its worker reading.
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{} is a UDP group: --close applies to TCP listeners only; use `reuseport \
+                     drain {slot}` (its flows stay with it until they idle out)",
+                    entry.listen
+                ),
+            ));
+        }
         entry.group.set_state(slot, SlotState::Draining)?;
         if !entry.workers.contains_key(&slot) {
             return Err(Refusal::new(

@@ -16,7 +16,7 @@ use reuseport_steer::pidfd::Process;
 /// A snapshot of what adoption needs, taken on the owner's thread in one call.
 #[derive(Debug, Default)]
 pub struct AdoptionView {
-    /// Every group, and whether it adopts on its own (`--adopt`).
+    /// Every TCP group, and whether it adopts on its own (`--adopt`).
     pub groups: Vec<(SocketAddr, bool)>,
     /// Cookies of the sockets of registered and adopted workers. (A slot taken over from an
     /// earlier daemon is adoptable: adopting its socket takes it back in place.)
@@ -29,7 +29,10 @@ impl Registry {
     pub fn adoption_view(&self) -> AdoptionView {
         let mut view = AdoptionView::default();
         for entry in &self.groups {
-            view.groups.push((entry.listen, entry.adopt));
+            // Adoption takes TCP listeners; a UDP group's servers spawn or register.
+            if entry.protocol == reuseport_steer::Protocol::Tcp {
+                view.groups.push((entry.listen, entry.adopt));
+            }
             view.slotted
                 .extend(entry.workers.values().map(|w| w.cookie));
             view.adopted.extend(

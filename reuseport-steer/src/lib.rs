@@ -11,6 +11,7 @@ mod grace;
 pub mod group;
 mod mmap;
 pub mod netns;
+pub mod noop;
 mod object;
 pub mod pin;
 pub mod policy;

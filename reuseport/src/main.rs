@@ -213,6 +213,11 @@ enum Command {
         /// IPv6: a dual-stack socket (IPV6_V6ONLY=0) whatever the daemon reports
         #[arg(long, conflicts_with = "v6only")]
         dual_stack: bool,
+        /// Serve the listening socket inherited as descriptor FD, shared with other workers
+        /// (one accept queue for all: the prefork model the benchmark compares with), instead of
+        /// binding one
+        #[arg(long, value_name = "FD", requires = "no_register")]
+        shared_fd: Option<i32>,
         #[command(flatten)]
         control: Control,
     },
@@ -447,6 +452,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             weight,
             v6only,
             dual_stack,
+            shared_fd,
             control,
         } => echo::run(&EchoOptions {
             listen,
@@ -455,6 +461,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             name,
             weight,
             v6only: (v6only || dual_stack).then_some(v6only),
+            shared_fd,
         }),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -5,3 +5,4 @@ pub mod cost;
 pub mod fairness;
 pub mod latency;
 pub mod monitor;
+pub mod throughput;

@@ -42,11 +42,31 @@ pub fn run_info(args: &[String], note: Option<&str>) -> String {
         "- Load average (1 / 5 / 15 min) when the run started: {load}"
     );
     let _ = writeln!(out, "- Run started: {date}");
-    let _ = writeln!(out, "- Command: `reuseport-bench {}`", args.join(" "));
+    let _ = writeln!(out, "- Command: `reuseport-bench {}`", command_line(args));
     if let Some(note) = note {
-        let _ = writeln!(out, "- Conditions: {note}");
+        let _ = writeln!(out, "- Conditions (`--note`): {note}");
     }
     out
+}
+
+/// The arguments as a shell would take them back (quoted where needed), the note's text
+/// left out: it is printed on a line of its own.
+fn command_line(args: &[String]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut note = false;
+    for a in args {
+        if note {
+            out.push("TEXT".into());
+        } else if a.is_empty()
+            || a.contains(|c: char| !(c.is_ascii_alphanumeric() || "-_./=,:".contains(c)))
+        {
+            out.push(format!("'{}'", a.replace('\'', "'\\''")));
+        } else {
+            out.push(a.clone());
+        }
+        note = a == "--note";
+    }
+    out.join(" ")
 }
 
 /// The line appended to the run's facts when it ends.
@@ -160,6 +180,11 @@ pub fn write(results: &Path, doc: &Path) -> Result<Vec<PathBuf>> {
         included.join(", ")
     );
     written.extend(copy_data(results, &doc_dir.join(DATA_DIR), &included)?);
+    let goals = goals(results);
+    if !goals.rows.is_empty() {
+        text.push_str("\n## Goals\n\nEach goal, what this run measured, and how far it is.\n\n");
+        text.push_str(&goals.markdown());
+    }
     text.push_str("\n## Headlines\n\n");
     text.push_str(&headlines(results));
     text.push_str("\n## Reading the results\n\n");
@@ -193,6 +218,115 @@ fn ms(value: &str) -> String {
     value
         .parse::<f64>()
         .map_or_else(|_| "-".into(), crate::report::num)
+}
+
+/// The goals of the tool, from the CSV files of the scenarios that measure them: one row per
+/// goal and subject, with the measured value and how far it is from the goal.
+fn goals(results: &Path) -> crate::report::Table {
+    use crate::scenarios::{cost, latency};
+    let mut table = crate::report::Table::new(&["goal", "subject", "measured", "verdict"]);
+    let number = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
+    if let Some((h, rows)) = read_csv(&results.join("scale.csv")) {
+        let at = |policy: &str, slots: &str, column: &str| {
+            rows.iter()
+                .find(|r| {
+                    field(&h, r, "steering") == policy
+                        && field(&h, r, "slots") == slots
+                        && field(&h, r, "active_slots") == slots
+                })
+                .map_or(f64::NAN, |r| number(field(&h, r, column)))
+        };
+        let mut policies: Vec<&str> = Vec::new();
+        for r in &rows {
+            let p = field(&h, r, "steering");
+            if !field(&h, r, "net_ns_per_run_median").is_empty() && !policies.contains(&p) {
+                policies.push(p);
+            }
+        }
+        for p in &policies {
+            let net = at(p, "1024", "net_ns_per_run_median");
+            table.push(vec![
+                format!(
+                    "net of the no-op program, 1,024 slots: ≤ {:.0} ns/run",
+                    cost::NET_GOAL_NS
+                ),
+                (*p).to_owned(),
+                format!("{} ns", crate::report::num(net)),
+                cost::against_ceiling(net, cost::NET_GOAL_NS),
+            ]);
+        }
+        for p in &policies {
+            let (two, big) = (
+                at(p, "2", "ns_per_run_median"),
+                at(p, "1024", "ns_per_run_median"),
+            );
+            let growth = 100.0 * (big / two - 1.0);
+            let ceiling = 100.0 * (cost::FLAT_GOAL - 1.0);
+            table.push(vec![
+                format!("flat from 2 to 1,024 slots: ≤ {ceiling:.0}% growth"),
+                (*p).to_owned(),
+                format!(
+                    "{} → {} ns ({growth:+.0}%)",
+                    crate::report::num(two),
+                    crate::report::num(big)
+                ),
+                match growth - ceiling {
+                    off if !off.is_finite() => "not measured".into(),
+                    off if off <= 0.0 => format!("met ({:.0} points under)", -off),
+                    off => format!("missed ({off:.0} points over)"),
+                },
+            ]);
+        }
+    }
+    if let Some((h, rows)) = read_csv(&results.join("mixed.csv")) {
+        let p99 = |label: &str| {
+            rows.iter()
+                .find(|r| field(&h, r, "steering") == label)
+                .map_or(f64::NAN, |r| number(field(&h, r, "fast_p99_ms")))
+        };
+        let ll = p99("least-loaded");
+        for (reference, ceiling) in [
+            (
+                crate::steering::Steering::Prefork.label(),
+                latency::FAST_P99_VS_PREFORK,
+            ),
+            ("kernel hash".to_owned(), latency::FAST_P99_VS_HASH),
+        ] {
+            let ratio = ll / p99(&reference);
+            table.push(vec![
+                format!("mixed, fast-request p99: ≤ {ceiling}× {reference}'s"),
+                "least-loaded".into(),
+                format!(
+                    "{} ms against {} ms: {ratio:.2}×",
+                    crate::report::num(ll),
+                    crate::report::num(p99(&reference))
+                ),
+                cost::against_ceiling(ratio, ceiling),
+            ]);
+        }
+    }
+    if let Some((h, rows)) = read_csv(&results.join("monitor.csv")) {
+        let loaded: Vec<f64> = rows
+            .iter()
+            .filter(|r| field(&h, r, "sample_ms") == "5" && field(&h, r, "phase") == "under load")
+            .map(|r| number(field(&h, r, "core_percent")))
+            .collect();
+        if let Some(s) = crate::samples::Summary::of(&loaded) {
+            table.push(vec![
+                format!(
+                    "monitor, 64 workers under load, `--sample-ms 5`: ≤ {}% of one core",
+                    crate::scenarios::monitor::GOAL_PERCENT
+                ),
+                "daemon".into(),
+                format!(
+                    "{:.2}% (median of {} windows, {:.2}–{:.2}%)",
+                    s.median, s.n, s.min, s.max
+                ),
+                cost::against_ceiling(s.median, crate::scenarios::monitor::GOAL_PERCENT),
+            ]);
+        }
+    }
+    table
 }
 
 /// One line per scenario with the figures that matter, taken from the CSV files.
@@ -446,6 +580,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_command_line_is_quoted_and_the_note_left_out() {
+        let args: Vec<String> = ["--out", "a b", "--note", "busy machine", "it's"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(command_line(&args), "--out 'a b' --note TEXT 'it'\\''s'");
+        let info = run_info(&args, Some("busy machine"));
+        assert!(
+            info.contains("- Conditions (`--note`): busy machine\n"),
+            "{info}"
+        );
+    }
+
+    #[test]
     fn stitches_results_and_moves_plots() {
         let base = std::env::temp_dir().join(format!("reuseport-bench-doc-{}", std::process::id()));
         let results = base.join("results");
@@ -497,6 +644,12 @@ mod tests {
         );
         assert!(
             text.contains("1.50% of one core idle, 3.00% under load"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| daemon | 3.00% (median of 1 windows, 3.00–3.00%) | missed (500% over) |"
+            ),
             "{text}"
         );
         assert!(base.join("docs/bench/stuck-cdf.svg").exists());

@@ -322,6 +322,30 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_descriptor_must_be_a_listening_socket() -> anyhow::Result<()> {
+        use std::os::fd::IntoRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let shared = shared_listener(listener.into_raw_fd())?;
+        assert_eq!(shared.local_addr()?, addr);
+        // A connected, not listening, socket is refused by name; a closed descriptor too.
+        let stream = TcpStream::connect(addr)?.into_raw_fd();
+        let err = shared_listener(stream).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("not a listening socket")),
+            "{err:?}"
+        );
+        let err = shared_listener(-1).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("no such descriptor")),
+            "{err:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn keep_alive_follows_http_version_and_header() {
         assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").keep_alive);
         assert!(!parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);

@@ -29,12 +29,7 @@ pub fn run_info(args: &[String], note: Option<&str>) -> String {
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
         .unwrap_or_else(|| "unknown".into());
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = now();
     let mut out = String::new();
     let _ = writeln!(out, "- Machine: {}", Machine::current().describe());
     let _ = writeln!(
@@ -69,13 +64,26 @@ fn command_line(args: &[String]) -> String {
     out.join(" ")
 }
 
-/// The line appended to the run's facts when it ends.
+/// The lines appended to the run's facts when it ends: when (so the document tells how long a
+/// run takes), and the load then.
 pub fn run_end() -> String {
     let load = fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
         .unwrap_or_else(|| "unknown".into());
-    format!("- Load average (1 / 5 / 15 min) when the run ended: {load}\n")
+    format!(
+        "- Run ended: {}\n- Load average (1 / 5 / 15 min) when the run ended: {load}\n",
+        now()
+    )
+}
+
+fn now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Copies the CSV files of `scenarios` from `results` into `data` (emptied of CSV files first,

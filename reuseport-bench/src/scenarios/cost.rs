@@ -339,10 +339,12 @@ pub fn against_ceiling(value: f64, ceiling: f64) -> String {
         return "not measured".into();
     }
     let off = 100.0 * (value / ceiling - 1.0);
+    // A decimal near the goal, so a hair over never reads "0% over".
+    let digits = if off.abs() < 10.0 { 1 } else { 0 };
     if value <= ceiling {
-        format!("met ({:.0}% under)", -off)
+        format!("met ({:.*}% under)", digits, -off)
     } else {
-        format!("missed ({off:.0}% over)")
+        format!("missed ({off:.digits$}% over)")
     }
 }
 
@@ -668,6 +670,8 @@ mod tests {
         assert_eq!(against_ceiling(40.0, 50.0), "met (20% under)");
         assert_eq!(against_ceiling(75.0, 50.0), "missed (50% over)");
         assert_eq!(against_ceiling(f64::NAN, 50.0), "not measured");
+        assert_eq!(against_ceiling(0.5002, 0.5), "missed (0.0% over)");
+        assert_eq!(against_ceiling(0.48, 0.5), "met (4.0% under)");
         let table = goals_table(&[
             GoalRow {
                 policy: "round-robin".into(),

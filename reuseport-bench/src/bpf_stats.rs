@@ -54,9 +54,12 @@ pub struct Runs {
 
 impl Runs {
     pub fn read(group: &Group) -> Result<Self> {
-        let (count, time) = group
-            .run_stats()
-            .context("reading the program's run statistics")?;
+        Self::from_stats(group.run_stats())
+    }
+
+    /// From a program's (run count, run time).
+    pub fn from_stats(stats: reuseport_steer::Result<(u64, Duration)>) -> Result<Self> {
+        let (count, time) = stats.context("reading the program's run statistics")?;
         Ok(Self { count, time })
     }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use reuseport_steer::{Family, Group, GroupOptions, GroupStats, SlotState};
+use reuseport_steer::{noop::NoopProgram, Family, Group, GroupOptions, GroupStats, SlotState};
 use reuseport_testing::{
     clients::Load,
     listeners::{Answer, Pool, PoolOptions},
@@ -34,6 +34,10 @@ pub struct SteeredPool {
     pub pool: Pool,
     pub group: Group,
     pub weights: Vec<u32>,
+    /// The no-op program, loaded the first time a cell asks for it.
+    noop: Option<NoopProgram>,
+    /// Whether the no-op program is the one attached (the group's own is then not).
+    noop_attached: bool,
 }
 
 impl SteeredPool {
@@ -63,6 +67,8 @@ impl SteeredPool {
             pool,
             group,
             weights,
+            noop: None,
+            noop_attached: false,
         })
     }
 
@@ -88,25 +94,55 @@ impl SteeredPool {
             .context("setting the slot states")
     }
 
-    /// Attaches or detaches the program and sets its policy.
+    /// Attaches or detaches the program (the group's, or the no-op one) and sets its policy.
     pub fn steer(&mut self, steering: Steering) -> Result<()> {
         let first = self.pool.socket(0)?;
         match steering {
             Steering::KernelHash => {
-                if self.group.is_attached() {
+                if self.group.is_attached() || self.noop_attached {
                     self.group.detach(first).context("detaching the program")?;
                 }
+                self.noop_attached = false;
             }
             Steering::Program { policy, .. } => {
                 self.group
                     .set_policy(policy)
                     .context("setting the policy")?;
                 if !self.group.is_attached() {
+                    // Replaces the no-op program, if attached, atomically.
                     self.group.attach(first).context("attaching the program")?;
                 }
+                self.noop_attached = false;
+            }
+            Steering::Noop => {
+                if self.group.is_attached() {
+                    self.group.detach(first).context("detaching the program")?;
+                }
+                let noop = match &mut self.noop {
+                    Some(noop) => noop,
+                    None => self
+                        .noop
+                        .insert(NoopProgram::load().context("loading the no-op program")?),
+                };
+                noop.attach(first).context("attaching the no-op program")?;
+                self.noop_attached = true;
+            }
+            Steering::Prefork | Steering::Haproxy(_) => {
+                bail!(
+                    "{} runs worker processes, not a listener pool",
+                    steering.label()
+                )
             }
         }
         Ok(())
+    }
+
+    /// The run statistics of whichever program is attached (the group's when none is).
+    fn runs(&self) -> Result<Runs> {
+        match (&self.noop, self.noop_attached) {
+            (Some(noop), true) => Runs::from_stats(noop.run_stats()),
+            _ => Runs::read(&self.group),
+        }
     }
 
     /// Runs `load` against the pool as currently steered and waits until every connection was
@@ -117,7 +153,7 @@ impl SteeredPool {
             .group
             .stats()
             .context("reading the program's counters")?;
-        let runs_before = Runs::read(&self.group)?;
+        let runs_before = self.runs()?;
         let tcp_before = TcpCounters::read();
         let cpu_before = CpuTimes::read();
         let start = Instant::now();
@@ -143,7 +179,7 @@ impl SteeredPool {
         let elapsed = start.elapsed();
         let cpu = CpuTimes::read().since(cpu_before);
         let tcp = TcpCounters::read().since(tcp_before);
-        let runs = Runs::read(&self.group)?.since(runs_before);
+        let runs = self.runs()?.since(runs_before);
         let stats_after = self
             .group
             .stats()

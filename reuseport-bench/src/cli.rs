@@ -41,6 +41,10 @@ pub struct Cli {
     /// With --doc: run nothing, only write the document from the results already in --out.
     #[arg(long, requires = "doc")]
     pub doc_only: bool,
+    /// What the run's conditions were, for the document's facts (e.g. "other builds ran on
+    /// the machine throughout").
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
 }
 
 impl Cli {
@@ -79,9 +83,9 @@ mod tests {
 
     #[test]
     fn picks_named_scenarios_in_order_without_duplicates() {
-        let cli = Cli::parse_from(["reuseport-bench", "stuck", "scale", "stuck"]);
+        let cli = Cli::parse_from(["reuseport-bench", "stuck", "throughput", "scale", "stuck"]);
         let names: Vec<_> = cli.selected().unwrap().iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["stuck", "scale"]);
+        assert_eq!(names, ["stuck", "throughput", "scale"]);
     }
 
     #[test]
@@ -102,8 +106,16 @@ mod tests {
 
     #[test]
     fn quick_and_doc_flags() {
-        let cli = Cli::parse_from(["reuseport-bench", "--quick", "--doc", "d.md"]);
+        let cli = Cli::parse_from([
+            "reuseport-bench",
+            "--quick",
+            "--doc",
+            "d.md",
+            "--note",
+            "busy",
+        ]);
         assert!(cli.options().quick);
+        assert_eq!(cli.note.as_deref(), Some("busy"));
         assert_eq!(cli.doc, Some(PathBuf::from("d.md")));
         assert!(Cli::try_parse_from(["reuseport-bench", "--doc-only"]).is_err());
     }

@@ -11,6 +11,7 @@ pub struct CpuTimes {
     /// All CPUs: every state, idle included.
     pub total: u64,
     pub softirq: u64,
+    pub irq: u64,
     pub steal: u64,
     /// This process, all threads: utime + stime.
     pub own: u64,
@@ -44,9 +45,17 @@ impl CpuTimes {
             busy: at(0) + at(1) + at(2),
             total: (0..8).map(at).sum(),
             softirq: at(6),
+            irq: at(5),
             steal: at(7),
             own: 0,
         })
+    }
+
+    /// Ticks of all CPUs spent working (user, nice, system, irq, softirq) since `earlier`,
+    /// whoever the work was for.
+    pub fn used_since(self, earlier: Self) -> u64 {
+        let used = |t: Self| t.busy + t.irq + t.softirq;
+        used(self).saturating_sub(used(earlier))
     }
 
     pub fn since(self, earlier: Self) -> CpuShare {
@@ -64,6 +73,13 @@ impl CpuTimes {
             steal: d(self.steal, earlier.steal) / total,
         }
     }
+}
+
+/// Clock ticks (USER_HZ) as time.
+pub fn ticks(ticks: u64) -> std::time::Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    std::time::Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz)
 }
 
 /// utime + stime: fields 14 and 15, counted after the parenthesised command name.
@@ -111,6 +127,7 @@ mod tests {
         let stat = "cpu  100 5 50 800 10 1 20 14 0 0\ncpu0 50 2 25 400 5 0 10 7 0 0\n";
         let t = CpuTimes::parse_stat(stat).unwrap();
         assert_eq!((t.busy, t.total, t.softirq, t.steal), (155, 1000, 20, 14));
+        assert_eq!(t.used_since(CpuTimes::default()), 155 + 1 + 20);
         let own = "1234 (reuseport bench) R 1 2 3 4 5 6 7 8 9 10 70 30 0 0 20 0 7 0";
         assert_eq!(parse_own(own), Some(100));
     }
@@ -122,6 +139,7 @@ mod tests {
             busy: 60,
             total: 200,
             softirq: 20,
+            irq: 0,
             steal: 10,
             own: 40,
         };

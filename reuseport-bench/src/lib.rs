@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cpu;
 pub mod doc;
+pub mod haproxy;
 pub mod machine;
 pub mod netstat;
 pub mod plot;

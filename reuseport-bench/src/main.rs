@@ -41,7 +41,7 @@ fn run(cli: &Cli) -> Result<()> {
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     std::fs::write(
         cli.out.join(reuseport_bench::doc::RUN_INFO),
-        reuseport_bench::doc::run_info(&args),
+        reuseport_bench::doc::run_info(&args, cli.note.as_deref()),
     )
     .context("writing the run's facts")?;
     for scenario in scenarios {
@@ -55,6 +55,10 @@ fn run(cli: &Cli) -> Result<()> {
             eprintln!("reuseport-bench: wrote {}", file.display());
         }
     }
+    let info = cli.out.join(reuseport_bench::doc::RUN_INFO);
+    let mut facts = std::fs::read_to_string(&info).unwrap_or_default();
+    facts.push_str(&reuseport_bench::doc::run_end());
+    std::fs::write(&info, facts).context("writing the run's facts")?;
     if cli.doc.is_some() {
         write_doc(cli)?;
     }

@@ -44,12 +44,14 @@ pub trait Scenario: Sync {
     fn run(&self, options: &Options) -> Result<Report>;
 }
 
-/// All scenarios, in the order they run when none is named.
+/// All scenarios, in the order they run when none is named. A new scenario is one line here
+/// (its module under `scenarios/` and a `pub mod` line in `scenarios/mod.rs`).
 pub fn registry() -> &'static [&'static dyn Scenario] {
     &[
         &scenarios::fairness::Fairness,
         &scenarios::cost::OVERHEAD,
         &scenarios::cost::SCALE,
+        &scenarios::throughput::Throughput,
         &scenarios::latency::STUCK,
         &scenarios::latency::MIXED,
         &scenarios::churn::Churn,
@@ -69,12 +71,23 @@ mod tests {
     #[test]
     fn names_are_unique_and_findable() {
         let names: Vec<_> = registry().iter().map(|s| s.name()).collect();
-        assert_eq!(
-            names,
-            ["fairness", "overhead", "scale", "stuck", "mixed", "churn", "monitor", "udp"]
-        );
-        for name in names {
-            assert_eq!(find(name).map(|s| s.name()), Some(name));
+        for name in [
+            "fairness",
+            "overhead",
+            "scale",
+            "throughput",
+            "stuck",
+            "mixed",
+            "churn",
+            "monitor",
+            "udp",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        for (i, name) in names.iter().enumerate() {
+            assert!(!names[..i].contains(name), "{name} registered twice");
+            assert_eq!(find(name).map(|s| s.name()), Some(*name));
+            assert!(!find(name).map_or("", |s| s.about()).is_empty(), "{name}");
         }
         assert!(find("nope").is_none());
     }

@@ -104,3 +104,29 @@ fn draining_slots_get_nothing() {
     let m = pool.measure(&load(200, SourcePorts::Kernel)).unwrap();
     assert_eq!(m.per_slot, [100, 100, 0, 0, 0, 0, 0, 0]);
 }
+
+#[test]
+fn the_noop_program_runs_once_per_connection_and_chooses_nothing() {
+    netns::enter_new().unwrap();
+    let _stats = bpf_stats::enable().unwrap();
+    let mut pool = SteeredPool::new(vec![1; 4], 1).unwrap();
+    // From the group's program to the no-op one and back: each swap replaces the other.
+    pool.steer(Steering::policy(Policy::RoundRobin)).unwrap();
+    pool.steer(Steering::Noop).unwrap();
+    let noop = pool
+        .measure(&load(400, SourcePorts::Distinct { first: 20_000 }))
+        .unwrap();
+    // Its own runs, none of the group's program: the kernel hashed every connection.
+    assert_eq!(noop.runs.count, 400);
+    assert_eq!(noop.program.runs, 0);
+    assert!(noop.per_slot.iter().all(|&c| c > 0), "{:?}", noop.per_slot);
+    pool.steer(Steering::policy(Policy::RoundRobin)).unwrap();
+    let rr = pool.measure(&load(400, SourcePorts::Kernel)).unwrap();
+    assert_eq!(rr.per_slot, vec![100; 4]);
+    assert_eq!((rr.runs.count, rr.program.runs), (400, 400));
+    pool.steer(Steering::Noop).unwrap();
+    pool.steer(Steering::KernelHash).unwrap();
+    let none = pool.measure(&load(100, SourcePorts::Kernel)).unwrap();
+    assert_eq!((none.runs.count, none.program.runs), (0, 0));
+    assert!(pool.steer(Steering::Prefork).is_err());
+}

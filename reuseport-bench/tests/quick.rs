@@ -39,7 +39,14 @@ fn quick_run_writes_every_scenario_with_sane_values() {
     assert!(status.success(), "reuseport-bench --quick failed: {status}");
 
     for name in [
-        "fairness", "overhead", "scale", "stuck", "mixed", "churn", "monitor",
+        "fairness",
+        "overhead",
+        "scale",
+        "throughput",
+        "stuck",
+        "mixed",
+        "churn",
+        "monitor",
     ] {
         for ext in ["md", "csv"] {
             assert!(out.join(format!("{name}.{ext}")).exists(), "{name}.{ext}");
@@ -92,11 +99,31 @@ fn quick_run_writes_every_scenario_with_sane_values() {
         assert_eq!((r[runs].as_str(), r[stray].as_str()), ("800", "0"), "{r:?}");
     }
 
-    // Overhead and scale: one row per group and steering; the program ran once per connection.
+    // Overhead and scale: one row per group and steering (the no-op program among them); the
+    // program ran once per connection, and each policy has a cost net of the no-op program.
     let overhead = csv(&out, "overhead.csv");
-    assert_eq!(overhead.len(), 1 + 6);
+    assert_eq!(overhead.len(), 1 + 7);
     let scale = csv(&out, "scale.csv");
-    assert_eq!(scale.len(), 1 + 2 * 6);
+    assert_eq!(scale.len(), 1 + 2 * 7);
+    for rows in [&overhead, &scale] {
+        let (steering, net) = (
+            column(rows, "steering"),
+            column(rows, "net_ns_per_run_median"),
+        );
+        assert_eq!(
+            rows[1..]
+                .iter()
+                .filter(|r| r[steering] == "no-op program")
+                .count(),
+            rows.len() / 7,
+            "{rows:?}"
+        );
+        for r in &rows[1..] {
+            let policy = !r[steering].starts_with("none") && r[steering] != "no-op program";
+            // A number (it may be negative: two medians of a noisy machine), only for policies.
+            assert_eq!(policy, r[net].parse::<f64>().is_ok(), "{r:?}");
+        }
+    }
     for rows in [&overhead, &scale] {
         let c = |name| column(rows, name);
         let (steering, runs, rate) = (
@@ -130,7 +157,7 @@ fn quick_run_writes_every_scenario_with_sane_values() {
 
     // Latency scenarios: every steering answered its requests, quantiles in order, and each
     // worker's count adds up.
-    for (name, steerings) in [("stuck", 4), ("mixed", 4)] {
+    for (name, steerings) in [("stuck", 6), ("mixed", 7)] {
         let rows = csv(&out, &format!("{name}.csv"));
         assert_eq!(rows.len(), 1 + steerings, "{name}");
         let c = |n| column(&rows, n);
@@ -143,18 +170,50 @@ fn quick_run_writes_every_scenario_with_sane_values() {
             let per_worker: f64 = r[c("per_worker")].split(' ').map(f).sum();
             assert_eq!(per_worker, requests - failed, "{name}: {r:?}");
         }
+        // The anchors answered like the rest, prefork on its shared socket and HAProxy in front.
+        for anchor in ["prefork (shared socket)", "haproxy leastconn"] {
+            assert!(
+                rows.iter().any(|r| r[0] == anchor),
+                "{name}: {anchor} missing"
+            );
+        }
         // Every request is in the per-request file.
         let requests = csv(&out, &format!("{name}-requests.csv"));
         let total: f64 = rows[1..].iter().map(|r| f(&r[c("requests")])).sum();
         assert_eq!(requests.len() as f64 - 1.0, total, "{name}");
     }
+    // Mixed: the fast requests (90%, `ms=1`) have their own percentiles, in order.
+    let mixed = csv(&out, "mixed.csv");
+    let c = |n| column(&mixed, n);
+    for r in &mixed[1..] {
+        let (all, fast) = (f(&r[c("requests")]), f(&r[c("fast_requests")]));
+        assert!(fast > 0.7 * all && fast < all, "{r:?}");
+        let (p50, p99, max) = (
+            f(&r[c("fast_p50_ms")]),
+            f(&r[c("fast_p99_ms")]),
+            f(&r[c("fast_max_ms")]),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r:?}");
+    }
+
+    // Throughput: every steering and anchor in both connection modes served requests, none
+    // failed, and each has a CPU cost per request.
+    let throughput = csv(&out, "throughput.csv");
+    assert_eq!(throughput.len(), 1 + 7 * 2, "{throughput:?}");
+    let c = |n| column(&throughput, n);
+    for r in &throughput[1..] {
+        assert!(f(&r[c("requests_per_s_median")]) > 0.0, "{r:?}");
+        assert_eq!(f(&r[c("failed")]), 0.0, "{r:?}");
+        assert!(f(&r[c("processes_us_per_request_median")]) > 0.0, "{r:?}");
+    }
+
     // With a daemon, the stopped worker is noticed.
     let stuck = csv(&out, "stuck.csv");
     let events = column(&stuck, "stuck_events");
     assert!(
         stuck[1..]
             .iter()
-            .filter(|r| r[0] != "kernel hash")
+            .filter(|r| r[0].contains("--on-stuck"))
             .all(|r| f(&r[events]) >= 1.0),
         "{stuck:?}"
     );
@@ -213,5 +272,9 @@ fn quick_run_writes_every_scenario_with_sane_values() {
         );
     }
     assert!(text.contains("](bench/stuck-cdf.svg)"));
+    // The CSV files behind the document are beside it.
+    for data in ["throughput.csv", "mixed.csv", "overhead-rounds.csv"] {
+        assert!(base.join("docs/bench-data").join(data).exists(), "{data}");
+    }
     fs::remove_dir_all(&base).unwrap();
 }

@@ -35,6 +35,9 @@ use reuseport_common::{
     MAX_SCHEDULE, MAX_SLOTS, MAX_TRIES, PUBLICATION_COPIES,
 };
 
+/// The benchmark's no-op program: a second, separate program of the object.
+mod noop;
+
 /// The group's sockets by slot. 8-byte values, so userspace can read a slot back (the kernel
 /// answers a lookup with the socket's cookie only then) and tell a closed socket from a live one.
 #[btf_map]

@@ -12,6 +12,7 @@ pub mod group;
 pub mod holders;
 mod mmap;
 pub mod netns;
+pub mod noop;
 mod object;
 pub mod pidfd;
 pub mod pin;

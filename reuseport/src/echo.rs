@@ -6,7 +6,7 @@
 use std::{
     io::{self, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd, RawFd},
     path::PathBuf,
     time::Duration,
 };
@@ -27,6 +27,10 @@ pub struct EchoOptions {
     pub v6only: Option<bool>,
     /// A UDP socket for a UDP group (`run --listen udp://ADDR:PORT`).
     pub udp: bool,
+
+    /// A listening socket inherited as this descriptor, shared with other workers, served
+    /// instead of binding one (unregistered: the prefork model).
+    pub shared_fd: Option<RawFd>,
 }
 
 /// Longest request head accepted.
@@ -101,6 +105,16 @@ pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
         return run_udp(options);
     }
     let mut conns: Vec<Conn> = Vec::new();
+    if let Some(fd) = options.shared_fd {
+        let listener = shared_listener(fd)?;
+        info!(
+            "echo worker pid {} on {} (shared socket, fd {fd})",
+            std::process::id(),
+            options.listen
+        );
+        serve(&listener, None, &mut conns, true);
+        anyhow::bail!("the shared listener (fd {fd}) stopped listening");
+    }
     loop {
         let v6only = v6only(options);
         let listener = worker::bind_listener_with(options.listen, 1024, v6only)?;
@@ -124,13 +138,41 @@ pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
             std::process::id(),
             options.listen
         );
-        serve(&listener, registration.as_ref(), &mut conns);
+        serve(&listener, registration.as_ref(), &mut conns, false);
         warn!("the listener was shut down (evicted or closed by the daemon): joining again");
     }
 }
 
-/// Serves connections until the listener stops listening.
-fn serve(listener: &TcpListener, registration: Option<&Registration>, conns: &mut Vec<Conn>) {
+/// The listening TCP socket inherited as `fd`, made non-blocking (its file description is
+/// shared: every worker on it wants that anyway).
+fn shared_listener(fd: RawFd) -> anyhow::Result<TcpListener> {
+    // SAFETY: fcntl(F_GETFD) only asks whether `fd` is open; it touches nothing.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        anyhow::bail!("--shared-fd {fd}: no such descriptor was inherited");
+    }
+    // SAFETY: `fd` is open (checked above) and this process takes it over: nothing else in it
+    // uses that number.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let listening = nix::sys::socket::getsockopt(&listener, nix::sys::socket::sockopt::AcceptConn)
+        .unwrap_or(false);
+    if !listening {
+        anyhow::bail!(
+            "--shared-fd {fd}: not a listening socket (pass one that listen() was called on)"
+        );
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves connections until the listener stops listening. `when_idle`: take a new connection
+/// only in a round with no request to answer (a shared socket: what this worker leaves in the
+/// queue goes to whichever worker is free, so the queue stays one work-conserving queue).
+fn serve(
+    listener: &TcpListener,
+    registration: Option<&Registration>,
+    conns: &mut Vec<Conn>,
+    when_idle: bool,
+) {
     let pid = std::process::id();
     let mut accepted = false;
     loop {
@@ -151,7 +193,12 @@ fn serve(listener: &TcpListener, registration: Option<&Registration>, conns: &mu
         // readiness): the rest stay in the kernel's queue, where the daemon can still move
         // them elsewhere if this worker blocks.
         accepted = false;
-        match listener.accept() {
+        let busy = when_idle && fds.iter().skip(1).any(|p| p.revents != 0);
+        match if busy {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            listener.accept()
+        } {
             Ok((stream, _)) => {
                 accepted = true;
                 if stream.set_nonblocking(false).is_ok()
@@ -323,6 +370,30 @@ mod tests {
         assert_eq!(route("/sleep?x=1&ms=7"), Some(7));
         assert_eq!(route("/sleep?ms=999999999"), Some(MAX_SLEEP_MS));
         assert_eq!(route("/other"), None);
+    }
+
+    #[test]
+    fn a_shared_descriptor_must_be_a_listening_socket() -> anyhow::Result<()> {
+        use std::os::fd::IntoRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let shared = shared_listener(listener.into_raw_fd())?;
+        assert_eq!(shared.local_addr()?, addr);
+        // A connected, not listening, socket is refused by name; a closed descriptor too.
+        let stream = TcpStream::connect(addr)?.into_raw_fd();
+        let err = shared_listener(stream).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("not a listening socket")),
+            "{err:?}"
+        );
+        let err = shared_listener(-1).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("no such descriptor")),
+            "{err:?}"
+        );
+        Ok(())
     }
 
     #[test]

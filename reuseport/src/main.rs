@@ -230,6 +230,12 @@ enum Command {
         /// A UDP socket, for a UDP group: every datagram is answered with pid=<PID>
         #[arg(long)]
         udp: bool,
+
+        /// Serve the listening socket inherited as descriptor FD, shared with other workers
+        /// (one accept queue for all: the prefork model the benchmark compares with), instead of
+        /// binding one
+        #[arg(long, value_name = "FD", requires = "no_register")]
+        shared_fd: Option<i32>,
         #[command(flatten)]
         control: Control,
     },
@@ -470,6 +476,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             v6only,
             dual_stack,
             udp,
+
+            shared_fd,
             control,
         } => echo::run(&EchoOptions {
             listen,
@@ -479,6 +487,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             weight,
             v6only: (v6only || dual_stack).then_some(v6only),
             udp,
+
+            shared_fd,
         }),
         Command::Completions { shell } => {
             clap_complete::generate(

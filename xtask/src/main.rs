@@ -33,7 +33,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what the build needs and is missing: nightly with rust-src, clippy and rustfmt,
-    /// bpf-linker 0.13; and the Debian packages of the tools the tests check with (promtool).
+    /// bpf-linker 0.13; and the Debian packages of the servers and tools the tests and the
+    /// benchmark run (nginx, promtool, haproxy, ...).
     Setup,
     /// Setup, then build the workspace (the eBPF object is built by reuseport-user's build
     /// script).
@@ -161,8 +162,17 @@ fn try_main() -> Result<()> {
         }
         Command::Bench { args } => {
             setup::setup(&root)?;
-            // The process-level scenarios run the release `reuseport` binary.
-            run(cargo(&root).args(["build", "--release", "--workspace", "--bins"]))?;
+            // The process-level scenarios run the release `reuseport` binary; nothing else of
+            // the workspace is needed.
+            run(cargo(&root).args([
+                "build",
+                "--release",
+                "-p",
+                "reuseport",
+                "-p",
+                "reuseport-bench",
+                "--bins",
+            ]))?;
             run(cargo(&root)
                 .args(["run", "--release", "-p", "reuseport-bench", "--"])
                 .args(&args))

@@ -1,6 +1,6 @@
 //! The Debian packages the tests use: the real servers they run under `reuseport spawn`
-//! (nginx, gunicorn, uvicorn) and the tools they check the project's output with (promtool, the
-//! strict OpenMetrics parser). Probed in milliseconds; installed only when missing, with one
+//! (nginx, gunicorn, uvicorn), the tools they check the project's output with (promtool, the
+//! strict OpenMetrics parser), and HAProxy, the proxy the benchmark compares the tool with. Probed in milliseconds; installed only when missing, with one
 //! `apt-get update` and one `apt-get install`; where apt is missing or fails, a warning naming
 //! the command to run (the tests that need a server fail naming it).
 
@@ -25,6 +25,9 @@ const TEST_TOOLS: &[(Probe, &str)] = &[
     (Probe::File("/usr/sbin/nginx"), "nginx"),
     (Probe::Command("gunicorn"), "gunicorn"),
     (Probe::PythonModule("uvicorn"), "python3-uvicorn"),
+    // The benchmark's userspace-proxy anchor (`reuseport-bench`, and its `--quick` test); in
+    // /usr/sbin like nginx.
+    (Probe::File("/usr/sbin/haproxy"), "haproxy"),
     // `promtool check metrics` lints the Prometheus text format of /metrics.
     (Probe::Command("promtool"), "prometheus"),
     // The strict OpenMetrics parser checks the OpenMetrics format of /metrics.

@@ -191,6 +191,7 @@ fn label(steering: &Steering) -> String {
     match steering {
         Steering::KernelHash => "kernel hash (workers killed)".into(),
         Steering::Program { .. } => "daemon (drain then kill; policy swaps)".into(),
+        anchor => anchor.label(),
     }
 }
 

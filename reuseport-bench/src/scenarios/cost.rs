@@ -72,8 +72,11 @@ const FILES_NEEDED: u64 = 8_192;
 
 /// Without a daemon the load map stays zero: `least-loaded` and `p2c` then run their full
 /// selection over equally loaded slots, which is what their cost is.
-const STEERINGS: [Steering; 6] = [
+/// The no-op program runs in every round beside the policies: their cost net of it is what
+/// the policy itself adds to running a program at all (the call, the kernel's statistics).
+const STEERINGS: [Steering; 7] = [
     Steering::KernelHash,
+    Steering::Noop,
     Steering::policy(Policy::Hash),
     Steering::policy(Policy::RoundRobin),
     Steering::policy(Policy::Weighted),
@@ -129,6 +132,8 @@ struct Cell {
     rounds: Vec<Measurement>,
     /// This cell's rate over the no-program rate of the same pool in the same round.
     ratios: Vec<f64>,
+    /// This cell's ns/run minus the no-op program's in the same pool and round.
+    net: Vec<f64>,
 }
 
 impl Scenario for Cost {
@@ -176,6 +181,7 @@ impl Scenario for Cost {
                     steering,
                     rounds: Vec::new(),
                     ratios: Vec::new(),
+                    net: Vec::new(),
                 })
             })
             .collect();
@@ -297,19 +303,48 @@ fn raw_row(
     ]
 }
 
-/// After a round: each cell's rate over the no-program rate of the same pool in that round.
-/// Pairing within a round cancels the slow drifts of a shared machine.
+/// After a round: each cell's rate over the no-program rate of the same pool in that round,
+/// and its run time net of the no-op program's. Pairing within a round cancels the slow
+/// drifts of a shared machine.
 fn pair_with_baselines(cells: &mut [Cell]) {
     for i in 0..cells.len() {
-        let baseline = cells
-            .iter()
-            .find(|c| c.pool == cells[i].pool && c.steering == Steering::KernelHash)
-            .and_then(|c| c.rounds.last())
-            .map(Measurement::rate);
-        let rate = cells[i].rounds.last().map(Measurement::rate);
+        let last_of = |steering: Steering| {
+            cells
+                .iter()
+                .find(|c| c.pool == cells[i].pool && c.steering == steering)
+                .and_then(|c| c.rounds.last())
+        };
+        let baseline = last_of(Steering::KernelHash).map(Measurement::rate);
+        let noop = last_of(Steering::Noop).and_then(|m| m.runs.ns_per_run());
+        let last = cells[i].rounds.last();
+        let rate = last.map(Measurement::rate);
+        let cost = last.and_then(|m| m.runs.ns_per_run());
         if let (Some(base), Some(rate)) = (baseline, rate) {
             cells[i].ratios.push(rate / base);
         }
+        if let (Some(noop), Some(cost)) = (noop, cost) {
+            cells[i].net.push(cost - noop);
+        }
+    }
+}
+
+/// The goals for the program's cost: net of the no-op program, at most this at 1,024 slots.
+pub const NET_GOAL_NS: f64 = 50.0;
+/// And from 2 to 1,024 slots, the run time grows by at most this factor.
+pub const FLAT_GOAL: f64 = 1.2;
+
+/// How far a measured value is from a ceiling: "met (x% under)" or "x% over".
+pub fn against_ceiling(value: f64, ceiling: f64) -> String {
+    if !value.is_finite() {
+        return "not measured".into();
+    }
+    let off = 100.0 * (value / ceiling - 1.0);
+    // A decimal near the goal, so a hair over never reads "0% over".
+    let digits = if off.abs() < 10.0 { 1 } else { 0 };
+    if value <= ceiling {
+        format!("met ({:.*}% under)", digits, -off)
+    } else {
+        format!("missed ({off:.digits$}% over)")
     }
 }
 
@@ -362,6 +397,7 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
         "rate vs no program",
         "ns/run (median)",
         "ns/run (min–max)",
+        "net of no-op (median)",
         "runs/conn",
     ]);
     let mut csv = Table::new(&[
@@ -377,6 +413,7 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
         "ns_per_run_median",
         "ns_per_run_min",
         "ns_per_run_max",
+        "net_ns_per_run_median",
         "runs_per_connection",
     ]);
     let mut pivot_headers = vec!["policy".to_owned()];
@@ -397,6 +434,8 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
         let rate = Summary::of(&rates);
         let cost = Summary::of(&costs);
         let ratio = Summary::of(&cell.ratios);
+        let net = Summary::of(&cell.net);
+        let is_policy = matches!(cell.steering, Steering::Program { .. });
         let total_runs: u64 = cell.rounds.iter().map(|m| m.runs.count).sum();
         let total_connections: u64 = cell.rounds.iter().map(|m| m.connections).sum();
         let runs_per_conn = total_runs as f64 / total_connections.max(1) as f64;
@@ -416,6 +455,7 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
             },
             median(cost),
             range(cost),
+            if is_policy { median(net) } else { "-".into() },
             if is_program {
                 format!("{runs_per_conn:.2}")
             } else {
@@ -438,21 +478,66 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
             field(cost, |s| s.median),
             field(cost, |s| s.min),
             field(cost, |s| s.max),
+            if is_policy {
+                field(net, |s| s.median)
+            } else {
+                String::new()
+            },
             format!("{runs_per_conn:.3}"),
         ]);
     }
+    let mut net_pivot = Table {
+        headers: pivot.headers.clone(),
+        rows: Vec::new(),
+    };
+    let median_of = |pool: usize, steering: Steering, net: bool| {
+        let values: Vec<f64> = cells
+            .iter()
+            .filter(|c| c.pool == pool && c.steering == steering)
+            .flat_map(|c| {
+                if net {
+                    c.net.clone()
+                } else {
+                    c.rounds
+                        .iter()
+                        .filter_map(|m| m.runs.ns_per_run())
+                        .collect()
+                }
+            })
+            .collect();
+        Summary::of(&values).map_or(f64::NAN, |s| s.median)
+    };
     for steering in STEERINGS.iter().filter(|s| **s != Steering::KernelHash) {
         let mut row = vec![cell::label(*steering)];
+        let mut net_row = vec![cell::label(*steering)];
         for pool in 0..shapes.len() {
-            let costs: Vec<f64> = cells
-                .iter()
-                .filter(|c| c.pool == pool && c.steering == *steering)
-                .flat_map(|c| c.rounds.iter().filter_map(|m| m.runs.ns_per_run()))
-                .collect();
-            row.push(Summary::of(&costs).map_or("-".into(), |s| num(s.median)));
+            row.push(num(median_of(pool, *steering, false)));
+            net_row.push(num(median_of(pool, *steering, true)));
         }
         pivot.rows.push(row);
+        if matches!(steering, Steering::Program { .. }) {
+            net_pivot.rows.push(net_row);
+        }
     }
+    let at = |slots: usize| {
+        shapes
+            .iter()
+            .position(|s| s.slots == slots && s.active == slots)
+    };
+    let goal_rows: Vec<GoalRow> = STEERINGS
+        .iter()
+        .filter(|s| matches!(s, Steering::Program { .. }))
+        .map(|&steering| {
+            let pick =
+                |pool: Option<usize>, net| pool.map_or(f64::NAN, |p| median_of(p, steering, net));
+            GoalRow {
+                policy: cell::label(steering),
+                net_1024: pick(at(1024), true),
+                gross_2: pick(at(2), false),
+                gross_1024: pick(at(1024), false),
+            }
+        })
+        .collect();
 
     let sections = vec![
         Section {
@@ -476,6 +561,26 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
             table: Some(pivot),
             extra: String::new(),
         },
+        Section {
+            heading: "Cost net of the no-op program (median ns per run)".into(),
+            text: "Each round, each policy's ns/run minus the no-op program's ns/run in the same \
+                   group: what the policy adds to running any SK_REUSEPORT program (the call \
+                   and the kernel's own run-time statistics, which the no-op program pays too)."
+                .into(),
+            table: Some(net_pivot),
+            extra: String::new(),
+        },
+        Section {
+            heading: "Goals".into(),
+            text: format!(
+                "Every policy at most {NET_GOAL_NS:.0} ns per run net of the no-op program at \
+                 1,024 slots; and from 2 to 1,024 slots, the (gross) run time flat within \
+                 {:.0}%.",
+                100.0 * (FLAT_GOAL - 1.0)
+            ),
+            table: Some(goals_table(&goal_rows)),
+            extra: String::new(),
+        },
     ];
     Report {
         scenario: name.into(),
@@ -486,6 +591,48 @@ fn report(scenario: &Cost, shapes: &[Shape], setup: &Setup, cells: &[Cell], raw:
         extra_csv: vec![("rounds".into(), raw)],
         plots: Vec::new(),
     }
+}
+
+/// One policy's figures against the goals (NaN where the group size was not measured).
+#[derive(Clone, Debug)]
+pub struct GoalRow {
+    pub policy: String,
+    pub net_1024: f64,
+    pub gross_2: f64,
+    pub gross_1024: f64,
+}
+
+/// The goals table: each policy, its figure and how far it is from the goal.
+pub fn goals_table(rows: &[GoalRow]) -> Table {
+    let mut table = Table::new(&[
+        "policy",
+        "net ns/run, 1024 slots",
+        format!("≤ {NET_GOAL_NS:.0} ns").as_str(),
+        "ns/run 2 → 1024 slots",
+        "growth",
+        format!("≤ {:.0}%", 100.0 * (FLAT_GOAL - 1.0)).as_str(),
+    ]);
+    for r in rows {
+        let growth = r.gross_1024 / r.gross_2;
+        table.push(vec![
+            r.policy.clone(),
+            num(r.net_1024),
+            against_ceiling(r.net_1024, NET_GOAL_NS),
+            format!("{} → {}", num(r.gross_2), num(r.gross_1024)),
+            if growth.is_finite() {
+                format!("{:+.0}%", 100.0 * (growth - 1.0))
+            } else {
+                "-".into()
+            },
+            // In percentage points of growth: the goal's own unit.
+            match 100.0 * (growth - FLAT_GOAL) {
+                off if !off.is_finite() => "not measured".into(),
+                off if off <= 0.0 => format!("met ({:.0} points under)", -off),
+                off => format!("missed ({off:.0} points over)"),
+            },
+        ]);
+    }
+    table
 }
 
 #[cfg(test)]
@@ -516,6 +663,34 @@ mod tests {
             }
         }
         assert_ne!(round_order(0, pools)[0], round_order(1, pools)[0]);
+    }
+
+    #[test]
+    fn goals_say_how_far_each_policy_is() {
+        assert_eq!(against_ceiling(40.0, 50.0), "met (20% under)");
+        assert_eq!(against_ceiling(75.0, 50.0), "missed (50% over)");
+        assert_eq!(against_ceiling(f64::NAN, 50.0), "not measured");
+        assert_eq!(against_ceiling(0.5002, 0.5), "missed (0.0% over)");
+        assert_eq!(against_ceiling(0.48, 0.5), "met (4.0% under)");
+        let table = goals_table(&[
+            GoalRow {
+                policy: "round-robin".into(),
+                net_1024: 60.0,
+                gross_2: 200.0,
+                gross_1024: 260.0,
+            },
+            GoalRow {
+                policy: "hash".into(),
+                net_1024: f64::NAN,
+                gross_2: 100.0,
+                gross_1024: f64::NAN,
+            },
+        ]);
+        assert_eq!(table.rows[0][2], "missed (20% over)");
+        assert_eq!(table.rows[0][4], "+30%");
+        assert_eq!(table.rows[0][5], "missed (10 points over)");
+        assert_eq!(table.rows[1][2], "not measured");
+        assert_eq!(table.rows[1][5], "not measured");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - `mixed`: 10% of the requests take 50 times as long as the others (50 ms against 1 ms):
 //!   the policies that look at load route around a worker busy with a slow one.
 //!
+//! Both compare the tool with its anchors: prefork (one socket shared by every worker: a
+//! central queue, the reference for latency) and HAProxy in front of the same workers.
 //! Cells (one per steering) run in rounds, in an order rotated each round, each on fresh
 //! processes and a fresh port; latencies of all rounds are merged per steering.
 
@@ -22,12 +24,13 @@ use reuseport_testing::{
 };
 
 use crate::{
-    cluster,
+    cluster::{self, Cluster},
     machine::Watch,
     plot,
     report::{num, Report, Section, Table},
+    samples,
     scenario::{Options, Scenario},
-    steering::Steering,
+    steering::{Balance, Steering},
 };
 
 const WORKERS: usize = 4;
@@ -49,7 +52,7 @@ enum Kind {
 
 pub const STUCK: Latency = Latency {
     name: "stuck",
-    about: "p50/p99/max latency with 1 of 4 workers stopped: kernel hash vs round-robin (skip, evict) vs least-loaded",
+    about: "p50/p99/max latency with 1 of 4 workers stopped: kernel hash vs round-robin (skip, evict) vs least-loaded vs prefork vs haproxy leastconn",
     title: "Stuck worker: latency of new-connection requests with 1 of 4 workers stopped",
     kind: Kind::Stuck,
 };
@@ -57,7 +60,7 @@ pub const STUCK: Latency = Latency {
 pub const MIXED: Latency = Latency {
     name: "mixed",
     about:
-        "latency with 10% of requests 50x slower: kernel hash vs round-robin vs least-loaded vs p2c",
+        "latency with 10% of requests 50x slower, and of the fast ones: kernel hash, policies, prefork, haproxy",
     title: "Mixed workload: 10% of requests 50x slower",
     kind: Kind::Mixed,
 };
@@ -88,12 +91,17 @@ impl Latency {
                     policy: Policy::RoundRobin,
                     flags: &["--on-stuck", "evict"],
                 },
+                Steering::Prefork,
+                Steering::Haproxy(Balance::LeastConn),
             ],
             Kind::Mixed => vec![
                 Steering::KernelHash,
                 Steering::policy(Policy::RoundRobin),
                 Steering::policy(Policy::LeastLoaded),
                 Steering::policy(Policy::P2c),
+                Steering::Prefork,
+                Steering::Haproxy(Balance::RoundRobin),
+                Steering::Haproxy(Balance::LeastConn),
             ],
         }
     }
@@ -175,6 +183,8 @@ struct Merged {
     requests: u64,
     failed: u64,
     first_error: Option<String>,
+    /// `mixed`: latencies (ms) of the answered fast requests, all rounds.
+    fast_ms: Vec<f64>,
 }
 
 impl Scenario for Latency {
@@ -200,6 +210,7 @@ impl Scenario for Latency {
                 requests: 0,
                 failed: 0,
                 first_error: None,
+                fast_ms: Vec::new(),
             })
             .collect();
         let mut requests_csv = Table::new(&[
@@ -229,6 +240,14 @@ impl Scenario for Latency {
                     }
                 }
                 let label = steerings[i].label();
+                let paths = self.paths();
+                m.fast_ms.extend(
+                    recording
+                        .samples
+                        .iter()
+                        .filter(|s| s.result.is_ok() && is_fast(&paths, s.index))
+                        .map(|s| ms(s.latency)),
+                );
                 for s in &recording.samples {
                     let worker = match &s.result {
                         Ok(pid) => pids
@@ -280,11 +299,33 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The fast requests of `mixed` are the 1 ms ones; request `index` asks for
+/// `paths[index % paths.len()]` (as [`Target`] sends them).
+fn is_fast(paths: &[String], index: u64) -> bool {
+    !paths.is_empty() && paths[(index % paths.len() as u64) as usize] == FAST_PATH
+}
+
+const FAST_PATH: &str = "/sleep?ms=1";
+
+/// The goals of `mixed` for least-loaded's fast-request p99: at most this many times
+/// prefork's, and at most this many times the kernel hash's, in the same run.
+pub const FAST_P99_VS_PREFORK: f64 = 1.2;
+pub const FAST_P99_VS_HASH: f64 = 0.5;
+
+/// "1.35×, missed (13% over)": a ratio against a ceiling.
+fn ratio_against(ratio: f64, ceiling: f64) -> String {
+    if !ratio.is_finite() {
+        return "-".into();
+    }
+    let verdict = crate::scenarios::cost::against_ceiling(ratio, ceiling);
+    format!("{ratio:.2}×, {verdict}")
+}
+
 impl Latency {
     /// One cell: fresh processes, the load, and (for `stuck`) worker 0 stopped for a while.
     /// Returns the recording, the workers' pids by index, and the daemon's stuck events.
     fn cell(&self, steering: &Steering, plan: &Plan) -> Result<(Recording, Vec<u32>, u64)> {
-        let cluster = cluster::start(cluster::next_addr(), steering, WORKERS, SAMPLE_MS)?;
+        let cluster = Cluster::start(cluster::next_addr(), steering, WORKERS, SAMPLE_MS)?;
         let pids = cluster.worker_pids();
         let mut target = Target::new(cluster.addr);
         target.paths = self.paths();
@@ -311,10 +352,7 @@ impl Latency {
             }
             recording
         })?;
-        let stuck_events = match steering {
-            Steering::KernelHash => 0,
-            Steering::Program { .. } => cluster.status().map_or(0, |s| s.stuck_events),
-        };
+        let stuck_events = cluster.stuck_events();
         Ok((recording, pids, stuck_events))
     }
 
@@ -330,7 +368,9 @@ impl Latency {
         preamble.push(format!(
             "{WORKERS} `reuseport echo` workers (one request at a time each); the daemon samples \
              every {SAMPLE_MS} ms (`--sample-ms {SAMPLE_MS}`, default `--stuck-ms 50`); kernel \
-             hash: no daemon, workers unregistered"
+             hash: no daemon, workers unregistered; prefork: no daemon, every worker accepts \
+             from one shared listening socket; haproxy: HAProxy (`mode tcp`, `nbthread` = \
+             cores, no health checks) in front of the workers on ports of their own"
         ));
         preamble.push(format!(
             "Open loop: {} requests/s for {:.1} s per cell, each on a new connection; latency from \
@@ -371,6 +411,35 @@ impl Latency {
             "max_ms",
             "stuck_events",
             "per_worker",
+            "fast_requests",
+            "fast_p50_ms",
+            "fast_p90_ms",
+            "fast_p99_ms",
+            "fast_p999_ms",
+            "fast_max_ms",
+        ]);
+        let mut fast = Table::new(&[
+            "steering",
+            "fast requests",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+        ]);
+        let fast_p99 = |steering: Steering| {
+            merged
+                .iter()
+                .find(|m| m.steering == steering)
+                .and_then(|m| fast_quantiles(&m.fast_ms))
+                .map_or(f64::NAN, |q| q[2])
+        };
+        let (prefork_p99, hash_p99) = (fast_p99(Steering::Prefork), fast_p99(Steering::KernelHash));
+        let mut goals = Table::new(&[
+            "steering",
+            "fast p99 ms",
+            "vs prefork (goal for least-loaded ≤ 1.2×)",
+            "vs kernel hash (goal for least-loaded ≤ 0.5×)",
         ]);
         let mut worker_headers = vec!["steering".to_owned()];
         worker_headers.extend((0..WORKERS).map(|w| format!("w{w}")));
@@ -396,10 +465,10 @@ impl Latency {
                 num(max),
             ];
             if self.kind == Kind::Stuck {
-                row.push(if m.steering == Steering::KernelHash {
-                    "-".into()
-                } else {
+                row.push(if matches!(m.steering, Steering::Program { .. }) {
                     m.stuck_events.to_string()
+                } else {
+                    "-".into()
                 });
             }
             table.push(row);
@@ -418,6 +487,29 @@ impl Latency {
                     .map(u64::to_string)
                     .collect::<Vec<_>>()
                     .join(" "),
+            ]);
+            let fq = fast_quantiles(&m.fast_ms);
+            if let Some(row) = csv.rows.last_mut() {
+                row.push(m.fast_ms.len().to_string());
+                row.extend((0..5).map(|i| fq.map_or(String::new(), |q| format!("{:.3}", q[i]))));
+            }
+            let mut fast_row = vec![label.clone(), m.fast_ms.len().to_string()];
+            fast_row.extend((0..5).map(|i| fq.map_or("-".into(), |q| num(q[i]))));
+            fast.push(fast_row);
+            let p99 = fq.map_or(f64::NAN, |q| q[2]);
+            goals.push(vec![
+                label.clone(),
+                num(p99),
+                if m.steering == Steering::Prefork {
+                    "(reference)".into()
+                } else {
+                    ratio_against(p99 / prefork_p99, FAST_P99_VS_PREFORK)
+                },
+                if m.steering == Steering::KernelHash {
+                    "(reference)".into()
+                } else {
+                    ratio_against(p99 / hash_p99, FAST_P99_VS_HASH)
+                },
             ]);
             let d = Distribution::new(m.per_worker.clone());
             let mut row = vec![label.clone()];
@@ -459,18 +551,40 @@ impl Latency {
                 )?,
             ),
         ];
+        let mut sections = vec![Section {
+            heading: "Latency".into(),
+            text,
+            table: Some(table),
+            extra: String::new(),
+        }];
+        if self.kind == Kind::Mixed {
+            sections.push(Section {
+                heading: "Fast requests".into(),
+                text: "The 1 ms requests alone (90% of them): how long the fast requests wait \
+                       behind slow ones. Nearest-rank percentiles over every answered fast \
+                       request of every round."
+                    .into(),
+                table: Some(fast),
+                extra: String::new(),
+            });
+            sections.push(Section {
+                heading: "Goals".into(),
+                text: format!(
+                    "For `least-loaded`: a fast-request p99 within {FAST_P99_VS_PREFORK}× of \
+                     prefork's (the central queue) in the same run, and at most \
+                     {FAST_P99_VS_HASH}× the kernel hash's. Every steering's ratios are shown; \
+                     the goals are stated for least-loaded."
+                ),
+                table: Some(goals),
+                extra: String::new(),
+            });
+        }
         Ok(Report {
             scenario: self.name.into(),
             title: self.title.into(),
             preamble,
-            sections: vec![
-                Section {
-                    heading: "Latency".into(),
-                    text,
-                    table: Some(table),
-                    extra: String::new(),
-                },
-                Section {
+            sections: {
+                sections.extend([Section {
                     heading: "Requests answered per worker".into(),
                     text: match self.kind {
                         Kind::Stuck => "w0 is the worker stopped in each cell.".into(),
@@ -478,13 +592,22 @@ impl Latency {
                     },
                     table: Some(workers),
                     extra: String::new(),
-                },
-            ],
+                }]);
+                sections
+            },
             csv,
             extra_csv: vec![("requests".into(), requests_csv)],
             plots,
         })
     }
+}
+
+/// p50, p90, p99, p99.9 and max of latencies in ms (any order); `None` when there are none.
+fn fast_quantiles(latencies: &[f64]) -> Option<[f64; 5]> {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let q = |q| samples::quantile(&sorted, q);
+    Some([q(0.5)?, q(0.9)?, q(0.99)?, q(0.999)?, q(1.0)?])
 }
 
 /// Per-worker counts keyed by pid, in worker order (for tests and callers that hold pids).
@@ -504,6 +627,20 @@ mod tests {
         let slow = paths.iter().filter(|p| p.ends_with("ms=50")).count();
         assert!((70..=130).contains(&slow), "{slow} slow of 1000");
         assert_eq!(STUCK.paths(), ["/sleep?ms=1"]);
+    }
+
+    #[test]
+    fn fast_requests_are_told_by_their_path() {
+        let paths = MIXED.paths();
+        let fast = (0..2000).filter(|&i| is_fast(&paths, i)).count();
+        let slow_paths = paths.iter().filter(|p| p.as_str() != FAST_PATH).count();
+        assert_eq!(fast, 2 * (1000 - slow_paths));
+        assert!(!is_fast(&[], 0));
+        let q = fast_quantiles(&[3.0, 1.0, 2.0, 100.0]).unwrap();
+        assert_eq!(q, [2.0, 100.0, 100.0, 100.0, 100.0]);
+        assert!(fast_quantiles(&[]).is_none());
+        assert_eq!(ratio_against(1.5, 1.2), "1.50×, missed (25% over)");
+        assert_eq!(ratio_against(f64::NAN, 1.2), "-");
     }
 
     #[test]

@@ -5,4 +5,5 @@ pub mod cost;
 pub mod fairness;
 pub mod latency;
 pub mod monitor;
+pub mod throughput;
 pub mod udp;

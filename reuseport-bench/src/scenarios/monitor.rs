@@ -1,6 +1,7 @@
 //! `monitor`: what the daemon's health monitor costs. A daemon sampling every 5 ms with 64
 //! registered `reuseport echo` workers; its CPU time (utime + stime from /proc/PID/stat) over
-//! idle windows and over windows under a moderate open-loop load, alternated.
+//! idle windows and over windows under a moderate open-loop load, alternated, enough of each
+//! for the table to show a spread and not one lucky window.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ use crate::{
 };
 
 const WORKERS: usize = 64;
+/// Daemon CPU under load at `--sample-ms 5`, in % of one core.
+pub const GOAL_PERCENT: f64 = 0.5;
 /// 5 ms is the default and what the goal is stated for; 20 ms shows how the cost scales.
 const SAMPLE_PERIODS: [u64; 2] = [5, 20];
 
@@ -63,10 +66,12 @@ impl Scenario for Monitor {
     }
 
     fn run(&self, options: &Options) -> Result<Report> {
-        let (window, rate, default_rounds) = if options.quick {
-            (Duration::from_secs(1), 200.0, 1)
+        // Windows of a few seconds: the CPU time comes in 10 ms ticks, so 2% of a core is
+        // a few dozen ticks per window.
+        let (window, rate, default_rounds, per_cluster) = if options.quick {
+            (Duration::from_secs(1), 200.0, 1, 1)
         } else {
-            (Duration::from_secs(10), 500.0, 2)
+            (Duration::from_secs(3), 500.0, 2, 5)
         };
         let rounds = options.rounds.unwrap_or(default_rounds);
         let periods: &[u64] = if options.quick {
@@ -75,7 +80,8 @@ impl Scenario for Monitor {
             &SAMPLE_PERIODS
         };
         let watch = Watch::start();
-        let progress = crate::progress::bar("monitor", (2 * rounds * periods.len()) as u64);
+        let progress =
+            crate::progress::bar("monitor", (2 * rounds * per_cluster * periods.len()) as u64);
         let mut windows = Vec::new();
         let mut registered = Vec::new();
         for round in 0..rounds {
@@ -86,7 +92,8 @@ impl Scenario for Monitor {
                 let daemon = cluster.daemon_pid().context("no daemon")?;
                 // Let registration settle before measuring.
                 std::thread::sleep(Duration::from_millis(500));
-                for phase in [Phase::Idle, Phase::Load] {
+                let phases = (0..per_cluster).flat_map(|_| [Phase::Idle, Phase::Load]);
+                for phase in phases {
                     let before = cluster::cpu_time(daemon)?;
                     let start = Instant::now();
                     let mut requests = 0;
@@ -131,9 +138,9 @@ impl Scenario for Monitor {
         preamble.push(format!(
             "`reuseport run --sample-ms N --policy least-loaded` (N = {}) with at least \
              {registered} registered `reuseport echo` workers (of {WORKERS} started); per round \
-             and sample period a fresh daemon and workers, then a window of {:.0} s idle and one \
-             under an open-loop load of {rate} new-connection requests/s; {rounds} rounds, \
-             periods in an order rotated each round",
+             and sample period a fresh daemon and workers, then {per_cluster} pairs of windows of \
+             {:.0} s, one idle and one under an open-loop load of {rate} new-connection \
+             requests/s; {rounds} rounds, periods in an order rotated each round",
             periods
                 .iter()
                 .map(u64::to_string)
@@ -153,6 +160,7 @@ impl Scenario for Monitor {
             "daemon CPU (% of one core, median)",
             "min–max",
             "requests answered",
+            "goal under load at 5 ms: ≤ 0.5%",
         ]);
         let mut csv = Table::new(&[
             "sample_ms",
@@ -191,6 +199,12 @@ impl Scenario for Monitor {
                 s.map_or("-".into(), |s| format!("{}%", num(s.median))),
                 s.map_or("-".into(), |s| format!("{}–{}%", num(s.min), num(s.max))),
                 requests.to_string(),
+                match (sample_ms, phase, s) {
+                    (5, Phase::Load, Some(s)) => {
+                        crate::scenarios::cost::against_ceiling(s.median, GOAL_PERCENT)
+                    }
+                    _ => "-".into(),
+                },
             ]);
         }
         Ok(Report {
@@ -199,7 +213,10 @@ impl Scenario for Monitor {
             preamble,
             sections: vec![Section {
                 heading: "Daemon CPU".into(),
-                text: "The goal: under 2% of one core at the default `--sample-ms 5`.".into(),
+                text: format!(
+                    "The goal: at most {GOAL_PERCENT}% of one core under load at the default \
+                     `--sample-ms 5` (issue 11; the goal before it was under 2%)."
+                ),
                 table: Some(table),
                 extra: String::new(),
             }],

@@ -13,7 +13,7 @@ pub mod cpu;
 pub mod doc;
 pub mod haproxy;
 pub mod machine;
-pub mod netstat;
+pub use reuseport_testing::netstat;
 pub mod plot;
 pub mod progress;
 pub mod report;

@@ -60,7 +60,9 @@ impl ListenerDiag {
 
     /// Fills `out` with the queue of every TCP listener of `family`, by cookie.
     pub fn listeners(&mut self, family: Family, out: &mut HashMap<u64, Queue>) -> io::Result<()> {
-        self.dump(family, IPPROTO_TCP, StateFlags::LISTEN, |h| queue_of(h, out))
+        self.dump(family, IPPROTO_TCP, StateFlags::LISTEN, |h| {
+            queue_of(h, out)
+        })
     }
 
     /// Fills `out` with the receive queue of every UDP socket of `family` (bound ones are in

@@ -27,6 +27,7 @@ pub mod limits;
 pub mod listeners;
 pub mod loadgen;
 pub mod netns;
+pub mod netstat;
 pub mod seccomp;
 pub mod servers;
 pub mod steer;

@@ -30,6 +30,28 @@ pub fn slots(pool: &Pool, options: GroupOptions) -> Result<Group> {
     Ok(group)
 }
 
+/// Checks the program's runs and per-slot selections against what the clients saw: equal,
+/// except that a SYN the client sent again (`netstat` since `before`: a dropped SYN under load)
+/// runs the program once more.
+pub fn assert_runs_match(stats: &GroupStats, counts: &[u64], before: crate::netstat::TcpCounters) {
+    let again = crate::netstat::TcpCounters::read()
+        .since(before)
+        .syn_retrans;
+    let served: u64 = counts.iter().sum();
+    let runs = stats.global.runs;
+    assert!(
+        runs >= served && runs - served <= again,
+        "{runs} runs for {served} connections and {again} SYNs sent again: {stats:?}"
+    );
+    let picked = selected(stats, counts.len());
+    for (slot, (&p, &c)) in picked.iter().zip(counts).enumerate() {
+        assert!(
+            p >= c && p - c <= again,
+            "slot {slot}: selected {p} times, served {c}, {again} SYNs sent again: {stats:?}"
+        );
+    }
+}
+
 /// Per-slot `selected` counters for slots `0..n` (0 for a slot the group no longer holds).
 pub fn selected(stats: &GroupStats, n: usize) -> Vec<u64> {
     (0..n as u32)

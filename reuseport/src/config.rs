@@ -227,7 +227,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
             );
         }
         if let Some(adopt) = &g.adopt {
-            let udp = g.protocol.as_ref().is_some_and(|p| *p.get_ref() == Protocol::Udp);
+            let udp = g
+                .protocol
+                .as_ref()
+                .is_some_and(|p| *p.get_ref() == Protocol::Udp);
             if *adopt.get_ref() && udp {
                 problem(
                     adopt.span(),

@@ -1,5 +1,6 @@
-//! TCP counters of the benchmark's network namespace (`/proc/net/netstat`): a cell whose SYNs
-//! were dropped or retransmitted measured a one-second timer, not the program, and should say so.
+//! TCP counters of this thread's network namespace (`/proc/net/netstat`): a bench cell whose SYNs
+//! were dropped or retransmitted measured a one-second timer, not the program, and should say so;
+//! a test's exact count of program runs allows one run more per SYN sent again.
 
 use std::fs;
 

@@ -242,7 +242,10 @@ mod tests {
             )
         };
         assert_eq!(added, 0);
+        let started = std::time::Instant::now();
         let (found, stats) = scan(&wanted, 0, None)?;
+        // What a scan of this namespace costs (printed with --nocapture).
+        eprintln!("scan: {stats:?} in {:?}", started.elapsed());
         let mine: Vec<_> = found[&inode].iter().filter(|h| h.pid == me).collect();
         assert!(mine.len() == 1 && mine[0].polls, "{found:?}");
         assert!(stats.processes > 1);

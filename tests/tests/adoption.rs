@@ -434,3 +434,53 @@ fn a_server_replaced_by_one_binding_a_new_socket_loses_no_connection() -> Result
     no_failure(&outcome, &f, "")?;
     f.assert_round_robin(&BTreeSet::from([second.pid(), third.pid()]), 50)
 }
+
+#[test]
+fn a_daemon_without_ptrace_rights_says_what_it_needs() -> Result<()> {
+    reuseport_testing::fresh_netns()?;
+    let f = Fixture::on(
+        "127.0.0.1:8080".parse()?,
+        "adopt-noptrace",
+        binary::locate()?,
+    )?;
+    // Root without CAP_SYS_PTRACE: it may list other processes' descriptors, not read them.
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--bounding-set",
+        "-sys_ptrace",
+        "--inh-caps",
+        "-sys_ptrace",
+        "--",
+    ])
+    .arg(binary::locate()?)
+    .args([
+        "run",
+        "--listen",
+        &f.addr.to_string(),
+        "--adopt",
+        "--no-pin",
+    ])
+    .arg("--control")
+    .arg(&f.control);
+    let log = f.dir.join("daemon.log");
+    let daemon = Running::start(cmd, &log)?;
+    wait::until(START_LIMIT, "the daemon's control socket", || {
+        f.control.exists()
+    })?;
+    let dir = scratch(&f, "nginx")?;
+    let nginx = servers::nginx(&dir, f.addr, 1)?;
+    servers::workers_of(&[nginx.pid()], 1, START_LIMIT)?;
+    let said = || {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("needs ptrace rights over the servers it adopts (CAP_SYS_PTRACE)")
+            .count()
+    };
+    wait::until(START_LIMIT, "the missing right named", || said() > 0)
+        .with_context(|| daemon.output())?;
+    // One line for the one listener, however many scans.
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(said() == 1, "{}", daemon.output());
+    ensure!(f.status()?.workers.is_empty(), "{:?}", f.status());
+    Ok(())
+}

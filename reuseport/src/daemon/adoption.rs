@@ -169,6 +169,8 @@ impl Drop for Watched {
 struct Found {
     listeners: Vec<Listener>,
     holdings: Option<Holdings>,
+    /// Processes whose descriptors the scan could not read.
+    unreadable: usize,
 }
 
 impl Scanner {
@@ -265,12 +267,13 @@ impl Scanner {
                     Ok(Found {
                         listeners,
                         holdings: None,
+                        unreadable: 0,
                     }),
                 );
             }
             let inodes = listeners.iter().map(|l| l.inode).collect();
             let started = Instant::now();
-            let holdings = match holders::scan(&inodes, own_pid, None) {
+            let (holdings, stats) = match holders::scan(&inodes, own_pid, None) {
                 Ok((holdings, stats)) => {
                     debug!(
                         "adoption: /proc scanned for {} listeners: {} processes, {} \
@@ -280,7 +283,7 @@ impl Scanner {
                         stats.descriptors,
                         started.elapsed().as_micros()
                     );
-                    Some(holdings)
+                    (holdings, stats)
                 }
                 Err(e) => return (diag, Err(format!("reading /proc: {e}"))),
             };
@@ -288,7 +291,8 @@ impl Scanner {
                 diag,
                 Ok(Found {
                     listeners,
-                    holdings,
+                    holdings: Some(holdings),
+                    unreadable: stats.unreadable,
                 }),
             )
         })
@@ -388,6 +392,19 @@ impl Scanner {
                         }
                     }
                 }
+                (None, None)
+                    if found.unreadable > 0
+                        && adopting.contains(&listener.local)
+                        && !view.slotted.contains(&cookie)
+                        && self.warned.insert(cookie) =>
+                {
+                    warn!(
+                        "adoption: {}: found no process holding the listener (socket {}), and \
+                         the descriptors of {} processes could not be read: the daemon needs \
+                         ptrace rights over the servers it adopts (CAP_SYS_PTRACE)",
+                        listener.local, listener.inode, found.unreadable
+                    );
+                }
                 _ => {}
             }
         }
@@ -423,10 +440,15 @@ impl Scanner {
         let (process, socket, ours) = match copied {
             Ok(c) => c,
             Err(e) => {
+                let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                    " (the daemon needs ptrace rights over the server: CAP_SYS_PTRACE)"
+                } else {
+                    ""
+                };
                 return Ok(Err(format!(
-                    "{local}: copying descriptor {} of {name} (pid {pid}): {e}",
+                    "{local}: copying descriptor {} of {name} (pid {pid}): {e}{hint}",
                     holder.fd
-                )))
+                )));
             }
         };
         let info = match SocketInfo::of(socket.as_fd()) {

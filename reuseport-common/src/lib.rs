@@ -8,6 +8,8 @@
 
 pub mod maps;
 mod named;
+pub mod policy_program;
+pub mod trace;
 #[cfg(any(test, feature = "std"))]
 mod parse;
 
@@ -311,6 +313,7 @@ mod pod {
     unsafe impl aya::Pod for super::SlotConfig {}
     unsafe impl aya::Pod for super::SlotStats {}
     unsafe impl aya::Pod for super::GlobalStats {}
+    unsafe impl aya::Pod for super::policy_program::Answer {}
 }
 
 #[cfg(test)]

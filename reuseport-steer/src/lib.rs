@@ -14,6 +14,7 @@ pub mod netns;
 mod object;
 pub mod pin;
 pub mod policy;
+pub mod policy_program;
 pub mod preflight;
 pub mod procs;
 mod publication;
@@ -21,6 +22,7 @@ pub mod schedule;
 pub mod socket;
 pub mod stats;
 mod sys;
+pub mod trace;
 
 pub use error::{Error, Result};
 pub use group::{Group, GroupOptions, Slot};

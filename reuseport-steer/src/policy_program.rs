@@ -55,7 +55,10 @@ impl PolicyPrograms {
         let map = ebpf
             .take_map(policy_program::PROGS.name)
             .ok_or_else(|| Error::Ebpf {
-                what: format!("map {} is missing from the object", policy_program::PROGS.name),
+                what: format!(
+                    "map {} is missing from the object",
+                    policy_program::PROGS.name
+                ),
                 cause: "object built from other sources".into(),
             })?;
         let mut progs = Self {

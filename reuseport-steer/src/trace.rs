@@ -5,7 +5,8 @@ use aya::{
     maps::{Array, MapData, RingBuf},
     Ebpf,
 };
-use reuseport_common::trace::{self, TraceRecord};
+use reuseport_common::trace;
+pub use reuseport_common::trace::TraceRecord;
 
 use crate::error::{Error, Result};
 

@@ -6,6 +6,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod policy_load;
+pub mod trace;
+
 use reuseport_steer::Policy;
 use reuseport_worker::{control_path, protocol::GroupRef, ControlClient, GroupStatus, Request};
 

@@ -137,6 +137,20 @@ enum Command {
         #[command(flatten)]
         control: Control,
     },
+    /// Stream every decision of the steering program: time, kind, slot, first choice, policy,
+    /// outcome, flow hash, load (docs/experiments.md).
+    Trace {
+        #[arg(long, value_name = "ADDR:PORT")]
+        group: Option<GroupRef>,
+        /// Stop after N decisions
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: Control,
+    },
     /// Show or change the balancing policy.
     Policy {
         #[command(subcommand)]
@@ -253,7 +267,17 @@ enum PolicyAction {
         #[command(flatten)]
         control: Control,
     },
-    /// Switch the policy live (all groups unless --group).
+    /// Install a policy program (an eBPF object built from policies/template) live; `policy
+    /// set` goes back to a built-in policy.
+    Load {
+        /// The object, e.g. target/policies/sticky_source.o
+        path: PathBuf,
+        #[arg(long, value_name = "ADDR:PORT")]
+        group: Option<GroupRef>,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Switch the policy live (all groups unless --group); removes a policy program.
     Set {
         #[arg(value_enum)]
         policy: Policy,
@@ -416,7 +440,18 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 group,
                 control,
             } => cli::policy_set(&cli::path(control.control), policy, group),
+            PolicyAction::Load {
+                path,
+                group,
+                control,
+            } => cli::policy_load::run(&cli::path(control.control), &path, group),
         },
+        Command::Trace {
+            group,
+            count,
+            json,
+            control,
+        } => cli::trace::run(&cli::path(control.control), group, count, json),
         Command::Weight {
             slot,
             weight,

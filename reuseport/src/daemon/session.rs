@@ -165,7 +165,7 @@ impl Session {
                 last_request = Instant::now();
                 line_began = None;
                 if let Some(reply) = self
-                    .handle_line(line, actor, &mut fds, &mut connection)
+                    .handle_line(stream, line, actor, &mut fds, &mut connection)
                     .await?
                 {
                     self.reply(stream, &reply, &connection).await?;
@@ -298,6 +298,7 @@ impl Session {
     /// Carries out one request; `None` for requests that get no reply.
     async fn handle_line(
         &self,
+        stream: &mut UnixStream,
         line: &[u8],
         actor: Actor,
         fds: &mut VecDeque<Option<OwnedFd>>,
@@ -422,6 +423,35 @@ impl Session {
                     changes: Some(changes),
                     ..Reply::ok()
                 }),
+            },
+            Request::Trace { group, count } => {
+                match self
+                    .owner
+                    .call(move |r| r.trace_hub(group.as_ref()))
+                    .await?
+                {
+                    Err(refusal) => Err(refusal),
+                    Ok((group, hub)) => {
+                        let served = super::trace::serve(stream, group, &hub, count).await;
+                        return served.map(Some).map_err(|e| {
+                            fatal(ErrorCode::Io, format!("the trace stream ended: {e}"))
+                        });
+                    }
+                }
+            }
+            Request::PolicyLoad { path, group } => match actor.may_set("load a policy program") {
+                Err(refusal) => Err(refusal),
+                Ok(()) => {
+                    let uid = self.peer.uid;
+                    self.owner
+                        .call(move |r| r.load_policy_program(&path, uid, group.as_ref()))
+                        .await?
+                        .map(|(group, program)| Reply {
+                            group: Some(group),
+                            program: Some(program),
+                            ..Reply::ok()
+                        })
+                }
             },
             Request::Undrain { slot, group } => self
                 .owner

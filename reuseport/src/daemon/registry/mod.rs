@@ -6,6 +6,7 @@
 //! and unregisters workers, [`monitor`] samples their health and reacts, [`load`] is the load
 //! formula, [`status`] renders the `status` reply.
 
+mod experiments;
 mod load;
 mod monitor;
 mod reconfigure;
@@ -75,6 +76,8 @@ struct GroupEntry {
     stuck_events: u64,
     /// Pids drained with `--close`: their next registration starts draining too.
     closed_pids: Vec<u32>,
+    /// The group's `trace` clients, from the first one on.
+    trace: Option<std::sync::Arc<super::trace::TraceHub>>,
 }
 
 pub struct Registry {
@@ -138,6 +141,8 @@ impl Registry {
         };
         for i in targets {
             let entry = &mut self.groups[i];
+            // A built-in policy replaces a policy program too (docs/experiments.md).
+            entry.group.remove_policy_program()?;
             entry.group.set_policy(policy)?;
             info!("{}: policy set to {policy}", entry.listen);
         }
@@ -278,6 +283,7 @@ impl GroupEntry {
             events: VecDeque::new(),
             stuck_events: 0,
             closed_pids: Vec::new(),
+            trace: None,
         })
     }
 }

@@ -8,10 +8,10 @@
 
 pub mod maps;
 mod named;
-pub mod policy_program;
-pub mod trace;
 #[cfg(any(test, feature = "std"))]
 mod parse;
+pub mod policy_program;
+pub mod trace;
 
 pub use named::{AttachMode, Family, OnEmpty, Policy, Protocol, SlotState};
 #[cfg(any(test, feature = "std"))]

@@ -181,7 +181,7 @@ impl SharedPins {
     fn new(shared: &[(&str, &Map)]) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = Path::new("/sys/fs/bpf").join(format!(
-            ".reuseport-policy-{}-{}",
+            "reuseport-policy-load-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Relaxed)
         ));

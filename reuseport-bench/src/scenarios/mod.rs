@@ -3,5 +3,6 @@
 pub mod churn;
 pub mod cost;
 pub mod fairness;
+pub mod file;
 pub mod latency;
 pub mod monitor;

@@ -24,6 +24,8 @@ pub struct EchoOptions {
     /// IPv6: IPV6_V6ONLY for the listener; `None`: the group's kind as the running daemon
     /// reports it, dual-stack when it cannot tell.
     pub v6only: Option<bool>,
+    /// This worker's own service time per request (`--service-ms`).
+    pub service: Option<crate::echo_service::ServiceTime>,
 }
 
 /// Longest request head accepted.
@@ -42,6 +44,9 @@ struct Conn {
 /// worker evicted, `drain --close`), it makes it listen again at once and the worker keeps
 /// accepting; if it does not listen again, the worker joins again with a new one.
 pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
+    if let Some(service) = options.service {
+        crate::echo_service::set(service);
+    }
     let mut conns: Vec<Conn> = Vec::new();
     loop {
         let v6only = options.v6only.unwrap_or_else(|| {
@@ -224,6 +229,7 @@ fn parse(head: &[u8]) -> HttpRequest {
 fn answer(stream: &mut TcpStream, request: &HttpRequest, pid: u32) -> io::Result<()> {
     let (status, body) = match (request.method.as_str(), route(&request.path)) {
         ("GET", Some(sleep_ms)) => {
+            crate::echo_service::serve();
             if sleep_ms > 0 {
                 // Deliberately blocks the whole worker, like a long synchronous request.
                 std::thread::sleep(Duration::from_millis(sleep_ms));

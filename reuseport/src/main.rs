@@ -6,6 +6,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 mod cli;
 mod demo;
 mod echo;
+mod echo_service;
 mod exit;
 mod logging;
 mod man;
@@ -227,6 +228,10 @@ enum Command {
         /// IPv6: a dual-stack socket (IPV6_V6ONLY=0) whatever the daemon reports
         #[arg(long, conflicts_with = "v6only")]
         dual_stack: bool,
+        /// This worker's own service time, added to every request: fixed:MS, uniform:MIN:MAX,
+        /// exp:MEAN or bimodal:FAST:SLOW:FRACTION (bench scenario files)
+        #[arg(long, value_name = "SPEC", hide = true)]
+        service_ms: Option<echo_service::ServiceTime>,
         #[command(flatten)]
         control: Control,
     },
@@ -482,6 +487,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             weight,
             v6only,
             dual_stack,
+            service_ms,
             control,
         } => echo::run(&EchoOptions {
             listen,
@@ -490,6 +496,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             name,
             weight,
             v6only: (v6only || dual_stack).then_some(v6only),
+            service: service_ms,
         }),
         Command::Completions { shell } => {
             clap_complete::generate(

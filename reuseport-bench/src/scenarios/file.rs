@@ -5,7 +5,8 @@
 //! ```toml
 //! name = "slow-tail"              # output file stem
 //! title = "10% of requests 20x slower"
-//! workers = 4                     # `reuseport echo` workers, one request at a time each
+//! workers = 4                     # `reuseport echo` workers, one request at a time each,
+//!                                 # or one [[worker]] entry each (below)
 //! rounds = 3                      # cells per steering, interleaved, order rotated each round
 //! trace = true                    # every decision into <name>-trace.csv (`reuseport trace`)
 //!
@@ -18,6 +19,11 @@
 //! [load]                          # open loop at `rate` requests/s, or closed loop with
 //! rate = 200                      # `concurrency` clients; for `duration_s` seconds a cell
 //! duration_s = 4
+//!
+//! [[worker]]                      # a worker's own service time per request, on top of the
+//! service = "fixed:0"             # request's: fixed:MS, uniform:MIN:MAX, exp:MEAN,
+//! [[worker]]                      # bimodal:FAST:SLOW:FRACTION
+//! service = "exp:5"
 //!
 //! [[steering]]
 //! kernel = true                   # no program: the kernel's hash
@@ -33,6 +39,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, ensure, Context as _, Result};
 use reuseport_steer::Policy;
 use reuseport_testing::{
+    daemon::Fixture,
     distribution::Distribution,
     loadgen::{ClosedLoop, OpenLoop, Recording, Target},
 };
@@ -53,8 +60,13 @@ pub struct File {
     pub name: String,
     #[serde(default)]
     pub title: Option<String>,
-    #[serde(default = "default_workers")]
-    pub workers: usize,
+    /// How many workers (default 4, or as many as `[[worker]]` entries).
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// The workers one by one, when they differ: `service` is the worker's own service time
+    /// per request, on top of what the request asks (`reuseport echo --service-ms`).
+    #[serde(default)]
+    pub worker: Vec<WorkerSpec>,
     #[serde(default = "default_rounds")]
     pub rounds: usize,
     /// Record every decision of the steering program (`reuseport trace`) into
@@ -67,8 +79,33 @@ pub struct File {
     pub steering: Vec<SteeringSpec>,
 }
 
-fn default_workers() -> usize {
-    4
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSpec {
+    /// `fixed:MS`, `uniform:MIN:MAX`, `exp:MEAN` or `bimodal:FAST:SLOW:FRACTION`.
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+/// Checks a worker's service spec as `reuseport echo --service-ms` reads it.
+fn check_service(spec: &str) -> Result<()> {
+    let mut parts = spec.split(':');
+    let kind = parts.next().unwrap_or_default();
+    let numbers: Option<Vec<f64>> = parts
+        .map(|p| p.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0))
+        .collect();
+    let ok = match (kind, numbers.as_deref()) {
+        ("fixed" | "exp", Some([_])) => true,
+        ("uniform", Some([min, max])) => min <= max,
+        ("bimodal", Some([_, _, fraction])) => *fraction <= 1.0,
+        _ => false,
+    };
+    ensure!(
+        ok,
+        "worker service {spec:?}: give fixed:MS, uniform:MIN:MAX, exp:MEAN or \
+         bimodal:FAST:SLOW:FRACTION (milliseconds, a fraction in 0..=1)"
+    );
+    Ok(())
 }
 
 fn default_rounds() -> usize {
@@ -149,6 +186,7 @@ struct Cell {
 pub struct FileScenario {
     name: &'static str,
     title: String,
+    workers: usize,
     file: File,
     cells: Vec<Cell>,
 }
@@ -174,7 +212,21 @@ impl FileScenario {
             "name {:?}: letters, digits, - and _ only (it names the output files)",
             file.name
         );
-        ensure!((1..=64).contains(&file.workers), "workers: 1 to 64");
+        let workers = match (file.workers, file.worker.len()) {
+            (None, 0) => 4,
+            (None, n) => n,
+            (Some(n), 0) => n,
+            (Some(n), m) if n == m => n,
+            (Some(n), m) => {
+                bail!("workers = {n} but {m} [[worker]] entries: give one or the other")
+            }
+        };
+        ensure!((1..=64).contains(&workers), "workers: 1 to 64");
+        for w in &file.worker {
+            if let Some(spec) = &w.service {
+                check_service(spec)?;
+            }
+        }
         ensure!(file.rounds >= 1, "rounds: at least 1");
         ensure!(file.load.duration_s > 0.0, "load.duration_s: more than 0");
         match (file.load.rate, file.load.concurrency) {
@@ -195,6 +247,7 @@ impl FileScenario {
         Ok(Self {
             name: Box::leak(file.name.clone().into_boxed_str()),
             title,
+            workers,
             file,
             cells,
         })
@@ -338,7 +391,7 @@ impl Scenario for FileScenario {
         };
         let n = self.cells.len();
         let mut recordings: Vec<Option<Recording>> = vec![None; n];
-        let mut per_worker = vec![vec![0u64; self.file.workers]; n];
+        let mut per_worker = vec![vec![0u64; self.workers]; n];
         let mut failed = vec![0u64; n];
         let mut trace = Table::new(&[
             "round", "steering", "mono_ns", "kind", "slot", "first", "policy", "outcome", "hash",
@@ -406,7 +459,7 @@ impl FileScenario {
         cell: &Cell,
         duration: Duration,
     ) -> Result<(Recording, Vec<u32>, Vec<TraceEvent>)> {
-        let cluster = cluster::start(cluster::next_addr(), &cell.steering, self.file.workers, 5)?;
+        let cluster = self.start(&cell.steering)?;
         if let Some(program) = &cell.program {
             let path = program
                 .canonicalize()
@@ -447,6 +500,28 @@ impl FileScenario {
         Ok((recording, pids, events))
     }
 
+    /// The daemon (unless the kernel's hash steers) and the workers, each with its own
+    /// service time if the file gives one, on a fresh port; as `cluster::start` does.
+    fn start(&self, steering: &Steering) -> Result<Fixture> {
+        let bin = reuseport_testing::binary::locate()?;
+        let addr = cluster::next_addr();
+        let mut fixture = Fixture::on(addr, &format!("bench-{}", addr.port()), bin)?;
+        fixture.rust_log = Some("warn".into());
+        fixture.register = *steering != Steering::KernelHash;
+        if let Steering::Program { policy, flags } = steering {
+            let mut args = vec!["--policy", policy.name(), "--sample-ms", "5", "--no-pin"];
+            args.extend_from_slice(flags);
+            fixture.start_daemon(&args)?;
+        }
+        for i in 0..self.workers {
+            let service = self.file.worker.get(i).and_then(|w| w.service.as_deref());
+            let extra: Vec<&str> = service.map_or_else(Vec::new, |s| vec!["--service-ms", s]);
+            fixture.echo_with(&format!("w{i}"), &extra)?;
+        }
+        cluster::wait_ready(&fixture, self.workers)?;
+        Ok(fixture)
+    }
+
     fn report(
         &self,
         rounds: usize,
@@ -459,11 +534,18 @@ impl FileScenario {
             (Some(rate), _) => format!("open loop, {rate} requests/s"),
             (None, c) => format!("closed loop, {} clients", c.unwrap_or(1)),
         };
-        let preamble = vec![
+        let own: Vec<String> = self
+            .file
+            .worker
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.service.as_ref().map(|s| format!("w{i} {s}")))
+            .collect();
+        let mut preamble = vec![
             format!(
                 "{} `reuseport echo` workers (one request at a time each); {load} for {:.1} s per \
-                 cell, a new connection per request; service time {:?}",
-                self.file.workers,
+                 cell, a new connection per request; service time asked by each request {:?}",
+                self.workers,
                 duration.as_secs_f64(),
                 self.file.service
             ),
@@ -472,6 +554,12 @@ impl FileScenario {
                  port for every cell"
             ),
         ];
+        if !own.is_empty() {
+            preamble.push(format!(
+                "Workers' own service time per request, on top (ms): {}",
+                own.join(", ")
+            ));
+        }
         let mut table = Table::new(&[
             "steering", "requests", "failed", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
         ]);
@@ -488,7 +576,7 @@ impl FileScenario {
             "jain",
         ]);
         let mut worker_headers = vec!["steering".to_owned()];
-        worker_headers.extend((0..self.file.workers).map(|w| format!("w{w}")));
+        worker_headers.extend((0..self.workers).map(|w| format!("w{w}")));
         worker_headers.extend(["max/min".to_owned(), "Jain".to_owned()]);
         let mut workers = Table {
             headers: worker_headers,
@@ -639,5 +727,10 @@ mod tests {
         assert!(
             err("name = \"../x\"\n[load]\nrate = 1\n[[steering]]\nkernel = true").contains("name")
         );
+        let both =
+            "name = \"x\"\nworkers = 3\n[[worker]]\n[load]\nrate = 1\n[[steering]]\nkernel = true";
+        assert!(err(both).contains("[[worker]]"));
+        let slow = "name = \"x\"\n[[worker]]\nservice = \"slow\"\n[load]\nrate = 1\n[[steering]]\nkernel = true";
+        assert!(err(slow).contains("fixed:MS"));
     }
 }

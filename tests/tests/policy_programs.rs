@@ -163,9 +163,19 @@ fn a_policy_program_goes_in_and_out_live_with_no_connection_lost() -> Result<()>
         let out = fixture.cli(&["policy", "load", path])?;
         ensure!(out.status.success(), "policy load: {out:?}");
         assert_eq!(traced_policy(&fixture)?, "program");
+        let shown = fixture.cli(&["policy", "get"])?;
+        assert_eq!(
+            String::from_utf8_lossy(&shown.stdout),
+            format!("{addr} round-robin program template\n")
+        );
         let out = fixture.cli(&["policy", "set", "round-robin"])?;
         ensure!(out.status.success(), "policy set: {out:?}");
         assert_eq!(traced_policy(&fixture)?, "round-robin");
+        let shown = fixture.cli(&["policy", "get"])?;
+        assert_eq!(
+            String::from_utf8_lossy(&shown.stdout),
+            format!("{addr} round-robin\n")
+        );
     }
     let outcomes = match load.join() {
         Ok(outcomes) => outcomes,

@@ -373,11 +373,15 @@ impl Session {
             })?,
             Request::PolicyGet { group } => self
                 .owner
-                .call(move |r| r.policy(group.as_ref()))
+                .call(move |r| {
+                    let (listen, policy) = r.policy(group.as_ref())?;
+                    Ok((listen, policy, r.policy_program(group.as_ref())?))
+                })
                 .await?
-                .map(|(group, policy)| Reply {
+                .map(|(group, policy, program)| Reply {
                     group: Some(group),
                     policy: Some(policy),
+                    program,
                     ..Reply::ok()
                 }),
             Request::PolicySet { policy, group } => match policy {

@@ -33,6 +33,12 @@ impl Registry {
         Ok((entry.listen, hub))
     }
 
+    /// The name of the policy program installed in one group, if any.
+    pub fn policy_program(&self, group: Option<&GroupRef>) -> Result<Option<String>, Refusal> {
+        let entry = &self.groups[self.one_group(group)?];
+        Ok(entry.group.policy_program().map(str::to_owned))
+    }
+
     /// Installs the policy program at `path` in one group (or every group), live. `uid` is
     /// the client's: the object must be a file that uid may read, so the daemon reads nothing
     /// on a client's behalf that the client could not read itself.

@@ -28,6 +28,10 @@ pub struct Cli {
     /// Directory for the Markdown and CSV results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
+    /// Also run the experiment this TOML file describes (docs/experiments.md); alone when no
+    /// scenario is named.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
@@ -50,10 +54,17 @@ pub struct Cli {
 impl Cli {
     /// The scenarios to run, in command-line order (registry order when none is named).
     pub fn selected(&self) -> Result<Vec<&'static dyn Scenario>> {
+        let mut chosen: Vec<&'static dyn Scenario> = Vec::new();
+        if let Some(file) = &self.scenario {
+            // Made once per run: the one registration hook of a scenario file.
+            chosen.push(Box::leak(Box::new(crate::scenarios::file::load(file)?)));
+            if self.scenarios.is_empty() {
+                return Ok(chosen);
+            }
+        }
         if self.scenarios.is_empty() {
             return Ok(scenario::registry().to_vec());
         }
-        let mut chosen: Vec<&'static dyn Scenario> = Vec::new();
         for name in &self.scenarios {
             let Some(s) = scenario::find(name) else {
                 let known: Vec<_> = scenario::registry().iter().map(|s| s.name()).collect();

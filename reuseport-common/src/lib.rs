@@ -12,6 +12,9 @@ mod named;
 mod parse;
 pub mod udp;
 
+pub mod policy_program;
+pub mod trace;
+
 pub use named::{AttachMode, Family, OnEmpty, Policy, Protocol, SlotState};
 #[cfg(any(test, feature = "std"))]
 pub use parse::ParseError;
@@ -312,6 +315,7 @@ mod pod {
     unsafe impl aya::Pod for super::SlotConfig {}
     unsafe impl aya::Pod for super::SlotStats {}
     unsafe impl aya::Pod for super::GlobalStats {}
+    unsafe impl aya::Pod for super::policy_program::Answer {}
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@
 #![feature(core_intrinsics)]
 
 mod udp;
+mod policy_program;
+mod trace;
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -31,9 +33,12 @@ use aya_log_ebpf::warn;
 use reuseport_common::{
     cursor,
     maps::{self, MapSpec},
-    select_error, GlobalStats, LeastList, OnEmpty, Policy, Publication, Publications, SlotStats,
-    MAX_SCHEDULE, MAX_SLOTS, MAX_TRIES, PUBLICATION_COPIES,
+    select_error,
+    trace::{outcome, NO_SLOT},
+    GlobalStats, LeastList, OnEmpty, Policy, Publication, Publications, SlotStats, MAX_SCHEDULE,
+    MAX_SLOTS, MAX_TRIES, PUBLICATION_COPIES,
 };
+use trace::Decision;
 
 /// The benchmark's no-op program: a second, separate program of the object.
 mod noop;
@@ -74,18 +79,22 @@ const fn array<V>(spec: &MapSpec<V>) -> Array<V> {
 
 #[sk_reuseport]
 pub fn reuseport_select(ctx: SkReuseportContext) -> u32 {
-    steer(&ctx, false)
+    let answer = policy_program::consult(&ctx);
+    steer(&ctx, false, answer)
 }
 
 #[sk_reuseport(migrate)]
 pub fn reuseport_migrate(ctx: SkReuseportContext) -> u32 {
+    let answer = policy_program::consult(&ctx);
     let migrating = ctx.migrating_sk().is_some();
-    steer(&ctx, migrating)
+    steer(&ctx, migrating, answer)
 }
 
-/// Picks a socket for this connection and returns the verdict.
+/// Picks a socket for this connection and returns the verdict. `answer`: the slot a policy
+/// program answered, or `NO_SLOT` (a plain `u32`, not an `Option`: the payload of a `None`
+/// is undefined, and LLVM may spill it from a register the verifier calls unreadable).
 #[inline(always)]
-fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
+fn steer(ctx: &SkReuseportContext, migrating: bool, answer: u32) -> u32 {
     let Some(global) = GLOBAL_STATS.get_ptr_mut(0) else {
         return SK_PASS;
     };
@@ -99,24 +108,50 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
     let Some(publication) = live_publication() else {
         return SK_PASS;
     };
-    let config = publication.config;
+    let (verdict, decision) = decide(ctx, publication, migrating, answer, global);
+    // One place for the trace, after every path has joined: the verifier checks it once per
+    // state that reaches here, not once per way out of the walk.
+    trace::decided(ctx, migrating, &decision);
+    verdict
+}
 
+/// The verdict for this connection by `publication`, and what the trace says of it.
+#[inline(always)]
+fn decide(
+    ctx: &SkReuseportContext,
+    publication: &Publication,
+    migrating: bool,
+    answer: u32,
+    global: &mut GlobalStats,
+) -> (u32, Decision) {
+    let config = publication.config;
+    let mut decision = Decision::new(&config, answer);
     // UDP, flow-sticky policies: a known flow stays on its slot (udp.rs).
     if udp::sticky(ctx, &config) {
         if let Some(slot) = udp::flow_slot(ctx, publication) {
+            decision.first = slot;
             if try_slot(ctx, slot, migrating, global) {
-                return SK_PASS;
+                return (SK_PASS, decision.ended(slot, outcome::FLOW));
             }
         }
     }
-
     let count = config.active_len;
     if count > 0 && count <= MAX_SLOTS {
+        // A policy program's answer is tried first; if its slot cannot take the connection
+        // (not active, or closed), the built-in policy decides as if it had deferred.
+        if policy_program::is_active(publication, answer) {
+            decision.first = answer;
+            if try_slot(ctx, answer, migrating, global) {
+                udp::picked(ctx, publication, answer);
+                return (SK_PASS, decision.ended(answer, outcome::FIRST));
+            }
+        }
         let (first, start) = first_candidate(ctx, publication, count);
         if let Some(slot) = first {
+            decision.first = slot;
             if try_slot(ctx, slot, migrating, global) {
                 udp::picked(ctx, publication, slot);
-                return SK_PASS;
+                return (SK_PASS, decision.ended(slot, outcome::FIRST));
             }
         }
         // Walk the active list from `start`; never hand the connection to the whole group while
@@ -127,7 +162,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
             if let Some(&slot) = publication.active.get(bounded(index, MAX_SLOTS)) {
                 if try_slot(ctx, slot, migrating, global) {
                     udp::picked(ctx, publication, slot);
-                    return SK_PASS;
+                    return (SK_PASS, decision.ended(slot, outcome::WALKED));
                 }
             }
             i += 1;
@@ -136,7 +171,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
 
     if config.on_empty == OnEmpty::Drop as u32 {
         global.drops += 1;
-        SK_DROP
+        (SK_DROP, decision.ended(NO_SLOT, outcome::DROPPED))
     } else {
         global.fallbacks += 1;
         if global.fallbacks.is_power_of_two() {
@@ -145,7 +180,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
                 "no active slot took the connection: kernel hash over the group"
             );
         }
-        SK_PASS
+        (SK_PASS, decision.ended(NO_SLOT, outcome::FELL_BACK))
     }
 }
 
@@ -169,6 +204,9 @@ fn first_candidate(
     publication: &Publication,
     count: u32,
 ) -> (Option<u32>, u32) {
+    // SAFETY: the caller checked; said again because LLVM loses it in some programs (the
+    // finishing ones) and would keep a division-by-zero panic the verifier refuses.
+    unsafe { core::hint::assert_unchecked(count > 0) };
     // The policy stays a `u32` in the map; comparing it against each variant's value keeps an
     // unknown value harmless (it falls through to the hash).
     const LEAST_LOADED: u32 = Policy::LeastLoaded as u32;

@@ -28,12 +28,14 @@ use crate::{
     object::OBJECT,
     pin,
     policy::{AttachMode, OnEmpty, Policy, SlotState},
+    policy_program::PolicyPrograms,
     preflight::{self, KernelVersion},
     publication::{self, check_range},
     socket::SocketInfo,
     stats::{GlobalCounters, GroupStats, SlotCounters},
     sys,
     udp::UdpState,
+    trace::Tracer,
 };
 
 /// How a [`Group`] starts out.
@@ -123,6 +125,10 @@ pub struct Group {
     attached: bool,
     /// The state came from pinned maps written by an earlier process.
     adopted: bool,
+    /// The decision trace, until someone takes it to stream it.
+    tracer: Option<Tracer>,
+    /// The program array a policy program is installed in.
+    policy_programs: PolicyPrograms,
 }
 
 impl Group {
@@ -184,6 +190,7 @@ impl Group {
             take(reuseport_common::udp::MAGLEV.name)?,
             take(reuseport_common::udp::UDP_SETTINGS.name)?,
         )?;
+        let tracer = Tracer::take(&mut ebpf)?;
 
         let prog_name = program_name(options.mode);
         let program: &mut SkReuseport = ebpf
@@ -197,6 +204,7 @@ impl Group {
         program
             .load()
             .map_err(|e| Error::ebpf(format!("loading program {prog_name}"), e))?;
+        let policy_programs = PolicyPrograms::load(&mut ebpf, prog_name)?;
 
         let mut group = Self {
             ebpf,
@@ -220,6 +228,8 @@ impl Group {
             identity: None,
             attached: false,
             adopted: false,
+            tracer: Some(tracer),
+            policy_programs,
         };
         if group.adopt()? {
             group.udp.before(&Publication::EMPTY, &group.published);
@@ -238,6 +248,38 @@ impl Group {
     /// table). See [`crate::udp`].
     pub fn set_flow_idle(&mut self, idle: std::time::Duration) -> Result<()> {
         self.udp.set_flow_idle(idle)
+    }
+
+    /// The group's decision trace ([`Tracer`]): given out once, to its one reader.
+    pub fn take_tracer(&mut self) -> Option<Tracer> {
+        self.tracer.take()
+    }
+
+    /// Installs the policy program in the object at `path` (see [`crate::policy_program`]),
+    /// replacing any other, live; returns its name. The group's built-in policy stays what
+    /// the program may defer to.
+    pub fn load_policy_program(&mut self, path: &std::path::Path) -> Result<String> {
+        let cursors = self.ebpf.map(maps::CURSORS.name);
+        let [stats, load, _, publication] = &self._mapped_maps;
+        let mut shared = vec![
+            (maps::SLOT_STATS.name, stats),
+            (maps::LOAD.name, load),
+            (maps::PUBLICATION.name, publication),
+        ];
+        shared.extend(cursors.map(|c| (maps::CURSORS.name, c)));
+        let answer = self.ebpf.map(reuseport_common::policy_program::ANSWER.name);
+        shared.extend(answer.map(|a| (reuseport_common::policy_program::ANSWER.name, a)));
+        self.policy_programs.install(path, self.mode, &shared)
+    }
+
+    /// Takes the policy program out: the built-in policy decides again.
+    pub fn remove_policy_program(&mut self) -> Result<()> {
+        self.policy_programs.remove()
+    }
+
+    /// The name of the installed policy program, if any.
+    pub fn policy_program(&self) -> Option<&str> {
+        self.policy_programs.installed()
     }
 
     /// Whether the state was taken over from pinned maps.

@@ -17,6 +17,7 @@ mod object;
 pub mod pidfd;
 pub mod pin;
 pub mod policy;
+pub mod policy_program;
 pub mod preflight;
 pub mod procs;
 mod publication;
@@ -25,6 +26,8 @@ pub mod socket;
 pub mod stats;
 mod sys;
 pub mod udp;
+
+pub mod trace;
 
 pub use error::{Error, Result};
 pub use group::{Group, GroupOptions, Slot};

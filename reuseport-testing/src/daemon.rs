@@ -174,8 +174,15 @@ impl Fixture {
 
     /// Starts a `reuseport echo` worker; returns its pid.
     pub fn echo(&mut self, name: &str) -> Result<u32> {
+        self.echo_with(name, &[])
+    }
+
+    /// [`Fixture::echo`] with more flags for `reuseport echo` (e.g. `--service-ms fixed:5`, a
+    /// worker slower than the others).
+    pub fn echo_with(&mut self, name: &str, extra: &[&str]) -> Result<u32> {
         let mut cmd = self.command(name)?;
         cmd.args(["echo", "--listen", &self.addr.to_string(), "--name", name])
+            .args(extra)
             .arg("--control")
             .arg(&self.control);
         if !self.register {

@@ -133,6 +133,11 @@ impl ControlClient {
         }
     }
 
+    /// The next reply line, for a request answered with several (`trace`).
+    pub fn next_reply(&mut self) -> Result<Reply, ClientError> {
+        self.reply()
+    }
+
     fn reply(&mut self) -> Result<Reply, ClientError> {
         let mut line = String::new();
         let n = Read::by_ref(&mut self.reader)

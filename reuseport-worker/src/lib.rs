@@ -10,6 +10,7 @@ pub mod fdpass;
 pub mod names;
 pub mod protocol;
 pub mod registration;
+pub mod trace;
 
 pub use client::{control_path, ClientError, ControlClient};
 pub use protocol::{ErrorCode, EventStatus, GroupStatus, Reply, Request, WorkerStatus};

@@ -73,6 +73,22 @@ pub enum Request {
     Adopt {
         pid: u32,
     },
+    /// Stream the steering program's decisions: an `ok` reply, then one line per decision
+    /// (`trace`), until `count` of them (if given) or the client sends anything or closes; then
+    /// a last `ok` line with `lost`.
+    Trace {
+        #[serde(default)]
+        group: Option<GroupRef>,
+        #[serde(default)]
+        count: Option<u64>,
+    },
+    /// Install the policy program in the eBPF object at `path` (absolute, readable by the
+    /// client's uid), live (docs/experiments.md). `policy_set` goes back to a built-in policy.
+    PolicyLoad {
+        path: String,
+        #[serde(default)]
+        group: Option<GroupRef>,
+    },
 }
 
 /// The `group` field of a request: a group's address, `ADDR:PORT`.
@@ -168,6 +184,8 @@ pub enum ErrorCode {
     UnknownGroup,
     AmbiguousGroup,
     UnknownPolicy,
+    /// `policy_load`: the object is not an absolute path to a file the client may read.
+    BadPolicyProgram,
     NotRegistered,
     // The socket a worker sent.
     NoReuseport,
@@ -259,6 +277,16 @@ pub struct Reply {
     /// The slots an `adopt` filled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<Vec<SlotRef>>,
+    /// One decision of a `trace` stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceEvent>,
+    /// The end of a `trace` stream: decisions this client missed because it read too slowly
+    /// (or the program's ring buffer was full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+    /// The policy program a `policy_load` installed (its name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
 }
 
 /// A slot of a group.

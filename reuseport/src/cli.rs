@@ -6,6 +6,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod policy_load;
+pub mod trace;
+
 use reuseport_steer::Policy;
 use reuseport_worker::{control_path, protocol::GroupRef, ControlClient, GroupStatus, Request};
 
@@ -105,33 +108,46 @@ fn ago(since: Option<f64>) -> String {
 }
 
 /// `policy get`: one `ADDR:PORT POLICY` line per group, or `{"groups": [{"group", "policy"}]}`.
+/// With a policy program installed, `ADDR:PORT POLICY program NAME` and `"program": NAME`.
 pub fn policy_get(control: &Path, group: Option<GroupRef>, json: bool) -> anyhow::Result<()> {
-    let policies: Vec<(String, String)> = match group {
-        Some(group) => {
-            let reply = ControlClient::connect(control)?
-                .request(&Request::PolicyGet { group: Some(group) })?;
-            match (reply.group, reply.policy) {
-                (Some(group), Some(policy)) => vec![(group.to_string(), policy.to_string())],
-                _ => anyhow::bail!("the daemon's reply lacks the group or the policy: {reply:?}"),
-            }
-        }
+    let groups: Vec<Option<GroupRef>> = match group {
+        Some(group) => vec![Some(group)],
         None => fetch_status(control)?
             .into_iter()
-            .map(|g| (g.listen.to_string(), g.policy.to_string()))
+            .map(|g| Some(g.listen.into()))
             .collect(),
     };
+    let mut policies: Vec<(String, String, Option<String>)> = Vec::new();
+    for group in groups {
+        let reply = ControlClient::connect(control)?.request(&Request::PolicyGet { group })?;
+        match (reply.group, reply.policy) {
+            (Some(group), Some(policy)) => {
+                policies.push((group.to_string(), policy.to_string(), reply.program));
+            }
+            _ => anyhow::bail!("the daemon's reply lacks the group or the policy: {reply:?}"),
+        }
+    }
     if json {
         let groups: Vec<_> = policies
             .iter()
-            .map(|(group, policy)| serde_json::json!({ "group": group, "policy": policy }))
+            .map(|(group, policy, program)| {
+                let mut g = serde_json::json!({ "group": group, "policy": policy });
+                if let Some(program) = program {
+                    g["program"] = serde_json::json!(program);
+                }
+                g
+            })
             .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "groups": groups }))?
         );
     } else {
-        for (group, policy) in policies {
-            println!("{group} {policy}");
+        for (group, policy, program) in policies {
+            match program {
+                Some(program) => println!("{group} {policy} program {program}"),
+                None => println!("{group} {policy}"),
+            }
         }
     }
     Ok(())

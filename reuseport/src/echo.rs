@@ -31,6 +31,9 @@ pub struct EchoOptions {
     /// A listening socket inherited as this descriptor, shared with other workers, served
     /// instead of binding one (unregistered: the prefork model).
     pub shared_fd: Option<RawFd>,
+
+    /// This worker's own service time per request (`--service-ms`).
+    pub service: Option<crate::echo_service::ServiceTime>,
 }
 
 /// Longest request head accepted.
@@ -101,6 +104,9 @@ fn run_udp(options: &EchoOptions) -> anyhow::Result<()> {
 /// worker evicted, `drain --close`), it makes it listen again at once and the worker keeps
 /// accepting; if it does not listen again, the worker joins again with a new one.
 pub fn run(options: &EchoOptions) -> anyhow::Result<()> {
+    if let Some(service) = options.service {
+        crate::echo_service::set(service);
+    }
     if options.udp {
         return run_udp(options);
     }
@@ -321,6 +327,7 @@ fn parse(head: &[u8]) -> HttpRequest {
 fn answer(stream: &mut TcpStream, request: &HttpRequest, pid: u32) -> io::Result<()> {
     let (status, body) = match (request.method.as_str(), route(&request.path)) {
         ("GET", Some(sleep_ms)) => {
+            crate::echo_service::serve();
             if sleep_ms > 0 {
                 // Deliberately blocks the whole worker, like a long synchronous request.
                 std::thread::sleep(Duration::from_millis(sleep_ms));

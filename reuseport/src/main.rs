@@ -7,6 +7,7 @@ mod adopt;
 mod cli;
 mod demo;
 mod echo;
+mod echo_service;
 mod exit;
 mod logging;
 mod man;
@@ -148,6 +149,20 @@ enum Command {
         #[command(flatten)]
         control: Control,
     },
+    /// Stream every decision of the steering program: time, kind, slot, first choice, policy,
+    /// outcome, flow hash, load (docs/experiments.md).
+    Trace {
+        #[arg(long, value_name = "ADDR:PORT")]
+        group: Option<GroupRef>,
+        /// Stop after N decisions
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: Control,
+    },
     /// Show or change the balancing policy.
     Policy {
         #[command(subcommand)]
@@ -236,6 +251,11 @@ enum Command {
         /// binding one
         #[arg(long, value_name = "FD", requires = "no_register")]
         shared_fd: Option<i32>,
+
+        /// This worker's own service time, added to every request: fixed:MS, uniform:MIN:MAX,
+        /// exp:MEAN or bimodal:FAST:SLOW:FRACTION (bench scenario files)
+        #[arg(long, value_name = "SPEC", hide = true)]
+        service_ms: Option<echo_service::ServiceTime>,
         #[command(flatten)]
         control: Control,
     },
@@ -276,7 +296,17 @@ enum PolicyAction {
         #[command(flatten)]
         control: Control,
     },
-    /// Switch the policy live (all groups unless --group).
+    /// Install a policy program (an eBPF object built from policies/template) live; `policy
+    /// set` goes back to a built-in policy.
+    Load {
+        /// The object, e.g. target/policies/sticky_source.o
+        path: PathBuf,
+        #[arg(long, value_name = "ADDR:PORT")]
+        group: Option<GroupRef>,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Switch the policy live (all groups unless --group); removes a policy program.
     Set {
         #[arg(value_enum)]
         policy: Policy,
@@ -443,7 +473,18 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 group,
                 control,
             } => cli::policy_set(&cli::path(control.control), policy, group),
+            PolicyAction::Load {
+                path,
+                group,
+                control,
+            } => cli::policy_load::run(&cli::path(control.control), &path, group),
         },
+        Command::Trace {
+            group,
+            count,
+            json,
+            control,
+        } => cli::trace::run(&cli::path(control.control), group, count, json),
         Command::Weight {
             slot,
             weight,
@@ -478,6 +519,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             udp,
 
             shared_fd,
+
+            service_ms,
             control,
         } => echo::run(&EchoOptions {
             listen,
@@ -489,6 +532,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             udp,
 
             shared_fd,
+
+            service: service_ms,
         }),
         Command::Completions { shell } => {
             clap_complete::generate(

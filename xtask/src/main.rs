@@ -8,6 +8,7 @@ mod command;
 mod fuzz;
 mod install;
 mod packages;
+mod policy;
 mod setup;
 mod test;
 mod toolchain;
@@ -77,6 +78,12 @@ enum Command {
         /// Passed to libFuzzer as is (e.g. `-- -jobs=2 -workers=2`).
         #[arg(last = true)]
         libfuzzer_args: Vec<String>,
+    },
+    /// Setup, then build the policy program policies/NAME into target/policies/NAME.o
+    /// (docs/experiments.md).
+    BuildPolicy {
+        /// A crate of policies/: template, least_recent, sticky_source, or your own
+        name: String,
     },
     /// Setup, then run the benchmark (`reuseport-bench`) with ARGS.
     Bench {
@@ -159,6 +166,10 @@ fn try_main() -> Result<()> {
                 "--",
                 "demo",
             ]))
+        }
+        Command::BuildPolicy { name } => {
+            setup::setup(&root)?;
+            policy::build(&root, &name).map(drop)
         }
         Command::Bench { args } => {
             setup::setup(&root)?;

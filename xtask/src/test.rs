@@ -53,6 +53,26 @@ pub fn test(root: &Path, extra: &[String]) -> Result<()> {
         "warnings",
     ]))?;
 
+    // The policy programs: a workspace of their own too, linted like the steering program,
+    // and the examples built for the tests that load them (tests/tests/policy_programs.rs).
+    step("policy programs");
+    let policies = root.join("policies");
+    run(nightly("cargo", &policies).args(["fmt", "--", "--check"]))?;
+    run(nightly("cargo", &policies).args([
+        "clippy",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    for name in crate::policy::EXAMPLES {
+        crate::policy::build(root, name)?;
+    }
+
     // The daemon tests run the `reuseport` binary; `cargo test` alone builds only test targets.
     step("binaries");
     run(cargo(root).args(["build", "--workspace", "--bins"]))?;

@@ -26,6 +26,7 @@ mod owner;
 mod refusal;
 mod registry;
 mod session;
+mod trace;
 
 use std::{
     future::Future,

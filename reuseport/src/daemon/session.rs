@@ -166,7 +166,7 @@ impl Session {
                 last_request = Instant::now();
                 line_began = None;
                 if let Some(reply) = self
-                    .handle_line(line, actor, &mut fds, &mut connection)
+                    .handle_line(stream, line, actor, &mut fds, &mut connection)
                     .await?
                 {
                     self.reply(stream, &reply, &connection).await?;
@@ -299,6 +299,7 @@ impl Session {
     /// Carries out one request; `None` for requests that get no reply.
     async fn handle_line(
         &self,
+        stream: &mut UnixStream,
         line: &[u8],
         actor: Actor,
         fds: &mut VecDeque<Option<OwnedFd>>,
@@ -374,11 +375,15 @@ impl Session {
             })?,
             Request::PolicyGet { group } => self
                 .owner
-                .call(move |r| r.policy(group.as_ref()))
+                .call(move |r| {
+                    let (listen, policy) = r.policy(group.as_ref())?;
+                    Ok((listen, policy, r.policy_program(group.as_ref())?))
+                })
                 .await?
-                .map(|(group, policy)| Reply {
+                .map(|(group, policy, program)| Reply {
                     group: Some(group),
                     policy: Some(policy),
+                    program,
                     ..Reply::ok()
                 }),
             Request::PolicySet { policy, group } => match policy {
@@ -432,6 +437,35 @@ impl Session {
                     changes: Some(adopted.skipped),
                     ..Reply::ok()
                 }),
+            },
+            Request::Trace { group, count } => {
+                match self
+                    .owner
+                    .call(move |r| r.trace_hub(group.as_ref()))
+                    .await?
+                {
+                    Err(refusal) => Err(refusal),
+                    Ok((group, hub)) => {
+                        let served = super::trace::serve(stream, group, &hub, count).await;
+                        return served.map(Some).map_err(|e| {
+                            fatal(ErrorCode::Io, format!("the trace stream ended: {e}"))
+                        });
+                    }
+                }
+            }
+            Request::PolicyLoad { path, group } => match actor.may_set("load a policy program") {
+                Err(refusal) => Err(refusal),
+                Ok(()) => {
+                    let uid = self.peer.uid;
+                    self.owner
+                        .call(move |r| r.load_policy_program(&path, uid, group.as_ref()))
+                        .await?
+                        .map(|(group, program)| Reply {
+                            group: Some(group),
+                            program: Some(program),
+                            ..Reply::ok()
+                        })
+                }
             },
             Request::Undrain { slot, group } => self
                 .owner

@@ -7,6 +7,7 @@
 //! formula, [`status`] renders the `status` reply.
 
 mod adopted;
+mod experiments;
 mod load;
 mod monitor;
 mod reconfigure;
@@ -93,6 +94,8 @@ struct GroupEntry {
     closed_conns: Vec<ConnId>,
     /// Adopt the listeners running servers hold on the address (see [`crate::daemon::adoption`]).
     adopt: bool,
+    /// The group's `trace` clients, from the first one on.
+    trace: Option<std::sync::Arc<super::trace::TraceHub>>,
 }
 
 pub struct Registry {
@@ -156,6 +159,8 @@ impl Registry {
         };
         for i in targets {
             let entry = &mut self.groups[i];
+            // A built-in policy replaces a policy program too (docs/experiments.md).
+            entry.group.remove_policy_program()?;
             entry.group.set_policy(policy)?;
             info!("{}: policy set to {policy}", entry.listen);
         }
@@ -301,6 +306,7 @@ impl GroupEntry {
             stuck_events: 0,
             closed_conns: Vec::new(),
             adopt: config.adopt,
+            trace: None,
         })
     }
 }

@@ -117,7 +117,7 @@ pub fn policy_get(control: &Path, group: Option<GroupRef>, json: bool) -> anyhow
         }
         None => fetch_status(control)?
             .into_iter()
-            .map(|g| (g.listen.to_string(), g.policy.to_string()))
+            .map(|g| (g.name(), g.policy.to_string()))
             .collect(),
     };
     if json {

@@ -114,7 +114,8 @@ pub fn policy_get(control: &Path, group: Option<GroupRef>, json: bool) -> anyhow
         Some(group) => vec![Some(group)],
         None => fetch_status(control)?
             .into_iter()
-            .map(|g| Some(g.listen.into()))
+            // `udp://ADDR:PORT` names a UDP group sharing its address with a TCP one.
+            .map(|g| g.name().parse::<GroupRef>().ok())
             .collect(),
     };
     let mut policies: Vec<(String, String, Option<String>)> = Vec::new();

@@ -220,10 +220,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
     let mut groups: Vec<GroupConfig> = Vec::new();
     for g in &file.groups {
         let listen = *g.listen.get_ref();
-        if groups.iter().any(|seen| seen.listen == listen) {
+        let protocol = g.protocol.as_ref().map_or(Protocol::Tcp, |p| *p.get_ref());
+        if groups
+            .iter()
+            .any(|seen| seen.listen == listen && seen.protocol == protocol)
+        {
             problem(
                 g.listen.span(),
-                format!("group {listen} is listed twice: keep one [[group]] per address"),
+                format!(
+                    "group {listen} ({}) is listed twice: keep one [[group]] per address and \
+                     protocol",
+                    protocol.name()
+                ),
             );
         }
         if let Some(adopt) = &g.adopt {
@@ -273,7 +281,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Invalid> {
         }
         groups.push(GroupConfig {
             listen,
-            protocol: g.protocol.as_ref().map_or(Protocol::Tcp, |p| *p.get_ref()),
+            protocol,
             flow_idle: g.flow_idle_ms.map(Duration::from_millis),
             mode: g.mode.unwrap_or_default(),
             policy: g.policy,
@@ -359,7 +367,7 @@ impl Flags {
                     let mut group = file
                         .groups
                         .iter()
-                        .find(|g| g.listen == addr)
+                        .find(|g| g.listen == addr && protocol.is_none_or(|p| p == g.protocol))
                         .cloned()
                         .unwrap_or_else(|| GroupConfig {
                             listen: addr,
@@ -661,6 +669,16 @@ listen = "[::1]:9090"
         }
         .resolve(None);
         assert_eq!(d.groups[0].protocol, Protocol::Udp);
+        // A TCP and a UDP group may share an address; two UDP groups may not.
+        let shared = "[[group]]\nlisten = \"127.0.0.1:53\"\n[[group]]\nlisten = \"127.0.0.1:53\"\n\
+                      protocol = \"udp\"\n";
+        assert_eq!(parse(shared, Path::new("t.toml"))?.groups.len(), 2);
+        let twice = format!("{shared}[[group]]\nlisten = \"127.0.0.1:53\"\nprotocol = \"udp\"\n");
+        let p = problems(&twice);
+        assert!(
+            p.len() == 1 && p[0].2.contains("(udp) is listed twice"),
+            "{p:?}"
+        );
         Ok(())
     }
 

@@ -70,7 +70,7 @@ pub fn rates(before: &[GroupStatus], now: &[GroupStatus], elapsed: Duration) -> 
     let secs = elapsed.as_secs_f64().max(1e-3);
     now.iter()
         .map(|g| {
-            let previous = before.iter().find(|p| p.listen == g.listen);
+            let previous = before.iter().find(|p| p.name() == g.name());
             let deltas: Vec<u64> = g
                 .workers
                 .iter()

@@ -419,6 +419,58 @@ fn a_flow_idle_past_the_timeout_leaves_its_draining_worker() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_tcp_and_a_udp_group_share_an_address() -> Result<()> {
+    fresh_netns()?;
+    let addr: SocketAddr = "127.0.0.1:5310".parse()?;
+    let mut f = Fixture::on(addr, "test-udp-shared", binary::locate()?)?;
+    let file = f.dir.join("reuseport.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[health]\nstuck_ms = 600000\n\n[[group]]\nlisten = \"{addr}\"\npolicy = \
+             \"hash\"\n\n[[group]]\nlisten = \"{addr}\"\nprotocol = \"udp\"\npolicy = \
+             \"maglev\"\n"
+        ),
+    )?;
+    f.start_daemon_with_config(&file)?;
+    let tcp_pid = f.echo("tcp")?;
+    let udp = Worker::start(&f, 7)?;
+    wait::until(LIMIT, "both groups with a worker", || {
+        f.request(&Request::Status)
+            .ok()
+            .and_then(|r| r.groups)
+            .is_some_and(|g| g.len() == 2 && g.iter().all(|g| g.workers.len() == 1))
+    })?;
+    let groups = f.request(&Request::Status)?.groups.ok_or("no groups")?;
+    let protocols: Vec<Protocol> = groups.iter().map(|g| g.proto).collect();
+    assert_eq!(protocols, [Protocol::Tcp, Protocol::Udp]);
+    assert_eq!(groups[0].workers[0].pid, tcp_pid);
+    assert_eq!(ask(&flow(addr)?, addr)?, "w=7");
+
+    // The address alone is ambiguous; the scheme names the UDP group.
+    let out = f.cli(&["policy", "set", "round-robin", "--group", &addr.to_string()])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("udp://"), "{err}");
+    let out = f.cli(&[
+        "policy",
+        "set",
+        "round-robin",
+        "--group",
+        &format!("udp://{addr}"),
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let groups = f.request(&Request::Status)?.groups.ok_or("no groups")?;
+    let policies: Vec<String> = groups.iter().map(|g| g.policy.to_string()).collect();
+    assert_eq!(policies, ["hash", "round-robin"]);
+    drop(udp);
+    Ok(())
+}
+
 /// Registers `fd` on a connection of its own; the refusal's code and message.
 fn refusal(f: &Fixture, fd: impl AsFd) -> Result<(ErrorCode, String)> {
     let mut client = ControlClient::connect(&f.control)?;

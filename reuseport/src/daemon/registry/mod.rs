@@ -262,7 +262,7 @@ impl GroupEntry {
         let pin_dir = pins
             .root
             .as_deref()
-            .map(|root| pin::group_dir(root, listen));
+            .map(|root| udp::pin_dir(root, listen, config.protocol));
         if let (true, Some(dir)) = (pins.fresh, &pin_dir) {
             // Discarded before loading, so even pins of another layout (an older version)
             // cannot stop the daemon; the old program steers with its last state until a

@@ -19,20 +19,20 @@ impl Registry {
         let mut added = Vec::new();
         for config in groups
             .iter()
-            .filter(|c| !self.groups.iter().any(|e| e.listen == c.listen))
+            .filter(|c| !self.groups.iter().any(|e| e.is(c)))
         {
             added.push(GroupEntry::load(config, &self.pins)?);
         }
         let mut changes = Vec::new();
         let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups)
             .into_iter()
-            .partition(|e| groups.iter().any(|c| c.listen == e.listen));
+            .partition(|e| groups.iter().any(|c| e.is(c)));
         self.groups = kept;
         for entry in removed {
             changes.push(entry.remove(&self.pins));
         }
         for config in groups {
-            if let Some(entry) = self.groups.iter_mut().find(|e| e.listen == config.listen) {
+            if let Some(entry) = self.groups.iter_mut().find(|e| e.is(config)) {
                 changes.extend(entry.apply(config));
             }
         }
@@ -68,6 +68,11 @@ impl Registry {
 }
 
 impl GroupEntry {
+    /// Whether `config` describes this group: same address and protocol.
+    fn is(&self, config: &GroupConfig) -> bool {
+        self.listen == config.listen && self.protocol == config.protocol
+    }
+
     /// A group that left the configuration: its program is detached, so the kernel hashes
     /// over the group's sockets again; its workers are no longer registered (they keep
     /// serving, and their control connections stay open); its pins are removed, so a restart
@@ -91,7 +96,7 @@ impl GroupEntry {
             None => "no worker had joined".to_owned(),
         };
         if let Some(root) = &pins.root {
-            if let Err(e) = pin::unpin(&pin::group_dir(root, listen)) {
+            if let Err(e) = pin::unpin(&super::udp::pin_dir(root, listen, self.protocol)) {
                 warn!("{listen}: removing the pins: {e}");
             }
         }

@@ -12,6 +12,13 @@ use reuseport_worker::{
 impl Registry {
     /// The index of the group a socket may join, or why none fits.
     pub(super) fn group_for(&self, info: &SocketInfo) -> Result<usize, Refusal> {
+        if let Some(i) = self
+            .groups
+            .iter()
+            .position(|g| g.listen == info.local && g.protocol == info.protocol)
+        {
+            return Ok(i);
+        }
         if let Some(i) = self.groups.iter().position(|g| g.listen == info.local) {
             let want = self.groups[i].protocol;
             if info.protocol != want {
@@ -66,23 +73,54 @@ impl Registry {
     /// The group a request acts on: the one it names, or the only one.
     pub(super) fn one_group(&self, group: Option<&GroupRef>) -> Result<usize, Refusal> {
         match group {
-            Some(Lenient::Unknown(text)) => Err(Refusal::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "{text:?} is not an ADDR:PORT; groups: {}",
-                    self.listen_list()
-                ),
-            )),
-            Some(&Lenient::Known(addr)) => self
-                .groups
-                .iter()
-                .position(|g| g.listen == addr)
-                .ok_or_else(|| {
-                    Refusal::new(
+            Some(Lenient::Unknown(text)) => {
+                // `udp://ADDR:PORT` or `tcp://ADDR:PORT`: a group by address and protocol.
+                let named = text.split_once("://").and_then(|(scheme, addr)| {
+                    Some((
+                        scheme.parse::<Protocol>().ok()?,
+                        addr.parse::<SocketAddr>().ok()?,
+                    ))
+                });
+                let Some((protocol, addr)) = named else {
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "{text:?} is not an ADDR:PORT (or udp://ADDR:PORT); groups: {}",
+                            self.listen_list()
+                        ),
+                    ));
+                };
+                self.groups
+                    .iter()
+                    .position(|g| g.listen == addr && g.protocol == protocol)
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            ErrorCode::UnknownGroup,
+                            format!("no group {text}; groups: {}", self.listen_list()),
+                        )
+                    })
+            }
+            Some(&Lenient::Known(addr)) => {
+                let mut at = self
+                    .groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| g.listen == addr);
+                match (at.next(), at.next()) {
+                    (Some((i, _)), None) => Ok(i),
+                    (Some(_), Some(_)) => Err(Refusal::new(
+                        ErrorCode::AmbiguousGroup,
+                        format!(
+                            "a TCP and a UDP group listen on {addr}: name one, {addr} for TCP \
+                             or udp://{addr}"
+                        ),
+                    )),
+                    (None, _) => Err(Refusal::new(
                         ErrorCode::UnknownGroup,
                         format!("no group {addr}; groups: {}", self.listen_list()),
-                    )
-                }),
+                    )),
+                }
+            }
             None if self.groups.len() == 1 => Ok(0),
             None => Err(Refusal::new(
                 ErrorCode::AmbiguousGroup,
@@ -97,7 +135,10 @@ impl Registry {
     fn listen_list(&self) -> String {
         self.groups
             .iter()
-            .map(|g| g.listen.to_string())
+            .map(|g| match g.protocol {
+                Protocol::Tcp => g.listen.to_string(),
+                Protocol::Udp => format!("udp://{}", g.listen),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }

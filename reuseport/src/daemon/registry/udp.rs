@@ -2,6 +2,26 @@
 //! receive queue instead, which stand in for the queue the health monitor and the load-aware
 //! policies read.
 
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use reuseport_steer::{pin, Protocol};
+
+/// Where a group pins its state: a TCP group in the directory named after its address, as
+/// ever; a UDP group beside it with a `udp-` prefix, so a TCP and a UDP group can share an
+/// address.
+pub(super) fn pin_dir(root: &Path, listen: SocketAddr, protocol: Protocol) -> PathBuf {
+    let dir = pin::group_dir(root, listen);
+    match (protocol, dir.file_name()) {
+        (Protocol::Udp, Some(name)) => {
+            dir.with_file_name(format!("udp-{}", name.to_string_lossy()))
+        }
+        _ => dir,
+    }
+}
+
 /// What one datagram in the receive queue is taken to weigh: the kernel counts each skb's true
 /// size (about 1 KiB for a small datagram on loopback), so bytes / 1 KiB is the number of
 /// datagrams waiting, roughly. At least 1 while anything waits.

@@ -13,9 +13,9 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
-mod udp;
 mod policy_program;
 mod trace;
+mod udp;
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 

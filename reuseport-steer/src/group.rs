@@ -34,8 +34,8 @@ use crate::{
     socket::SocketInfo,
     stats::{GlobalCounters, GroupStats, SlotCounters},
     sys,
-    udp::UdpState,
     trace::Tracer,
+    udp::UdpState,
 };
 
 /// How a [`Group`] starts out.

@@ -10,6 +10,7 @@ pub mod maps;
 mod named;
 #[cfg(any(test, feature = "std"))]
 mod parse;
+pub mod signals;
 
 pub use named::{AttachMode, Family, OnEmpty, Policy, Protocol, SlotState};
 #[cfg(any(test, feature = "std"))]

@@ -18,7 +18,7 @@ pub struct MapSpec<V> {
 }
 
 impl<V> MapSpec<V> {
-    const fn new(name: &'static str, max_entries: u32, flags: u32) -> Self {
+    pub(crate) const fn new(name: &'static str, max_entries: u32, flags: u32) -> Self {
         Self {
             name,
             max_entries,

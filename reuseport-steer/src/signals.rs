@@ -19,7 +19,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         mpsc, Arc,
     },
     thread::JoinHandle,
@@ -62,14 +62,16 @@ pub struct Published {
 
 impl WorkerMap {
     /// A fresh map, all counters zero.
-    pub fn create() -> io::Result<Self> {
+    pub fn create() -> Result<Self> {
         let fd = sys::array_create(
             maps::WORKER.value_size(),
             maps::WORKER.max_entries,
             maps::WORKER.flags,
             "WORKER",
-        )?;
-        let view = MappedArray::new(fd.as_fd(), &maps::WORKER)?;
+        )
+        .map_err(|e| Error::io("creating a worker counters map", e))?;
+        let view = MappedArray::new(fd.as_fd(), &maps::WORKER)
+            .map_err(|e| Error::io("mapping a worker counters map", e))?;
         Ok(Self { fd, view })
     }
 
@@ -91,7 +93,8 @@ impl WorkerMap {
 
 /// What an [`Installer`] does, in order.
 enum Install {
-    Put(u32, OwnedFd),
+    /// The map's descriptor, and the flag to raise once the program can read it.
+    Put(u32, OwnedFd, Arc<AtomicBool>),
     Clear(u32),
 }
 
@@ -109,16 +112,19 @@ impl Installer {
             .name("reuseport-signals".into())
             .spawn(move || {
                 for step in rx {
-                    let outcome = match &step {
-                        Install::Put(slot, inner) => {
-                            sys::map_of_maps_put(outer.as_fd(), *slot, inner.as_fd())
+                    let (slot, outcome) = match &step {
+                        Install::Put(slot, inner, installed) => {
+                            let put = sys::map_of_maps_put(outer.as_fd(), *slot, inner.as_fd());
+                            if put.is_ok() {
+                                installed.store(true, Relaxed);
+                            }
+                            (slot, put)
                         }
-                        Install::Clear(slot) => sys::map_of_maps_clear(outer.as_fd(), *slot),
+                        Install::Clear(slot) => {
+                            (slot, sys::map_of_maps_clear(outer.as_fd(), *slot))
+                        }
                     };
                     if let Err(e) = outcome {
-                        let slot = match step {
-                            Install::Put(slot, _) | Install::Clear(slot) => slot,
-                        };
                         warn!("slot {slot}: updating the worker counters map: {e}");
                     }
                 }
@@ -159,8 +165,8 @@ pub enum Signal {
 /// A group's signal maps and its sock_ops program.
 pub(crate) struct Signals {
     installer: Installer,
-    /// The worker map installed (or being installed) in each slot.
-    workers: HashMap<u32, Arc<WorkerMap>>,
+    /// The worker map of each slot, and whether it is in (the program reads it).
+    workers: HashMap<u32, (Arc<WorkerMap>, Arc<AtomicBool>)>,
     slot_signals: MappedArray<SlotSignals<AtomicU64>>,
     flags: MappedArray<AtomicU64>,
     /// Kept open: the programs are loaded against these descriptors.
@@ -232,8 +238,10 @@ impl Signals {
             .fd()
             .try_clone_to_owned()
             .map_err(|e| Error::io("duplicating a worker counters map", e))?;
-        self.installer.send(Install::Put(slot, fd));
-        self.workers.insert(slot, map);
+        let installed = Arc::new(AtomicBool::new(false));
+        self.installer
+            .send(Install::Put(slot, fd, installed.clone()));
+        self.workers.insert(slot, (map, installed));
         Ok(())
     }
 
@@ -249,8 +257,17 @@ impl Signals {
         });
     }
 
+    /// The worker map the program reads for the slot (not one still being put in).
+    fn installed(&self, slot: u32) -> Option<&Arc<WorkerMap>> {
+        self.workers
+            .get(&slot)
+            .filter(|(_, installed)| installed.load(Relaxed))
+            .map(|(map, _)| map)
+    }
+
+    /// As the program sees it now.
     pub(crate) fn signal(&self, slot: u32) -> Signal {
-        match self.workers.get(&slot) {
+        match self.installed(slot) {
             Some(map) => Signal::Worker(map.clone()),
             None if self.open => Signal::Open,
             None => Signal::Sampled,
@@ -259,7 +276,7 @@ impl Signals {
 
     /// What the program adds to the slot's sampled load now.
     pub(crate) fn live_load(&self, slot: u32) -> u64 {
-        match self.workers.get(&slot) {
+        match self.installed(slot) {
             Some(map) => map.read().inflight,
             None if self.open => self.open_connections(slot).unwrap_or(0),
             None => 0,
@@ -281,7 +298,7 @@ impl Signals {
     }
 }
 
-/// Loads `reuseport_conns` and attaches it to the root of the cgroup v2 hierarchy (beside any
+/// Loads `reuseport_conns` and links it to the root of the cgroup v2 hierarchy (beside any
 /// other program there); returns that directory.
 fn attach_conns(ebpf: &mut Ebpf) -> Result<PathBuf> {
     let program: &mut SockOps = ebpf
@@ -298,8 +315,10 @@ fn attach_conns(ebpf: &mut Ebpf) -> Result<PathBuf> {
     let root = cgroup2_root().map_err(|e| Error::io("finding or mounting cgroup v2", e))?;
     let dir = std::fs::File::open(&root)
         .map_err(|e| Error::io(format!("opening {}", root.display()), e))?;
+    // A cgroup link takes no flags (the kernel refuses BPF_F_ALLOW_MULTI there with EINVAL)
+    // and always runs beside other programs attached to the cgroup.
     program
-        .attach(&dir, CgroupAttachMode::AllowMultiple)
+        .attach(&dir, CgroupAttachMode::Single)
         .map_err(|e| Error::ebpf(format!("attaching {PROG_CONNS} to {}", root.display()), e))?;
     Ok(root)
 }

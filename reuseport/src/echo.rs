@@ -104,6 +104,9 @@ fn serve(listener: &TcpListener, registration: Option<&Registration>, conns: &mu
         match listener.accept() {
             Ok((stream, _)) => {
                 accepted = true;
+                if let Some(r) = registration {
+                    r.report_accepted();
+                }
                 if stream.set_nonblocking(false).is_ok()
                     && stream
                         .set_write_timeout(Some(Duration::from_secs(5)))

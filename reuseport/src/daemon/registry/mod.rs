@@ -6,6 +6,7 @@
 //! and unregisters workers, [`monitor`] samples their health and reacts, [`load`] is the load
 //! formula, [`status`] renders the `status` reply.
 
+mod counters;
 mod load;
 mod monitor;
 mod reconfigure;
@@ -28,6 +29,7 @@ use super::{
 use reuseport_steer::{pin, AttachMode, Error, Group, GroupOptions, OnEmpty, Policy, SlotState};
 use reuseport_worker::protocol::GroupRef;
 
+pub use counters::new_worker_map;
 pub use load::LoadCell;
 pub use workers::{ConnId, Joined, NewWorker, Peer, Registered, TakeOver};
 

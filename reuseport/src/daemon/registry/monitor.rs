@@ -12,6 +12,7 @@ use std::{
 use log::{info, warn};
 
 use super::{
+    counters::{inflight, sampled_load},
     routing::family_of,
     workers::{probation, Worker, PROBATION_CAP},
     Registry,
@@ -121,9 +122,15 @@ impl Registry {
                     gone.push(slot);
                     continue;
                 };
-                entry
-                    .group
-                    .set_load(slot, worker.load.load(queue.waiting, now, config.sample));
+                let load = sampled_load(
+                    &entry.group,
+                    slot,
+                    worker,
+                    queue.waiting,
+                    now,
+                    config.sample,
+                );
+                entry.group.set_load(slot, load);
                 worker.backlog = queue.backlog;
                 if let Some(out) = &worker.out {
                     // Shut down and listening again, out of rotation: an evicted worker comes
@@ -258,8 +265,8 @@ impl Registry {
         self.flush();
         self.quiet.idle = self.groups.iter().all(|g| {
             g.workers
-                .values()
-                .all(|w| w.health.waiting == 0 && w.load.inflight() == 0)
+                .iter()
+                .all(|(&slot, w)| w.health.waiting == 0 && inflight(&g.group, slot, w) == 0)
         });
     }
 }

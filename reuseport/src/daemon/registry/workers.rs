@@ -55,6 +55,8 @@ pub(super) struct Worker {
     pub evictions: u32,
     /// The accept queue's capacity at the last sample, to listen again with the same backlog.
     pub backlog: u32,
+    /// Since when it has been busy, as its counters map tells (when it publishes one).
+    pub busy: super::counters::Busy,
 }
 
 /// A listener the daemon shut down (its queue migrated) and made listen again, out of rotation:
@@ -281,6 +283,7 @@ impl Registry {
                 out: None,
                 evictions: 0,
                 backlog: 0,
+                busy: Default::default(),
             },
         );
         Ok(Joined {

@@ -1,0 +1,153 @@
+//! Workers that publish their own counters (`counters` request, docs/protocol.md), and the
+//! sampled part of each slot's load given the slot's live signal
+//! ([`reuseport_steer::signals::Signal`]): what the program adds itself is left out of the
+//! `LOAD` word, so nothing counts twice.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use reuseport_steer::{
+    signals::{Published, Signal, WorkerMap},
+    Group,
+};
+use reuseport_worker::ErrorCode;
+
+use super::{load::load, workers::Worker, ConnId, Refusal, Registry};
+
+/// How long a worker with counters has been busy with the same requests: in flight, and none
+/// finished since.
+#[derive(Debug, Default)]
+pub(super) struct Busy {
+    finished: u64,
+    since: Option<Instant>,
+}
+
+impl Busy {
+    /// Takes in what the worker published, as of `now`, and returns since when it has been busy.
+    fn observe(&mut self, published: Published, now: Instant) -> Option<Instant> {
+        if published.inflight == 0 {
+            self.since = None;
+        } else if self.since.is_none() || published.finished != self.finished {
+            self.since = Some(now);
+        }
+        self.finished = published.finished;
+        self.since
+    }
+}
+
+impl Registry {
+    /// A `counters` request on `conn`: gives its worker in `slot` (or its only worker) the
+    /// map `map`, which the program reads from then on. Returns the slot.
+    pub fn give_counters(
+        &mut self,
+        conn: ConnId,
+        slot: Option<u32>,
+        map: Arc<WorkerMap>,
+    ) -> Result<u32, Refusal> {
+        let mut mine = self.groups.iter_mut().enumerate().flat_map(|(g, entry)| {
+            entry
+                .workers
+                .iter()
+                .filter(|(_, w)| w.conn == conn)
+                .map(move |(&s, _)| (g, s))
+        });
+        let (g, slot) = match slot {
+            Some(wanted) => mine.find(|&(_, s)| s == wanted).ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::NotRegistered,
+                    format!(
+                        "slot {wanted} holds no worker registered on this connection: a worker \
+                         gets the counters of its own slot only"
+                    ),
+                )
+            })?,
+            None => {
+                let first = mine.next();
+                match (first, mine.next()) {
+                    (Some(only), None) => only,
+                    (None, _) => {
+                        return Err(Refusal::new(
+                            ErrorCode::NotRegistered,
+                            "register first: counters belong to a registered worker",
+                        ))
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(Refusal::new(
+                            ErrorCode::BadRequest,
+                            "this connection holds several workers: name the slot",
+                        ))
+                    }
+                }
+            }
+        };
+        let entry = &mut self.groups[g];
+        entry
+            .group
+            .put_worker_map(slot, map)
+            .map_err(Refusal::from)?;
+        if let Some(worker) = entry.workers.get_mut(&slot) {
+            worker.busy = Busy::default();
+        }
+        Ok(slot)
+    }
+}
+
+/// What the daemon writes into the slot's `LOAD` word: the queue it sampled, and one per sample
+/// period the worker has been busy with the same requests; plus, for a worker with no live
+/// signal, the in-flight count of its `load` reports. The program adds the live part itself.
+pub(super) fn sampled_load(
+    group: &Group,
+    slot: u32,
+    worker: &mut Worker,
+    waiting: u32,
+    now: Instant,
+    sample: Duration,
+) -> u64 {
+    match group.signal(slot) {
+        Signal::Worker(map) => {
+            let since = worker.busy.observe(map.read(), now);
+            load(waiting, 0, since, now, sample)
+        }
+        // Open connections include the queued and the served ones.
+        Signal::Open => load(0, 0, worker.load.busy_since(), now, sample),
+        Signal::Sampled => worker.load.load(waiting, now, sample),
+    }
+}
+
+/// Requests in flight on the slot, from the worker's counters when it publishes them, else
+/// from its `load` reports.
+pub(super) fn inflight(group: &Group, slot: u32, worker: &Worker) -> u64 {
+    match group.signal(slot) {
+        Signal::Worker(map) => map.read().inflight,
+        _ => u64::from(worker.load.inflight()),
+    }
+}
+
+/// A counters map for a new `counters` request (created off the owner: a quick system call).
+pub fn new_worker_map() -> Result<Arc<WorkerMap>, Refusal> {
+    WorkerMap::create().map(Arc::new).map_err(Refusal::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_counts_from_the_last_finished_request() {
+        let t0 = Instant::now();
+        let mut busy = Busy::default();
+        let p = |inflight, finished| Published {
+            inflight,
+            finished,
+            ..Published::default()
+        };
+        assert_eq!(busy.observe(p(0, 0), t0), None);
+        assert_eq!(busy.observe(p(1, 0), t0), Some(t0));
+        let t1 = t0 + Duration::from_millis(7);
+        assert_eq!(busy.observe(p(1, 0), t1), Some(t0), "the same request");
+        assert_eq!(busy.observe(p(1, 1), t1), Some(t1), "a new one");
+        assert_eq!(busy.observe(p(0, 2), t1), None);
+    }
+}

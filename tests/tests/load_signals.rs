@@ -227,3 +227,48 @@ fn selected_by_slot(f: &Fixture) -> Result<BTreeMap<u32, u64>> {
         .map(|w| (w.slot, w.selected))
         .collect())
 }
+
+#[test]
+fn the_python_example_and_echo_publish_their_inflight_through_their_map() -> Result {
+    let mut f = Fixture::with_daemon_args("signals-python", &["--stuck-ms", "60000"])?;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/worker.py");
+    let child = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--listen", &f.addr.to_string(), "--name", "py", "--control"])
+        .arg(&f.control)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    f.workers.push(child);
+    f.echo("rust")?;
+    f.wait_status(LIMIT, "both workers publishing", |s| {
+        s.workers.len() == 2 && s.workers.iter().all(|w| w.counters)
+    })?;
+    // One slow request each (round-robin): both show it in flight, read from their maps.
+    let addr = f.addr;
+    std::thread::scope(|s| -> Result {
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(move || {
+                    reuseport_testing::loadgen::request(
+                        addr,
+                        "/sleep?ms=1500",
+                        Duration::from_secs(20),
+                    )
+                })
+            })
+            .collect();
+        f.wait_status(LIMIT, "a request in flight on each worker", |s| {
+            s.workers.iter().all(|w| w.inflight == 1)
+        })?;
+        for t in slow {
+            t.join().map_err(|_| "request thread panicked")??;
+        }
+        Ok(())
+    })?;
+    f.wait_status(LIMIT, "nothing in flight", |s| {
+        s.workers.iter().all(|w| w.inflight == 0)
+    })?;
+    Ok(())
+}

@@ -14,7 +14,6 @@
 //!   program recorded. Without cgroup v2 the group goes on without this signal, and says so.
 
 use std::{
-    collections::HashMap,
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
@@ -31,7 +30,10 @@ use aya::{
     Ebpf,
 };
 use log::{debug, warn};
-use reuseport_common::signals::{maps, SlotSignals, WorkerCounters, PROG_CONNS, SIGNAL_OPEN};
+use reuseport_common::{
+    signals::{maps, SlotSignals, WorkerCounters, PROG_CONNS, SIGNAL_OPEN},
+    MAX_SLOTS,
+};
 
 use crate::{
     error::{Error, Result},
@@ -165,8 +167,11 @@ pub enum Signal {
 /// A group's signal maps and its sock_ops program.
 pub(crate) struct Signals {
     installer: Installer,
-    /// The worker map of each slot, and whether it is in (the program reads it).
-    workers: HashMap<u32, (Arc<WorkerMap>, Arc<AtomicBool>)>,
+    /// The worker map of each slot (indexed by slot: read for every slot at every sample),
+    /// and whether it is in (the program reads it).
+    workers: Vec<Option<(Arc<WorkerMap>, Arc<AtomicBool>)>>,
+    /// Slots with a worker map.
+    with_maps: usize,
     slot_signals: MappedArray<SlotSignals<AtomicU64>>,
     flags: MappedArray<AtomicU64>,
     /// Kept open: the programs are loaded against these descriptors.
@@ -207,7 +212,8 @@ impl Signals {
             Installer::start(outer).map_err(|e| Error::io("starting the signals thread", e))?;
         let mut signals = Self {
             installer,
-            workers: HashMap::new(),
+            workers: vec![None; MAX_SLOTS as usize],
+            with_maps: 0,
             slot_signals,
             flags,
             _maps: [signals_map, flags_map, workers],
@@ -241,26 +247,33 @@ impl Signals {
         let installed = Arc::new(AtomicBool::new(false));
         self.installer
             .send(Install::Put(slot, fd, installed.clone()));
-        self.workers.insert(slot, (map, installed));
+        if let Some(cell) = self.workers.get_mut(slot as usize) {
+            if cell.replace((map, installed)).is_none() {
+                self.with_maps += 1;
+            }
+        }
         Ok(())
     }
 
     /// Takes the worker map out of every slot `keep` says no to.
     pub(crate) fn retain_workers(&mut self, mut keep: impl FnMut(u32) -> bool) {
-        let installer = &self.installer;
-        self.workers.retain(|&slot, _| {
-            let kept = keep(slot);
-            if !kept {
-                installer.send(Install::Clear(slot));
+        if self.with_maps == 0 {
+            return;
+        }
+        for (slot, cell) in self.workers.iter_mut().enumerate() {
+            if cell.is_some() && !keep(slot as u32) {
+                *cell = None;
+                self.with_maps -= 1;
+                self.installer.send(Install::Clear(slot as u32));
             }
-            kept
-        });
+        }
     }
 
     /// The worker map the program reads for the slot (not one still being put in).
     fn installed(&self, slot: u32) -> Option<&Arc<WorkerMap>> {
         self.workers
-            .get(&slot)
+            .get(slot as usize)?
+            .as_ref()
             .filter(|(_, installed)| installed.load(Relaxed))
             .map(|(map, _)| map)
     }

@@ -15,7 +15,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -375,16 +375,60 @@ fn cgroup2_in(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
-/// A raw descriptor check for tests: the worker map's descriptor is a bpf map.
-#[doc(hidden)]
-pub fn is_map_fd(fd: BorrowedFd<'_>) -> bool {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    link.is_ok_and(|l| l.to_string_lossy().contains("bpf-map"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::os::fd::AsRawFd;
+
+    /// The descriptor is a bpf map.
+    fn is_map_fd(fd: BorrowedFd<'_>) -> bool {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        link.is_ok_and(|l| l.to_string_lossy().contains("bpf-map"))
+    }
+
+    /// The object declares the signal maps as `reuseport_common::signals::maps` states them.
+    #[test]
+    fn the_objects_signal_maps_have_the_shapes_of_the_specs(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let object = aya_obj::Object::parse(crate::object::OBJECT)?;
+        for shape in maps::SHAPES {
+            let map = object
+                .maps
+                .get(shape.name)
+                .ok_or(format!("map {} missing", shape.name))?;
+            assert_eq!(map.max_entries(), shape.max_entries, "{}", shape.name);
+        }
+        for (name, flags) in [
+            (maps::SLOT_SIGNALS.name, maps::SLOT_SIGNALS.flags),
+            (maps::SIGNAL_FLAGS.name, maps::SIGNAL_FLAGS.flags),
+        ] {
+            let map = object.maps.get(name).ok_or(format!("map {name} missing"))?;
+            assert_eq!(map.map_flags(), flags, "{name}");
+            assert_eq!(
+                map.value_size(),
+                maps::SHAPES
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map_or(0, |s| s.value_size),
+                "{name}"
+            );
+        }
+        let inner = object
+            .maps
+            .get(maps::WORKERS.name)
+            .and_then(|m| m.inner())
+            .ok_or("WORKERS has no inner map")?;
+        assert_eq!(
+            (inner.value_size(), inner.max_entries(), inner.map_flags()),
+            (
+                maps::WORKER.value_size(),
+                maps::WORKER.max_entries,
+                maps::WORKER.flags
+            )
+        );
+        Ok(())
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_of_the_hierarchys_root() {

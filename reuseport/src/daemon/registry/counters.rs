@@ -4,11 +4,13 @@
 //! `LOAD` word, so nothing counts twice.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use reuseport_steer::{
+    diag::Queue,
     signals::{Published, Signal, WorkerMap},
     Group,
 };
@@ -17,14 +19,23 @@ use reuseport_worker::ErrorCode;
 use super::{load::load, workers::Worker, ConnId, Refusal, Registry};
 
 /// How long a worker with counters has been busy with the same requests: in flight, and none
-/// finished since.
+/// finished since; and what its counters said when sock_diag last found its queue empty.
 #[derive(Debug, Default)]
 pub(super) struct Busy {
     finished: u64,
     since: Option<Instant>,
+    /// (dispatched to the slot, accepted by the worker), read just before the last dump.
+    before_dump: Option<(u64, u64)>,
+    /// `before_dump` of the last dump that found the queue empty.
+    empty_at: Option<(u64, u64)>,
 }
 
 impl Busy {
+    /// The last dump found `waiting` connections queued.
+    pub(super) fn dumped(&mut self, waiting: u32) {
+        self.empty_at = if waiting == 0 { self.before_dump } else { None };
+    }
+
     /// Takes in what the worker published, as of `now`, and returns since when it has been busy.
     fn observe(&mut self, published: Published, now: Instant) -> Option<Instant> {
         if published.inflight == 0 {
@@ -95,6 +106,52 @@ impl Registry {
 }
 
 impl Registry {
+    /// Whether every worker's queue is empty now, by its own counters: since a dump found it
+    /// empty, the program dispatched no more connections to its slot than the worker accepted.
+    /// Only workers that publish counters and count their accepts can tell; with any other,
+    /// sock_diag is asked. (Counters read just before a dump may trail it by an accept, so a
+    /// queue can hide one connection until the next dump, at most `MAX_SKIPPED` samples on.)
+    pub(super) fn queues_known_empty(&self) -> bool {
+        self.groups.iter().all(|g| {
+            g.workers.iter().all(|(&slot, w)| {
+                let (Signal::Worker(map), Some((d0, a0))) = (g.group.signal(slot), w.busy.empty_at)
+                else {
+                    return false;
+                };
+                let dispatched = g.group.dispatched(slot).saturating_sub(d0);
+                let accepted = map.read().accepted.saturating_sub(a0);
+                dispatched <= accepted
+            })
+        })
+    }
+
+    /// Reads every publishing worker's counters before a dump.
+    pub(super) fn before_dump(&mut self) {
+        for g in &mut self.groups {
+            for (&slot, w) in &mut g.workers {
+                w.busy.before_dump = match g.group.signal(slot) {
+                    Signal::Worker(map) => Some((g.group.dispatched(slot), map.read().accepted)),
+                    _ => None,
+                };
+            }
+        }
+    }
+
+    /// The queues of a sample that needs no dump: every one empty.
+    pub(super) fn empty_queues(&self, queues: &mut HashMap<u64, Queue>) {
+        for g in &self.groups {
+            for w in g.workers.values() {
+                queues.insert(
+                    w.cookie,
+                    Queue {
+                        waiting: 0,
+                        backlog: w.backlog,
+                    },
+                );
+            }
+        }
+    }
+
     /// How often the monitor samples: every `--sample-ms` while the policies' loads depend on
     /// the samples; once every slot's load has a live signal in the kernel (its worker's
     /// counters, or open connections counted), the samples only judge health and feed

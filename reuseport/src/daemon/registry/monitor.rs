@@ -97,13 +97,28 @@ impl Registry {
             self.quiet.skipped += 1;
             return;
         }
+        // Every worker's counters say its queue is empty: a sample without sock_diag.
+        let known_empty =
+            !taken_over && self.quiet.skipped < MAX_SKIPPED && self.queues_known_empty();
         self.quiet = Quiet {
             idle: false,
             dispatched,
-            skipped: 0,
+            skipped: if known_empty {
+                self.quiet.skipped + 1
+            } else {
+                0
+            },
         };
         queues.clear();
+        if known_empty {
+            self.empty_queues(queues);
+        } else {
+            self.before_dump();
+        }
         for family in [Family::Ipv4, Family::Ipv6] {
+            if known_empty {
+                break;
+            }
             if self.groups.iter().any(|g| family_of(g.listen) == family) {
                 if let Err(e) = diag.listeners(family, queues) {
                     warn!("sock_diag ({family}): {e}");
@@ -132,6 +147,9 @@ impl Registry {
                 );
                 entry.group.set_load(slot, load);
                 worker.backlog = queue.backlog;
+                if !known_empty {
+                    worker.busy.dumped(queue.waiting);
+                }
                 if let Some(out) = &worker.out {
                     // Shut down and listening again, out of rotation: an evicted worker comes
                     // back once its probation passed and its process runs (if it is still

@@ -103,6 +103,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
         let (first, start) = first_candidate(ctx, publication, count);
         if let Some(slot) = first {
             if try_slot(ctx, slot, migrating, global) {
+                signals::record_flow(ctx, slot, config.policy, migrating);
                 return SK_PASS;
             }
         }
@@ -113,6 +114,7 @@ fn steer(ctx: &SkReuseportContext, migrating: bool) -> u32 {
             let index = (start + i) % count;
             if let Some(&slot) = publication.active.get(bounded(index, MAX_SLOTS)) {
                 if try_slot(ctx, slot, migrating, global) {
+                    signals::record_flow(ctx, slot, config.policy, migrating);
                     return SK_PASS;
                 }
             }
@@ -317,9 +319,6 @@ fn try_slot(
                     };
                     atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1);
                 }
-            }
-            if !migrating {
-                signals::record_flow(ctx, slot);
             }
             true
         }

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use reuseport_common::{
     signals::{maps, FlowKey, SlotSignals, WorkerCounters, SIGNAL_OPEN},
-    BPF_F_MMAPABLE, MAX_SLOTS,
+    Policy, BPF_F_MMAPABLE, MAX_SLOTS,
 };
 
 /// Each slot's worker counters, when its worker publishes them (one map per worker, created by
@@ -80,9 +80,17 @@ pub fn live_load(slot: u32) -> u64 {
     0
 }
 
-/// Remembers `slot` for the connection of this SYN, when open connections are counted.
+/// Remembers `slot` for the connection of this SYN, when open connections are counted and
+/// the group's policy steers by load: recording costs a map update per connection (a few
+/// hundred ns), which the other policies do not pay. Connections steered by another policy are
+/// not counted, at their close either.
 #[inline(always)]
-pub fn record_flow(ctx: &SkReuseportContext, slot: u32) {
+pub fn record_flow(ctx: &SkReuseportContext, slot: u32, policy: u32, migrating: bool) {
+    const LEAST_LOADED: u32 = Policy::LeastLoaded as u32;
+    const P2C: u32 = Policy::P2c as u32;
+    if migrating || !matches!(policy, LEAST_LOADED | P2C) {
+        return;
+    }
     if flags() & SIGNAL_OPEN == 0 || ctx.ip_protocol() != 6 {
         return;
     }

@@ -76,6 +76,9 @@ pub struct FlowKey {
     pub version: u32,
 }
 
+/// `BPF_F_NO_COMMON_LRU`: an LRU map with a list per CPU.
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 /// Bits of the `SIGNAL_FLAGS` word (written by the daemon).
 pub const SIGNAL_OPEN: u64 = 1;
 
@@ -94,7 +97,9 @@ pub mod maps {
     pub const SLOT_SIGNALS: MapSpec<SlotSignals> =
         MapSpec::new("SLOT_SIGNALS", MAX_SLOTS, BPF_F_MMAPABLE);
     pub const SIGNAL_FLAGS: MapSpec<u64> = MapSpec::new("SIGNAL_FLAGS", 1, BPF_F_MMAPABLE);
-    pub const FLOWS: MapSpec<u32> = MapSpec::new("FLOWS", FLOWS_MAX, 0);
+    /// An LRU hash with a list per CPU (`BPF_F_NO_COMMON_LRU`): no lock shared by all CPUs
+    /// on the select program's path.
+    pub const FLOWS: MapSpec<u32> = MapSpec::new("FLOWS", FLOWS_MAX, BPF_F_NO_COMMON_LRU);
     /// Socket storage: the slot of each counted connection (`max_entries` 0, as the kernel
     /// wants for socket storage).
     pub const CONN_SLOT: MapSpec<u32> = MapSpec::new("CONN_SLOT", 0, 0);

@@ -80,10 +80,10 @@ pub fn live_load(slot: u32) -> u64 {
     0
 }
 
-/// Remembers `slot` for the connection of this SYN, when open connections are counted and
-/// the group's policy steers by load: recording costs a map update per connection (a few
-/// hundred ns), which the other policies do not pay. Connections steered by another policy are
-/// not counted, at their close either.
+/// Remembers `slot` for the connection of this SYN, when open connections are counted, the
+/// group's policy steers by load and the slot's worker publishes no counters: recording costs a
+/// map update per connection (a few hundred ns), which nothing else pays. Connections not
+/// recorded are not counted, at their close either.
 #[inline(always)]
 pub fn record_flow(ctx: &SkReuseportContext, slot: u32, policy: u32, migrating: bool) {
     const LEAST_LOADED: u32 = Policy::LeastLoaded as u32;
@@ -92,6 +92,11 @@ pub fn record_flow(ctx: &SkReuseportContext, slot: u32, policy: u32, migrating: 
         return;
     }
     if flags() & SIGNAL_OPEN == 0 || ctx.ip_protocol() != 6 {
+        return;
+    }
+    // A worker that publishes its counters is steered by them: its open connections are not
+    // needed.
+    if WORKERS.get_value(slot, &0).is_some() {
         return;
     }
     let Some(key) = flow_of_packet(ctx) else {

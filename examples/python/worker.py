@@ -16,9 +16,13 @@ HTTP/1.1 with keep-alive: `GET /` answers `pid=<PID>\\n`, `GET /sleep?ms=N` answ
 after N ms (at most 60 s), other paths 404, other methods 405.
 
 Registration: the listening socket is sent to the daemon with the `register` line; the control
-connection stays open for the worker's lifetime (closing it unregisters). In-flight requests are
-reported with `load` around each request, never waiting for the daemon (a report that does not
-fit in the socket buffer is dropped). When the daemon goes away (the control connection
+connection stays open for the worker's lifetime (closing it unregisters). Then a `counters`
+request brings back a descriptor of a map of the worker's own (SCM_RIGHTS), which it maps with
+mmap: in-flight requests, accepted connections and finished requests are written there, and the
+steering program reads them at every new connection, with no system call per request. With a
+daemon that has no such map to give, in-flight requests are reported with `load` lines around
+each request instead, never waiting for the daemon (a report that does not fit in the socket
+buffer is dropped). When the daemon goes away (the control connection
 turns readable) the worker reconnects every 100 ms and registers again. A refusal at start-up is
 printed and ends the worker with exit code 1; a worker started before the daemon, or one that a
 restarted daemon refuses, logs the refusal once and keeps retrying every second (as `reuseport
@@ -39,6 +43,7 @@ import argparse
 import errno
 import ipaddress
 import json
+import mmap
 import os
 import re
 import select
@@ -225,6 +230,54 @@ def register_once(path, listener, request):
     return control, reply["slot"], reply.get("group", "")
 
 
+class Counters:
+    """The worker's own counters map, mapped read-write: native-endian 64-bit words at the byte
+    offsets the `counters` reply gives. Each is written whole (one aligned 8-byte store through
+    a memoryview of unsigned 64-bit words)."""
+
+    def __init__(self, fd, layout):
+        try:
+            self.map = mmap.mmap(fd, layout["size"], mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.words = memoryview(self.map).cast("Q")
+        self.inflight = layout["inflight"] // 8
+        self.accepted = layout["accepted"] // 8
+        self.finished = layout["finished"] // 8
+
+    def set_inflight(self, n):
+        before = self.words[self.inflight]
+        self.words[self.inflight] = n
+        if n < before:
+            self.words[self.finished] += before - n
+
+    def count_accepted(self):
+        self.words[self.accepted] += 1
+
+    def close(self):
+        self.words.release()
+        self.map.close()
+
+
+def counters_from_reply(data, fds):
+    """The counters map of a `counters` reply line and the descriptors that came with it."""
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = {}
+    if not isinstance(reply, dict):
+        reply = {}
+    layout = reply.get("counters")
+    if reply.get("ok") is not True or not fds or not isinstance(layout, dict):
+        for fd in fds:
+            os.close(fd)
+        raise Refused(reply.get("code", "bad_reply"), reply.get("error", "no counters map"))
+    for fd in fds[1:]:
+        os.close(fd)
+    return Counters(fds[0], layout)
+
+
 class Registration:
     """Keeps the listener registered: watched from the serve loop, re-registered after a
     daemon restart."""
@@ -242,6 +295,12 @@ class Registration:
         self.slot = None
         self.next_attempt = 0.0
         self.logged_refusal = False
+        self.counters = None
+        # The daemon did not know the `counters` request: report with `load` lines.
+        self.no_counters = False
+        self.inflight = 0
+        # The `counters` request is sent; its reply (and descriptor) comes in on_readable.
+        self.awaiting = None
 
     def start(self):
         """First attempt: a refusal propagates (the worker exits); no daemon is not an error."""
@@ -256,8 +315,34 @@ class Registration:
         return self.control.fileno() if self.control is not None else None
 
     def on_readable(self):
-        """The daemon never writes unprompted: readable means it went away (or is closing the
-        connection after an error line, which is shown)."""
+        """The daemon writes nothing unprompted but the reply to `counters`: anything else
+        readable means it went away (or is closing the connection after an error line, which
+        is shown)."""
+        if self.awaiting is not None:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.control, MAX_LINE, 1)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if data:
+                self.awaiting[0] += data
+                self.awaiting[1].extend(fds)
+                if not data.endswith(b"\n"):
+                    return
+                line, fds = self.awaiting
+                self.awaiting = None
+                try:
+                    self.counters = counters_from_reply(line, fds)
+                    self.counters.set_inflight(self.inflight)
+                    return
+                except (Refused, OSError, ValueError) as e:
+                    log(f"no counters map ({e}): reporting with load lines")
+                    # An older daemon refuses the request and closes the connection.
+                    self.no_counters = getattr(e, "code", "") == "bad_request"
+                    return
+            for fd in fds:
+                os.close(fd)
         try:
             data = self.control.recv(MAX_LINE)
         except OSError:
@@ -280,11 +365,20 @@ class Registration:
                 self.logged_refusal = True
             self.next_attempt = time.monotonic() + REFUSED_RETRY
 
+    def accepted(self):
+        if self.counters is not None:
+            self.counters.count_accepted()
+
     def report(self, inflight):
-        """`load` line: no reply comes. Never waits: serving comes first, so when the daemon is
+        """Into the counters map when the worker has one (a store, no system call); else a
+        `load` line: no reply comes. Never waits: serving comes first, so when the daemon is
         slow to read (its socket buffer full) the report is dropped; the next one carries the
         current figure. A line already begun is finished first, so lines stay whole. A failed
         write means the daemon is gone."""
+        self.inflight = inflight
+        if self.counters is not None:
+            self.counters.set_inflight(inflight)
+            return
         if self.control is None:
             return
         data = self.unsent + b'{"op":"load","inflight":%d}\n' % inflight
@@ -313,9 +407,19 @@ class Registration:
         self.slot = slot
         self.logged_refusal = False
         log(f"registered with {self.path} in slot {slot} of {group}")
+        if not self.no_counters:
+            # Its reply comes in on_readable; `load` lines until then.
+            request = {"op": "counters", "slot": slot}
+            self.unsent = json.dumps(request, separators=(",", ":")).encode() + b"\n"
+            self.awaiting = [b"", []]
+            self.report(self.inflight)
 
     def _lost(self):
         log("lost the daemon; registering again when it is back")
+        self.awaiting = None
+        if self.counters is not None:
+            self.counters.close()
+            self.counters = None
         self.control.close()
         self.control = None
         self.slot = None
@@ -473,6 +577,8 @@ def serve_round(listener, registration, conns, accepted):
             log(f"accept: {e}")
     else:
         accepted = True
+        if registration:
+            registration.accepted()
         sock.settimeout(5.0)  # a client that stops reading fails the write after 5 s
         conns[sock.fileno()] = Conn(sock)
 

@@ -13,6 +13,7 @@ mod parse;
 pub mod udp;
 
 pub mod policy_program;
+pub mod signals;
 pub mod trace;
 
 pub use named::{AttachMode, Family, OnEmpty, Policy, Protocol, SlotState};

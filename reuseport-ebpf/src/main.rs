@@ -14,6 +14,7 @@
 #![feature(core_intrinsics)]
 
 mod policy_program;
+mod signals;
 mod trace;
 mod udp;
 
@@ -59,9 +60,9 @@ static CURSORS: Array<u64> = array(&maps::CURSORS);
 /// system call.
 #[map]
 static SLOT_STATS: Array<SlotStats> = array(&maps::SLOT_STATS);
-/// Per-slot load for `least-loaded` and `p2c`, written by the daemon every sample: the accept
-/// queue plus the requests in flight. The program only reads it; between two samples, equally
-/// loaded slots take turns (least-loaded) or two random picks spread the choices (p2c).
+/// Per-slot sampled load for `least-loaded` and `p2c`, written by the daemon every sample (the
+/// accept queue, in-flight `load` reports, time busy); the program adds the slot's live signal
+/// ([`signals::live_load`]) to it at each selection.
 #[map]
 static LOAD: Array<u64> = array(&maps::LOAD);
 /// The least-loaded active slots, a [`LeastList`] read word by word, each word tagged with the
@@ -143,6 +144,7 @@ fn decide(
             decision.first = answer;
             if try_slot(ctx, answer, migrating, global) {
                 udp::picked(ctx, publication, answer);
+                signals::record_flow(ctx, answer, config.policy, migrating);
                 return (SK_PASS, decision.ended(answer, outcome::FIRST));
             }
         }
@@ -151,6 +153,7 @@ fn decide(
             decision.first = slot;
             if try_slot(ctx, slot, migrating, global) {
                 udp::picked(ctx, publication, slot);
+                signals::record_flow(ctx, slot, config.policy, migrating);
                 return (SK_PASS, decision.ended(slot, outcome::FIRST));
             }
         }
@@ -162,6 +165,7 @@ fn decide(
             if let Some(&slot) = publication.active.get(bounded(index, MAX_SLOTS)) {
                 if try_slot(ctx, slot, migrating, global) {
                     udp::picked(ctx, publication, slot);
+                    signals::record_flow(ctx, slot, config.policy, migrating);
                     return (SK_PASS, decision.ended(slot, outcome::WALKED));
                 }
             }
@@ -216,7 +220,7 @@ fn first_candidate(
     const MAGLEV: u32 = Policy::Maglev as u32;
     let config = &publication.config;
     match config.policy {
-        LEAST_LOADED => least_loaded(config.generation, count),
+        LEAST_LOADED => least_loaded(publication, count),
         P2C => two_choices(publication, count),
         MAGLEV => udp::maglev(ctx, publication, count),
         ROUND_ROBIN => (None, (ticket(cursor::ROUND_ROBIN) % count as u64) as u32),
@@ -235,23 +239,51 @@ fn first_candidate(
     }
 }
 
-/// Round-robin over the least-loaded active slots, a list the daemon republishes whenever a
-/// sample changes it: equally loaded slots take turns, and the cost is O(1) whatever the count.
-/// Only words tagged with this run's publication count ([`LeastList`]); otherwise (the list of
-/// a publication just replaced) the walk over the active list decides.
+/// The active slot with the lowest load at this moment (sampled load plus the live signal,
+/// [`load_of`]), equally loaded ones in turn. A small group (up to [`EXACT_SCAN`] active slots)
+/// is scanned whole; a larger one starts from the daemon's list of its least-loaded slots (a
+/// list it republishes whenever a sample changes it, so the cost stays O(1) whatever the count)
+/// and takes the next slot in turn instead when that one is less loaded now. Only words of the
+/// list tagged with this run's publication count ([`LeastList`]); otherwise (the list of a
+/// publication just replaced) the walk over the active list decides.
 #[inline(always)]
-fn least_loaded(generation: u32, count: u32) -> (Option<u32>, u32) {
+fn least_loaded(publication: &Publication, count: u32) -> (Option<u32>, u32) {
     let t = ticket(cursor::ROUND_ROBIN);
     let start = (t % count as u64) as u32;
+    if count <= EXACT_SCAN {
+        let mut best = None;
+        let mut best_load = u64::MAX;
+        let mut i = 0;
+        while i < EXACT_SCAN && i < count {
+            let index = (start + i) % count;
+            if let Some(&slot) = publication.active.get(bounded(index, MAX_SLOTS)) {
+                let load = load_of(slot);
+                if load < best_load {
+                    best = Some(slot);
+                    best_load = load;
+                }
+            }
+            i += 1;
+        }
+        return (best, start);
+    }
+    let generation = publication.config.generation;
     let Some(len) = least_word(LeastList::HEAD, generation) else {
         return (None, start);
     };
     if len == 0 || len > MAX_SLOTS {
         return (None, start);
     }
-    let slot = least_word(LeastList::entry((t % len as u64) as u32), generation);
-    (slot, start)
+    let listed = least_word(LeastList::entry((t % len as u64) as u32), generation);
+    let next = publication.active.get(bounded(start, MAX_SLOTS)).copied();
+    match (listed, next) {
+        (Some(a), Some(b)) if load_of(b) < load_of(a) => (Some(b), start),
+        (listed, _) => (listed, start),
+    }
 }
+
+/// Active slots up to which `least-loaded` compares every one at each selection.
+const EXACT_SCAN: u32 = 8;
 
 /// Word `index` of `LEAST`, if it belongs to the publication of `generation`.
 #[inline(always)]
@@ -295,7 +327,9 @@ fn bounded(index: u32, len: u32) -> usize {
 
 #[inline(always)]
 fn load_of(slot: u32) -> u64 {
-    LOAD.get(slot).copied().unwrap_or(u64::MAX)
+    LOAD.get(slot).map_or(u64::MAX, |&sampled| {
+        sampled.saturating_add(signals::live_load(slot))
+    })
 }
 
 /// Takes the next ticket of a cursor. One atomic fetch-and-add shared by all CPUs is what makes

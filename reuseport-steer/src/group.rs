@@ -31,6 +31,7 @@ use crate::{
     policy_program::PolicyPrograms,
     preflight::{self, KernelVersion},
     publication::{self, check_range},
+    signals::{Signal, Signals, WorkerMap},
     socket::SocketInfo,
     stats::{GlobalCounters, GroupStats, SlotCounters},
     sys,
@@ -118,6 +119,8 @@ pub struct Group {
     /// UDP: the flow table's setting, and `MAGLEV`, kept up to date while the policy is
     /// `maglev` ([`crate::udp`]).
     udp: UdpState,
+    /// Live load signals: worker counters maps and open-connection counts.
+    signals: Signals,
     /// The first socket seen: every other one must match its protocol, family and address.
     identity: Option<SocketInfo>,
     /// The IPV6_V6ONLY the group was configured with ([`GroupOptions::v6only`]).
@@ -191,6 +194,7 @@ impl Group {
             take(reuseport_common::udp::UDP_SETTINGS.name)?,
         )?;
         let tracer = Tracer::take(&mut ebpf)?;
+        let signals = Signals::load(&mut ebpf)?;
 
         let prog_name = program_name(options.mode);
         let program: &mut SkReuseport = ebpf
@@ -225,6 +229,7 @@ impl Group {
             _mapped_maps: mapped_maps,
             global_stats,
             udp,
+            signals,
             identity: None,
             attached: false,
             adopted: false,
@@ -724,11 +729,39 @@ impl Group {
             .count()
     }
 
-    /// The load as the program sees it now.
+    /// The load as the program sees it now: the sampled word plus the slot's live signal.
     pub fn slot_load(&self, slot: u32) -> u64 {
+        self.sampled_load(slot)
+            .saturating_add(self.signals.live_load(slot))
+    }
+
+    /// The sampled part of the load (what [`Group::set_load`] wrote).
+    pub fn sampled_load(&self, slot: u32) -> u64 {
         self.loads
             .get(slot as usize)
             .map_or(0, |cell| cell.load(Relaxed))
+    }
+
+    /// Gives the worker in `slot` its counters map: the program reads the worker's figures
+    /// from it once a background thread has put it in (an update that waits for a grace
+    /// period). The map is taken out when the slot empties.
+    pub fn put_worker_map(&mut self, slot: u32, map: std::sync::Arc<WorkerMap>) -> Result<()> {
+        self.signals.put_worker(slot, map)
+    }
+
+    /// Where the program's live part of the slot's load comes from.
+    pub fn signal(&self, slot: u32) -> Signal {
+        self.signals.signal(slot)
+    }
+
+    /// Connections open on the slot (counted in the kernel), when the group counts them.
+    pub fn open_connections(&self, slot: u32) -> Option<u64> {
+        self.signals.open_connections(slot)
+    }
+
+    /// Whether open connections are counted (the sock_ops program is attached).
+    pub fn counts_open(&self) -> bool {
+        self.signals.counts_open()
     }
 
     /// Connections sent to a slot so far, new and migrated: read from memory, no system call.
@@ -855,6 +888,9 @@ impl Group {
         self.retired_at[live] = self.flips;
         self.grace.retired(self.flips);
         self.published = next;
+        let slots = &self.published.slots;
+        self.signals
+            .retain_workers(|slot| slots.get(slot as usize).is_some_and(|s| !s.is_empty()));
         self.publish_least_loaded();
         Ok(())
     }

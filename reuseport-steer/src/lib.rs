@@ -22,6 +22,7 @@ pub mod preflight;
 pub mod procs;
 mod publication;
 pub mod schedule;
+pub mod signals;
 pub mod socket;
 pub mod stats;
 mod sys;

@@ -167,3 +167,66 @@ impl GracePeriod {
         )
     }
 }
+
+/// `bpf_attr` for BPF_MAP_CREATE of a plain array with flags.
+#[repr(C)]
+struct ArrayCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+/// A new array map (a worker's counters, `crate::signals`).
+pub(crate) fn array_create(
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let mut map_name = [0u8; 16];
+    for (cell, byte) in map_name.iter_mut().zip(name.bytes().take(15)) {
+        *cell = byte;
+    }
+    let attr = ArrayCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size,
+        max_entries,
+        map_flags,
+        inner_map_fd: 0,
+        numa_node: 0,
+        map_name,
+    };
+    let fd = bpf(BPF_MAP_CREATE, &attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Puts map `inner` at `slot` of an array of maps (waits for a grace period in the kernel).
+pub(crate) fn map_of_maps_put(
+    outer: BorrowedFd<'_>,
+    slot: u32,
+    inner: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let fd = inner.as_raw_fd() as u32;
+    map_elem(
+        BPF_MAP_UPDATE_ELEM,
+        outer,
+        &slot,
+        &fd as *const u32 as u64,
+        0,
+    )
+}
+
+/// Empties `slot` of an array of maps (an empty one already is fine).
+pub(crate) fn map_of_maps_clear(outer: BorrowedFd<'_>, slot: u32) -> io::Result<()> {
+    match map_elem(BPF_MAP_DELETE_ELEM, outer, &slot, 0, 0) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    }
+}

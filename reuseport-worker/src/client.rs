@@ -3,7 +3,7 @@
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
     os::{
-        fd::{AsRawFd, BorrowedFd},
+        fd::{AsRawFd, BorrowedFd, OwnedFd},
         unix::net::UnixStream,
     },
     path::{Path, PathBuf},
@@ -93,6 +93,50 @@ impl ControlClient {
         self.reply_after(sent)
     }
 
+    /// Sends a request whose reply may carry a descriptor (`counters`), and returns both.
+    pub fn request_returning_fd(
+        &mut self,
+        request: &Request,
+    ) -> Result<(Reply, Option<OwnedFd>), ClientError> {
+        self.send(request, None)?;
+        // The daemon writes nothing unprompted, so nothing of this reply is buffered yet; read
+        // it straight from the socket, where the descriptor rides on its first byte.
+        let mut line = Vec::new();
+        let mut fd = None;
+        let mut chunk = [0u8; 4096];
+        while !line.ends_with(b"\n") {
+            let stream = self.reader.get_ref();
+            let mut pfd = libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut pfd, 1, REPLY_WAIT_MS) };
+            if ready == 0 {
+                return Err(io_err(&self.path, io::ErrorKind::TimedOut.into()));
+            }
+            let got = fdpass::recv_with_fds(stream, &mut chunk);
+            let got = match got {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other.map_err(|e| io_err(&self.path, e))?,
+            };
+            if got.len == 0 {
+                return Err(ClientError::Closed);
+            }
+            if fd.is_none() {
+                fd = got.fds.into_iter().next();
+            }
+            line.extend_from_slice(&chunk[..got.len]);
+            if line.len() as u64 > MAX_REPLY {
+                return Err(ClientError::BadReply("reply too long".into()));
+            }
+        }
+        let reply = parse_reply(&line)?;
+        Ok((reply, fd))
+    }
+
     /// Sends a request that gets no reply (`load` reports).
     pub fn notify(&mut self, request: &Request) -> Result<(), ClientError> {
         self.send(request, None)
@@ -147,16 +191,23 @@ impl ControlClient {
         if n == 0 {
             return Err(ClientError::Closed);
         }
-        let reply: Reply =
-            serde_json::from_str(&line).map_err(|e| ClientError::BadReply(e.to_string()))?;
-        if !reply.ok {
-            return Err(ClientError::Rejected {
-                code: reply.code.unwrap_or(ErrorCode::Other(String::new())),
-                message: reply.error.unwrap_or_default(),
-            });
-        }
-        Ok(reply)
+        parse_reply(line.as_bytes())
     }
+}
+
+/// How long [`ControlClient::request_returning_fd`] waits for its reply.
+const REPLY_WAIT_MS: libc::c_int = 10_000;
+
+fn parse_reply(line: &[u8]) -> Result<Reply, ClientError> {
+    let reply: Reply =
+        serde_json::from_slice(line).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    if !reply.ok {
+        return Err(ClientError::Rejected {
+            code: reply.code.unwrap_or(ErrorCode::Other(String::new())),
+            message: reply.error.unwrap_or_default(),
+        });
+    }
+    Ok(reply)
 }
 
 fn io_err(path: &Path, cause: io::Error) -> ClientError {

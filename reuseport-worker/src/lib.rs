@@ -6,6 +6,7 @@
 //! SO_REUSEPORT listener registered with the daemon in one call.
 
 pub mod client;
+pub mod counters;
 pub mod fdpass;
 pub mod names;
 pub mod protocol;
@@ -13,6 +14,7 @@ pub mod registration;
 pub mod trace;
 
 pub use client::{control_path, ClientError, ControlClient};
+pub use counters::Counters;
 pub use protocol::{ErrorCode, EventStatus, GroupStatus, Reply, Request, WorkerStatus};
 #[cfg(feature = "tokio")]
 pub use registration::listen_tokio;

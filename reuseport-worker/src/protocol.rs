@@ -34,8 +34,16 @@ pub enum Request {
         pid: Option<u32>,
     },
     /// Requests the worker is serving right now (workers send this whenever it changes).
+    /// Workers that took a counters map ([`Request::Counters`]) need not send it.
     Load {
         inflight: u32,
+    },
+    /// A map of the worker's own counters, to publish its load by writing memory: the reply
+    /// carries its descriptor (SCM_RIGHTS) and its layout ([`CountersLayout`]). For the
+    /// connection's worker in `slot` (may be left out when the connection holds one worker).
+    Counters {
+        #[serde(default)]
+        slot: Option<u32>,
     },
     Status,
     PolicyGet {
@@ -287,6 +295,9 @@ pub struct Reply {
     /// The policy program a `policy_load` installed (its name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<String>,
+    /// `counters`: the layout of the map whose descriptor comes with the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<CountersLayout>,
 }
 
 /// A slot of a group.
@@ -294,6 +305,33 @@ pub struct Reply {
 pub struct SlotRef {
     pub group: SocketAddr,
     pub slot: u32,
+}
+
+/// Where a worker's counters are in the map a `counters` reply carries: byte offsets of
+/// native-endian 64-bit words, each written whole (one aligned 8-byte store) by the worker
+/// alone. `size` is the map's value size; map it shared, read-write, at offset 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersLayout {
+    pub size: u32,
+    /// Requests being served now: what `least-loaded` and `p2c` add to the slot's load.
+    pub inflight: u32,
+    /// Connections accepted so far.
+    pub accepted: u32,
+    /// Requests finished so far.
+    pub finished: u32,
+}
+
+impl CountersLayout {
+    /// The layout the program reads (`reuseport_common::signals::WorkerCounters`).
+    pub const CURRENT: Self = {
+        use reuseport_common::signals::WorkerCounters;
+        Self {
+            size: core::mem::size_of::<WorkerCounters>() as u32,
+            inflight: WorkerCounters::INFLIGHT_OFFSET as u32,
+            accepted: WorkerCounters::ACCEPTED_OFFSET as u32,
+            finished: WorkerCounters::FINISHED_OFFSET as u32,
+        }
+    };
 }
 
 impl Reply {
@@ -485,6 +523,13 @@ pub struct WorkerStatus {
     /// The load `least-loaded` and `p2c` see.
     #[serde(default)]
     pub load: u64,
+    /// Connections open on the slot now, counted in the kernel (when the daemon counts them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<u64>,
+    /// The worker publishes its in-flight count through its own counters map (`inflight` is
+    /// then read from it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counters: bool,
     /// For `stuck` and `evicted`: since when (Unix time, seconds) and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<f64>,

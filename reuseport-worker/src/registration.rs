@@ -1,6 +1,8 @@
 //! The worker side: a SO_REUSEPORT listener registered with the daemon in one call, for Rust
 //! servers (std or tokio). The registration lives in a small background thread that registers
-//! again whenever the daemon restarts and forwards in-flight reports; dropping it unregisters.
+//! again whenever the daemon restarts; dropping it unregisters. In-flight reports are written
+//! into the worker's own counters map ([`Counters`]), which the steering program reads with no
+//! system call; a daemon that does not hand one out gets `load` lines, as before.
 
 use std::{
     io,
@@ -9,7 +11,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -20,7 +22,8 @@ use socket2::{Domain, Socket, Type};
 
 use crate::{
     client::{control_path, ClientError, ControlClient},
-    protocol::Request,
+    counters::Counters,
+    protocol::{ErrorCode, Request},
 };
 
 /// How a worker joins.
@@ -148,6 +151,23 @@ struct Shared {
     /// Slot + 1, or 0 while not registered.
     slot: AtomicU64,
     inflight: AtomicU32,
+    /// The counters map of the current registration, when the daemon gave one.
+    counters: Mutex<Option<Arc<Counters>>>,
+    /// The daemon did not know the `counters` request: not asked again.
+    no_counters: AtomicBool,
+}
+
+impl Shared {
+    fn counters(&self) -> Option<Arc<Counters>> {
+        self.counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_counters(&self, counters: Option<Arc<Counters>>) {
+        *self.counters.lock().unwrap_or_else(PoisonError::into_inner) = counters;
+    }
 }
 
 /// Keeps one listener registered. Dropping it closes the control connection, which removes
@@ -188,10 +208,13 @@ impl Registration {
             stop: AtomicBool::new(false),
             slot: AtomicU64::new(0),
             inflight: AtomicU32::new(0),
+            counters: Mutex::new(None),
+            no_counters: AtomicBool::new(false),
         });
         // First attempt in the caller, so a refusal reaches it.
         let first = match register_once(&path, &request, &socket) {
-            Ok((client, slot)) => {
+            Ok((mut client, slot)) => {
+                shared.set_counters(take_counters(&mut client, slot, &shared));
                 shared.slot.store(u64::from(slot) + 1, Ordering::SeqCst);
                 Some(client)
             }
@@ -242,9 +265,29 @@ impl Registration {
         }
     }
 
-    /// Tells the daemon how many requests the worker is serving (sent when it changes).
+    /// Tells the daemon how many requests the worker is serving: written into the worker's
+    /// counters map (no system call) when it has one, else sent as a `load` line by the
+    /// registration's thread. A drop counts the requests as finished.
     pub fn report_inflight(&self, inflight: u32) {
-        self.shared.inflight.store(inflight, Ordering::Relaxed);
+        let before = self.shared.inflight.swap(inflight, Ordering::Relaxed);
+        if let Some(counters) = self.shared.counters() {
+            counters.set_inflight(u64::from(inflight));
+            if inflight < before {
+                counters.finished(u64::from(before - inflight));
+            }
+        }
+    }
+
+    /// Counts a connection the worker accepted (shown by the daemon; no system call).
+    pub fn report_accepted(&self) {
+        if let Some(counters) = self.shared.counters() {
+            counters.accepted();
+        }
+    }
+
+    /// Whether the worker publishes through its own counters map (else through `load` lines).
+    pub fn publishes_counters(&self) -> bool {
+        self.shared.counters().is_some()
     }
 }
 
@@ -290,7 +333,8 @@ fn keep_registered(
     while !shared.stop.load(Ordering::SeqCst) {
         let Some(c) = client.as_mut() else {
             match register_once(&path, &request, &socket) {
-                Ok((c, slot)) => {
+                Ok((mut c, slot)) => {
+                    shared.set_counters(take_counters(&mut c, slot, &shared));
                     shared.slot.store(u64::from(slot) + 1, Ordering::SeqCst);
                     reported = 0;
                     logged_refusal = false;
@@ -308,7 +352,7 @@ fn keep_registered(
             continue;
         };
         let inflight = shared.inflight.load(Ordering::Relaxed);
-        if inflight != reported {
+        if inflight != reported && shared.counters().is_none() {
             if c.notify(&Request::Load { inflight }).is_err() {
                 lost(&shared, &mut client);
                 continue;
@@ -321,8 +365,46 @@ fn keep_registered(
     }
 }
 
+/// Asks the daemon for the worker's counters map and maps it, starting from the current
+/// in-flight count. `None` when the daemon has none to give (an older daemon refuses the
+/// request and closes the connection: the registration then goes on with `load` lines, after
+/// registering again).
+fn take_counters(client: &mut ControlClient, slot: u32, shared: &Shared) -> Option<Arc<Counters>> {
+    if shared.no_counters.load(Ordering::Relaxed) {
+        return None;
+    }
+    let request = Request::Counters { slot: Some(slot) };
+    let counters = match client.request_returning_fd(&request) {
+        Ok((reply, Some(fd))) => reply
+            .counters
+            .ok_or_else(|| "no layout in the reply".to_owned())
+            .and_then(|layout| Counters::map(fd, layout).map_err(|e| e.to_string())),
+        Ok((_, None)) => Err("no descriptor came with the reply".to_owned()),
+        Err(ClientError::Rejected {
+            code: ErrorCode::BadRequest,
+            ..
+        }) => {
+            info!("the daemon hands out no counters map: reporting with load lines");
+            shared.no_counters.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match counters {
+        Ok(counters) => {
+            counters.set_inflight(u64::from(shared.inflight.load(Ordering::Relaxed)));
+            Some(Arc::new(counters))
+        }
+        Err(e) => {
+            warn!("no counters map for slot {slot} ({e}): reporting with load lines");
+            None
+        }
+    }
+}
+
 fn lost(shared: &Shared, client: &mut Option<ControlClient>) {
     warn!("lost the daemon; registering again when it is back");
+    shared.set_counters(None);
     shared.slot.store(0, Ordering::SeqCst);
     *client = None;
 }

@@ -207,6 +207,9 @@ fn serve(
         } {
             Ok((stream, _)) => {
                 accepted = true;
+                if let Some(r) = registration {
+                    r.report_accepted();
+                }
                 if stream.set_nonblocking(false).is_ok()
                     && stream
                         .set_write_timeout(Some(Duration::from_secs(5)))

@@ -136,8 +136,8 @@ pub async fn run(
     let registry = Registry::new(&config.groups, &pins, config.health)
         .context("loading the steering program")?;
     let diag = ListenerDiag::new().context("opening a sock_diag netlink socket")?;
-    let (owner, owner_thread) = owner::spawn(registry, diag, config.health)
-        .context("starting the thread that owns the daemon's state")?;
+    let (owner, owner_thread) =
+        owner::spawn(registry, diag).context("starting the thread that owns the daemon's state")?;
     let adoption = adoption::spawn(owner.clone(), config.allow_uids.clone())
         .context("opening a sock_diag netlink socket for adoption")?;
     let access = Access {

@@ -13,7 +13,6 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    health::HealthConfig,
     refusal::Refusal,
     registry::{ConnId, Joined, LoadCell, NewWorker, Registered, Registry, TakeOver},
 };
@@ -102,11 +101,7 @@ impl Owner {
 /// Its system calls (map updates, sock_diag) then never take a turn from a session, and a
 /// session flooding its connection never takes one from the owner: a thread shared with the
 /// sessions would make either wait for the other.
-pub fn spawn(
-    registry: Registry,
-    diag: ListenerDiag,
-    health: HealthConfig,
-) -> std::io::Result<(Handle, Owner)> {
+pub fn spawn(registry: Registry, diag: ListenerDiag) -> std::io::Result<(Handle, Owner)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
@@ -117,7 +112,7 @@ pub fn spawn(
         .spawn(move || {
             runtime.block_on(async move {
                 tokio::select! {
-                    () = own(registry, diag, health, rx) => {}
+                    () = own(registry, diag, rx) => {}
                     _ = stopped => {}
                 }
             });
@@ -128,13 +123,8 @@ pub fn spawn(
 /// Registrations waiting for a take-over, with their reply channels.
 type Waiting = Vec<(TakeOver, oneshot::Sender<Result<Joined, Refusal>>)>;
 
-async fn own(
-    mut registry: Registry,
-    mut diag: ListenerDiag,
-    health: HealthConfig,
-    mut rx: mpsc::Receiver<Command>,
-) {
-    let mut period = health.sample.max(Duration::from_millis(1));
+async fn own(mut registry: Registry, mut diag: ListenerDiag, mut rx: mpsc::Receiver<Command>) {
+    let mut period = registry.sample_period().max(Duration::from_millis(1));
     let (mut sampler, mut housekeeping_every) = sampler(period);
     let mut retry = tokio::time::interval(RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,9 +141,9 @@ async fn own(
                     handle(&mut registry, command, &mut waiting);
                 }
                 registry.flush();
-                // A reload may have changed the sample period.
-                if registry.health().sample != period {
-                    period = registry.health().sample.max(Duration::from_millis(1));
+                // A reload may have changed the sample period, and workers the signals.
+                if registry.sample_period().max(Duration::from_millis(1)) != period {
+                    period = registry.sample_period().max(Duration::from_millis(1));
                     (sampler, housekeeping_every) = self::sampler(period);
                 }
             }
@@ -162,6 +152,11 @@ async fn own(
                 samples += 1;
                 if samples.is_multiple_of(housekeeping_every) {
                     registry.tick();
+                    // A worker's counters map went in (in the background) since.
+                    if registry.sample_period().max(Duration::from_millis(1)) != period {
+                        period = registry.sample_period().max(Duration::from_millis(1));
+                        (sampler, housekeeping_every) = self::sampler(period);
+                    }
                 }
             }
             _ = retry.tick(), if !waiting.is_empty() => {

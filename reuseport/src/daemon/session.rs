@@ -25,12 +25,12 @@ use super::{
     access::Actor,
     owner::{Command, Gone, Handle},
     refusal::Refusal,
-    registry::{ConnId, LoadCell, NewWorker, Peer},
+    registry::{new_worker_map, ConnId, LoadCell, NewWorker, Peer},
 };
 use reuseport_steer::{Error, Policy, SlotState, SocketInfo};
 use reuseport_worker::{
     fdpass, names,
-    protocol::{ErrorCode, Lenient, Reply, Request, MAX_LINE},
+    protocol::{CountersLayout, ErrorCode, Lenient, Reply, Request, MAX_LINE},
 };
 
 /// What a connection may do, decided once from its credentials.
@@ -243,6 +243,37 @@ impl Session {
         })
     }
 
+    /// Writes a reply with a descriptor attached to its first byte (SCM_RIGHTS). Only a
+    /// registered worker asks for one, so no deadline applies.
+    async fn reply_with_fd(
+        &self,
+        stream: &mut UnixStream,
+        reply: &Reply,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), Fatal> {
+        let mut line = serde_json::to_vec(reply)
+            .map_err(|e| fatal(ErrorCode::Io, format!("could not write the reply ({e})")))?;
+        line.push(b'\n');
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let broken = |e: std::io::Error| {
+            fatal(
+                ErrorCode::Io,
+                format!("could not write the reply ({e}): read the reply of every request"),
+            )
+        };
+        let sent = loop {
+            stream.writable().await.map_err(broken)?;
+            match stream.try_io(Interest::WRITABLE, || {
+                fdpass::send_with_fds(&*stream, &line, &[raw])
+            }) {
+                Ok(sent) => break sent,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(broken(e)),
+            }
+        };
+        stream.write_all(&line[sent..]).await.map_err(broken)
+    }
+
     /// The error line before the daemon closes a connection, if the client takes it in time
     /// (at most a second: its buffer may be full of replies it never read).
     async fn last_word(&self, stream: &mut UnixStream, reply: &Reply) {
@@ -366,6 +397,30 @@ impl Session {
                         .await?;
                 }
                 return Ok(None);
+            }
+            Request::Counters { slot } => {
+                let map = match new_worker_map() {
+                    Ok(map) => map,
+                    Err(refusal) => return Ok(Some(refusal.into_reply())),
+                };
+                let conn = self.conn;
+                let theirs = map.clone();
+                match self
+                    .owner
+                    .call(move |r| r.give_counters(conn, slot, theirs))
+                    .await?
+                {
+                    Ok(slot) => {
+                        let reply = Reply {
+                            slot: Some(slot),
+                            counters: Some(CountersLayout::CURRENT),
+                            ..Reply::ok()
+                        };
+                        self.reply_with_fd(stream, &reply, map.fd()).await?;
+                        return Ok(None);
+                    }
+                    Err(refusal) => Err(refusal),
+                }
             }
             Request::Status => self.owner.call(|r| r.status()).await.map(|groups| {
                 Ok(Reply {

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ConnId, Registry};
+use super::{counters::sampled_load, ConnId, Registry};
 
 /// A connection's latest `load` report. Its session is the only writer and records every
 /// report here, without a message; the owner reads it when sampling, and when told that a new
@@ -95,10 +95,10 @@ impl Registry {
         let sample = self.health.sample;
         for entry in &mut self.groups {
             let mut changed = false;
-            for (&slot, worker) in entry.workers.iter().filter(|(_, w)| w.conn == conn) {
-                entry
-                    .group
-                    .set_load(slot, worker.load.load(worker.health.waiting, now, sample));
+            for (&slot, worker) in entry.workers.iter_mut().filter(|(_, w)| w.conn == conn) {
+                let waiting = worker.health.waiting;
+                let load = sampled_load(&entry.group, slot, worker, waiting, now, sample);
+                entry.group.set_load(slot, load);
                 changed = true;
             }
             if changed {

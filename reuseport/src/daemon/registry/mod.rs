@@ -7,6 +7,7 @@
 //! formula, [`status`] renders the `status` reply.
 
 mod adopted;
+mod counters;
 mod experiments;
 mod load;
 mod monitor;
@@ -34,6 +35,7 @@ use reuseport_steer::{
 use reuseport_worker::protocol::GroupRef;
 
 pub use adopted::AdoptionView;
+pub use counters::new_worker_map;
 pub use load::LoadCell;
 pub use workers::{ConnId, Joined, NewWorker, Peer, Registered, TakeOver, ADOPTED};
 

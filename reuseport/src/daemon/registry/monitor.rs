@@ -12,6 +12,7 @@ use std::{
 use log::{info, warn};
 
 use super::{
+    counters::{inflight, sampled_load},
     routing::family_of,
     workers::{probation, Worker, PROBATION_CAP},
     Registry,
@@ -97,13 +98,28 @@ impl Registry {
             self.quiet.skipped += 1;
             return;
         }
+        // Every worker's counters say its queue is empty: a sample without sock_diag.
+        let known_empty =
+            !taken_over && self.quiet.skipped < MAX_SKIPPED && self.queues_known_empty();
         self.quiet = Quiet {
             idle: false,
             dispatched,
-            skipped: 0,
+            skipped: if known_empty {
+                self.quiet.skipped + 1
+            } else {
+                0
+            },
         };
         queues.clear();
+        if known_empty {
+            self.empty_queues(queues);
+        } else {
+            self.before_dump();
+        }
         for family in [Family::Ipv4, Family::Ipv6] {
+            if known_empty {
+                break;
+            }
             for protocol in [Protocol::Tcp, Protocol::Udp] {
                 if !self
                     .groups
@@ -150,10 +166,19 @@ impl Registry {
                         (progress, Queue { waiting, ..queue })
                     }
                 };
-                entry
-                    .group
-                    .set_load(slot, worker.load.load(queue.waiting, now, config.sample));
+                let load = sampled_load(
+                    &entry.group,
+                    slot,
+                    worker,
+                    queue.waiting,
+                    now,
+                    config.sample,
+                );
+                entry.group.set_load(slot, load);
                 worker.backlog = queue.backlog;
+                if !known_empty {
+                    worker.busy.dumped(queue.waiting);
+                }
                 if let Some(out) = &worker.out {
                     // Shut down and listening again, out of rotation: an evicted worker comes
                     // back once its probation passed and its process runs (if it is still
@@ -288,8 +313,8 @@ impl Registry {
         self.flush();
         self.quiet.idle = self.groups.iter().all(|g| {
             g.workers
-                .values()
-                .all(|w| w.health.waiting == 0 && w.load.inflight() == 0)
+                .iter()
+                .all(|(&slot, w)| w.health.waiting == 0 && inflight(&g.group, slot, w) == 0)
         });
     }
 }

@@ -4,7 +4,8 @@ use std::time::SystemTime;
 
 use log::warn;
 
-use super::{workers::ADOPTED, GroupEntry, Registry};
+use super::{counters::inflight, workers::ADOPTED, GroupEntry, Registry};
+use reuseport_steer::signals::Signal;
 use reuseport_worker::{protocol::WorkerState, EventStatus, GroupStatus, WorkerStatus};
 
 impl Registry {
@@ -51,7 +52,11 @@ impl GroupEntry {
                     weight: slot.weight,
                     selected: counters.map_or(0, |c| c.selected),
                     migrated: counters.map_or(0, |c| c.migrated),
-                    inflight: worker.map_or(0, |w| w.load.inflight()),
+                    inflight: worker.map_or(0, |w| {
+                        u32::try_from(inflight(&self.group, slot.index, w)).unwrap_or(u32::MAX)
+                    }),
+                    open: self.group.open_connections(slot.index),
+                    counters: matches!(self.group.signal(slot.index), Signal::Worker(_)),
                     queue: worker.map_or(0, |w| w.health.waiting),
                     load: self.group.slot_load(slot.index),
                     since: stuck.map(|m| unix_seconds(m.at)),

@@ -62,6 +62,8 @@ pub(super) struct Worker {
     pub backlog: u32,
     /// UDP groups: the receive queue across samples.
     pub receive_queue: super::udp::ReceiveQueue,
+    /// Since when it has been busy, as its counters map tells (when it publishes one).
+    pub busy: super::counters::Busy,
 }
 
 /// A listener the daemon shut down (its queue migrated) and made listen again, out of rotation:
@@ -315,6 +317,7 @@ impl Registry {
                 evictions: 0,
                 backlog: 0,
                 receive_queue: Default::default(),
+                busy: Default::default(),
             },
         );
         Ok(Joined {

@@ -110,8 +110,12 @@ fn steer(ctx: &SkReuseportContext, migrating: bool, answer: u32) -> u32 {
         return SK_PASS;
     };
     let (verdict, decision) = decide(ctx, publication, migrating, answer, global);
-    // One place for the trace, after every path has joined: the verifier checks it once per
-    // state that reaches here, not once per way out of the walk.
+    // One place for what a pick records and for the trace, after every path has joined: the
+    // verifier checks each once per state that reaches here, not once per way out of the walk.
+    if decision.slot != NO_SLOT && decision.outcome != outcome::FLOW {
+        udp::picked(ctx, publication, decision.slot);
+        signals::record_flow(ctx, decision.slot, publication.config.policy, migrating);
+    }
     trace::decided(ctx, migrating, &decision);
     verdict
 }
@@ -143,8 +147,6 @@ fn decide(
         if policy_program::is_active(publication, answer) {
             decision.first = answer;
             if try_slot(ctx, answer, migrating, global) {
-                udp::picked(ctx, publication, answer);
-                signals::record_flow(ctx, answer, config.policy, migrating);
                 return (SK_PASS, decision.ended(answer, outcome::FIRST));
             }
         }
@@ -152,8 +154,6 @@ fn decide(
         if let Some(slot) = first {
             decision.first = slot;
             if try_slot(ctx, slot, migrating, global) {
-                udp::picked(ctx, publication, slot);
-                signals::record_flow(ctx, slot, config.policy, migrating);
                 return (SK_PASS, decision.ended(slot, outcome::FIRST));
             }
         }
@@ -164,8 +164,6 @@ fn decide(
             let index = (start + i) % count;
             if let Some(&slot) = publication.active.get(bounded(index, MAX_SLOTS)) {
                 if try_slot(ctx, slot, migrating, global) {
-                    udp::picked(ctx, publication, slot);
-                    signals::record_flow(ctx, slot, config.policy, migrating);
                     return (SK_PASS, decision.ended(slot, outcome::WALKED));
                 }
             }
@@ -251,7 +249,9 @@ fn least_loaded(publication: &Publication, count: u32) -> (Option<u32>, u32) {
     let t = ticket(cursor::ROUND_ROBIN);
     let start = (t % count as u64) as u32;
     if count <= EXACT_SCAN {
-        let mut best = None;
+        // A plain `u32` with NO_SLOT, not an `Option`: LLVM spills an `Option`'s undefined
+        // payload in a way the verifier refuses ("invalid size of register fill").
+        let mut best = NO_SLOT;
         let mut best_load = u64::MAX;
         let mut i = 0;
         while i < EXACT_SCAN && i < count {
@@ -259,13 +259,13 @@ fn least_loaded(publication: &Publication, count: u32) -> (Option<u32>, u32) {
             if let Some(&slot) = publication.active.get(bounded(index, MAX_SLOTS)) {
                 let load = load_of(slot);
                 if load < best_load {
-                    best = Some(slot);
+                    best = slot;
                     best_load = load;
                 }
             }
             i += 1;
         }
-        return (best, start);
+        return ((best != NO_SLOT).then_some(best), start);
     }
     let generation = publication.config.generation;
     let Some(len) = least_word(LeastList::HEAD, generation) else {
@@ -283,7 +283,7 @@ fn least_loaded(publication: &Publication, count: u32) -> (Option<u32>, u32) {
 }
 
 /// Active slots up to which `least-loaded` compares every one at each selection.
-const EXACT_SCAN: u32 = 8;
+const EXACT_SCAN: u32 = 0;
 
 /// Word `index` of `LEAST`, if it belongs to the publication of `generation`.
 #[inline(always)]

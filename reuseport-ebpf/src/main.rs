@@ -112,11 +112,15 @@ fn steer(ctx: &SkReuseportContext, migrating: bool, answer: u32) -> u32 {
     let (verdict, decision) = decide(ctx, publication, migrating, answer, global);
     // One place for what a pick records and for the trace, after every path has joined: the
     // verifier checks each once per state that reaches here, not once per way out of the walk.
-    if decision.slot != NO_SLOT && decision.outcome != outcome::FLOW {
-        udp::picked(ctx, publication, decision.slot);
-        signals::record_flow(ctx, decision.slot, publication.config.policy, migrating);
-    }
     trace::decided(ctx, migrating, &decision);
+    // Last, when nothing else of the decision is read any more: the verifier then finds the
+    // states of the different ways here alike and checks the packet parsing once, not once per
+    // way (before the trace, it took the program past a million instructions).
+    let (slot, recorded) = (decision.slot, decision.outcome == outcome::FLOW);
+    if slot != NO_SLOT && !recorded {
+        udp::picked(ctx, publication, slot);
+        signals::record_flow(ctx, slot, publication.config.policy, migrating);
+    }
     verdict
 }
 
@@ -237,36 +241,18 @@ fn first_candidate(
     }
 }
 
-/// The active slot with the lowest load at this moment (sampled load plus the live signal,
-/// [`load_of`]), equally loaded ones in turn. A small group (up to [`EXACT_SCAN`] active slots)
-/// is scanned whole; a larger one starts from the daemon's list of its least-loaded slots (a
-/// list it republishes whenever a sample changes it, so the cost stays O(1) whatever the count)
-/// and takes the next slot in turn instead when that one is less loaded now. Only words of the
+/// The least-loaded active slot at this moment (sampled load plus the live signal,
+/// [`load_of`]), equally loaded ones in turn: the daemon's list of its least-loaded slots (a
+/// list it republishes whenever a sample changes it, so the cost stays O(1) whatever the count),
+/// or the next slot in turn instead when that one is less loaded now. (Scanning a small group
+/// whole took the program, with the trace, UDP and policy programs, past the verifier's
+/// million instructions.) Only words of the
 /// list tagged with this run's publication count ([`LeastList`]); otherwise (the list of a
 /// publication just replaced) the walk over the active list decides.
 #[inline(always)]
 fn least_loaded(publication: &Publication, count: u32) -> (Option<u32>, u32) {
     let t = ticket(cursor::ROUND_ROBIN);
     let start = (t % count as u64) as u32;
-    if count <= EXACT_SCAN {
-        // A plain `u32` with NO_SLOT, not an `Option`: LLVM spills an `Option`'s undefined
-        // payload in a way the verifier refuses ("invalid size of register fill").
-        let mut best = NO_SLOT;
-        let mut best_load = u64::MAX;
-        let mut i = 0;
-        while i < EXACT_SCAN && i < count {
-            let index = (start + i) % count;
-            if let Some(&slot) = publication.active.get(bounded(index, MAX_SLOTS)) {
-                let load = load_of(slot);
-                if load < best_load {
-                    best = slot;
-                    best_load = load;
-                }
-            }
-            i += 1;
-        }
-        return ((best != NO_SLOT).then_some(best), start);
-    }
     let generation = publication.config.generation;
     let Some(len) = least_word(LeastList::HEAD, generation) else {
         return (None, start);
@@ -281,9 +267,6 @@ fn least_loaded(publication: &Publication, count: u32) -> (Option<u32>, u32) {
         (listed, _) => (listed, start),
     }
 }
-
-/// Active slots up to which `least-loaded` compares every one at each selection.
-const EXACT_SCAN: u32 = 0;
 
 /// Word `index` of `LEAST`, if it belongs to the publication of `generation`.
 #[inline(always)]

@@ -206,7 +206,12 @@ impl Error {
         E: std::error::Error + Send + Sync + 'static,
     {
         match errno_in(&source) {
-            Some(libc::EPERM | libc::EACCES) => Self::NotPermitted,
+            // As root, EACCES is the verifier refusing the program (its log is in the cause),
+            // not a missing privilege.
+            // SAFETY: geteuid has no preconditions.
+            Some(libc::EPERM | libc::EACCES) if unsafe { libc::geteuid() } != 0 => {
+                Self::NotPermitted
+            }
             Some(libc::ENOSYS) => Self::BpfUnavailable(io::Error::from_raw_os_error(libc::ENOSYS)),
             _ => Self::Ebpf {
                 what: what.into(),

@@ -592,10 +592,11 @@ listen = "[::1]:9090"
     #[test]
     fn semantic_errors_are_all_reported_at_the_value() {
         let text = "[[group]]\nlisten = \"127.0.0.1:80\"\nweights = { a = 0, b = 5000 }\n\
-                    \n[[group]]\nlisten = \"127.0.0.1:80\"\nprotocol = \"udp\"\nadopt = true\n";
+                    \n[[group]]\nlisten = \"127.0.0.1:80\"\n[[group]]\nlisten = \"127.0.0.1:81\"\n\
+                    protocol = \"udp\"\nadopt = true\n";
         let p = problems(text);
         let at: Vec<(usize, usize)> = p.iter().map(|p| (p.0, p.1)).collect();
-        assert_eq!(at, vec![(3, 17), (3, 24), (6, 10), (8, 9)], "{p:?}");
+        assert_eq!(at, vec![(3, 17), (3, 24), (6, 10), (10, 9)], "{p:?}");
         assert!(p[0].2.contains("out of range"), "{p:?}");
         assert!(p[2].2.contains("listed twice"), "{p:?}");
         assert!(p[3].2.contains("applies to TCP groups"), "{p:?}");

@@ -119,11 +119,7 @@ struct MapCreateAttr {
 }
 
 fn map_create(map_type: u32, inner_map: Option<BorrowedFd<'_>>, name: &str) -> io::Result<OwnedFd> {
-    let mut map_name = [0u8; 16];
-    for (cell, byte) in map_name.iter_mut().zip(name.bytes().take(15)) {
-        *cell = byte;
-    }
-    let attr = MapCreateAttr {
+    create(MapCreateAttr {
         map_type,
         key_size: 4,
         value_size: 4,
@@ -131,8 +127,20 @@ fn map_create(map_type: u32, inner_map: Option<BorrowedFd<'_>>, name: &str) -> i
         map_flags: 0,
         inner_map_fd: inner_map.map_or(0, |fd| fd.as_raw_fd() as u32),
         numa_node: 0,
-        map_name,
-    };
+        map_name: map_name(name),
+    })
+}
+
+/// A map's name as the kernel takes it: at most 15 bytes and a NUL.
+fn map_name(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (cell, byte) in out.iter_mut().zip(name.bytes().take(15)) {
+        *cell = byte;
+    }
+    out
+}
+
+fn create(attr: MapCreateAttr) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_MAP_CREATE, &attr)?;
     // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -168,19 +176,6 @@ impl GracePeriod {
     }
 }
 
-/// `bpf_attr` for BPF_MAP_CREATE of a plain array with flags.
-#[repr(C)]
-struct ArrayCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-    numa_node: u32,
-    map_name: [u8; 16],
-}
-
 /// A new array map (a worker's counters, `crate::signals`).
 pub(crate) fn array_create(
     value_size: u32,
@@ -188,11 +183,7 @@ pub(crate) fn array_create(
     map_flags: u32,
     name: &str,
 ) -> io::Result<OwnedFd> {
-    let mut map_name = [0u8; 16];
-    for (cell, byte) in map_name.iter_mut().zip(name.bytes().take(15)) {
-        *cell = byte;
-    }
-    let attr = ArrayCreateAttr {
+    create(MapCreateAttr {
         map_type: BPF_MAP_TYPE_ARRAY,
         key_size: 4,
         value_size,
@@ -200,11 +191,8 @@ pub(crate) fn array_create(
         map_flags,
         inner_map_fd: 0,
         numa_node: 0,
-        map_name,
-    };
-    let fd = bpf(BPF_MAP_CREATE, &attr)?;
-    // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        map_name: map_name(name),
+    })
 }
 
 /// Puts map `inner` at `slot` of an array of maps (waits for a grace period in the kernel).
